@@ -1,0 +1,11 @@
+//! Harness for black-box tests of the `shoal` binary: start nodes and demo
+//! backends as real processes on loopback, talk to them over real sockets,
+//! and poll for conditions with deadlines.
+
+pub mod client;
+pub mod procs;
+pub mod wait;
+
+pub use client::{HttpResponse, get, request, tcp_get};
+pub use procs::{Backend, Node, free_port, run_shoal, shoal_bin};
+pub use wait::wait_until;

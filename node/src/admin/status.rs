@@ -1,0 +1,171 @@
+//! The `/status` document: the node as the design's status contract
+//! describes it. Field names are a contract with tests and operators.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+use crate::balance::Candidate;
+use crate::server::NodeState;
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub node: NodeInfo,
+    pub peers: Vec<Peer>,
+    pub vips: Vec<Vip>,
+    pub listeners: Vec<Listener>,
+    pub pools: Vec<Pool>,
+    pub affinity: Affinity,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeInfo {
+    pub id: String,
+    pub version: &'static str,
+    pub uptime_s: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Peer {
+    pub id: String,
+    pub state: &'static str,
+    pub gossip_addr: String,
+    pub last_seen_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Vip {
+    pub address: String,
+    pub vrid: u16,
+    pub state: &'static str,
+    pub priority: u16,
+    pub master: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Listener {
+    pub name: String,
+    pub bind: String,
+    pub protocol: String,
+    pub pool: String,
+    pub active_connections: u64,
+    pub accepted_connections: u64,
+    pub requests: u64,
+    pub responses: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Pool {
+    pub name: String,
+    pub algorithm: &'static str,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Backend {
+    pub name: String,
+    pub address: String,
+    pub weight: u32,
+    pub backup: bool,
+    pub healthy: bool,
+    pub usable: bool,
+    pub state: &'static str,
+    pub active_connections: u64,
+    pub cluster_connections: u64,
+    pub health_by_node: BTreeMap<String, bool>,
+    pub requests: u64,
+    pub connect_failures: u64,
+    pub failures: u64,
+    pub latency_ewma_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Affinity {
+    pub entries: u64,
+    pub peers: Vec<AffinityPeer>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AffinityPeer {
+    pub id: String,
+    pub connected: bool,
+    pub lag_ms: u64,
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+pub fn build(state: &NodeState) -> Status {
+    let id = state.id.to_string();
+    Status {
+        node: NodeInfo {
+            id: id.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_s: state.started.elapsed().as_secs(),
+        },
+        // Filled by the cluster issue (gossip membership).
+        peers: Vec::new(),
+        vips: state
+            .vips
+            .iter()
+            .map(|v| Vip {
+                address: v.address.to_string(),
+                vrid: v.vrid,
+                // The vip-manager is not running yet: every VIP is in Init.
+                state: "init",
+                priority: v.priority,
+                master: None,
+            })
+            .collect(),
+        listeners: state
+            .listeners
+            .iter()
+            .map(|l| Listener {
+                name: l.name.clone(),
+                bind: l.bind.to_string(),
+                protocol: l.protocol.to_string(),
+                pool: l.pool.clone(),
+                active_connections: l.stats.active.load(Ordering::Relaxed),
+                accepted_connections: l.stats.accepted.load(Ordering::Relaxed),
+                requests: l.stats.requests.load(Ordering::Relaxed),
+                responses: CLASSES
+                    .iter()
+                    .zip(&l.stats.responses)
+                    .map(|(c, n)| (*c, n.load(Ordering::Relaxed)))
+                    .collect(),
+            })
+            .collect(),
+        pools: state
+            .pools
+            .iter()
+            .map(|p| Pool {
+                name: p.name.to_string(),
+                algorithm: p.algorithm.as_str(),
+                backends: p
+                    .backends()
+                    .iter()
+                    .map(|b| Backend {
+                        name: b.name.to_string(),
+                        address: b.configured.clone(),
+                        weight: b.weight,
+                        backup: b.backup,
+                        healthy: b.is_healthy(),
+                        usable: b.usable(),
+                        state: b.admin_state().as_str(),
+                        active_connections: b.active(),
+                        cluster_connections: b.active() + b.cluster_load(),
+                        health_by_node: BTreeMap::from([(id.clone(), b.is_healthy())]),
+                        requests: b.counters.sent.load(Ordering::Relaxed),
+                        connect_failures: b.counters.connect_failures.load(Ordering::Relaxed),
+                        failures: b.counters.failures.load(Ordering::Relaxed),
+                        latency_ewma_ms: (b.latency_ewma_us() / 10.0).round() / 100.0,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        affinity: Affinity {
+            entries: 0,
+            peers: Vec::new(),
+        },
+    }
+}

@@ -1,0 +1,150 @@
+//! Backend selection algorithms: pure code over a snapshot of candidates.
+//!
+//! A balancer is built once per pool group from the backends' names and
+//! weights (so hash-based tables are identical on every node with the same
+//! config) and then asked to [`Balancer::pick`] among candidates, which report
+//! their live state (usable, load, latency) through [`Candidate`]. Nothing
+//! here does I/O or reads a clock.
+
+mod hash;
+mod least;
+mod maglev;
+mod random;
+mod ring;
+mod rotate;
+mod weighted;
+
+#[cfg(test)]
+mod tests;
+
+use crate::config::Algorithm;
+
+pub use hash::{hash_bytes, hash_ip};
+
+/// What an algorithm needs to know about a backend at pick time.
+pub trait Candidate {
+    /// Position of the backend in its pool; used for retry exclusion.
+    fn slot(&self) -> usize;
+    /// Healthy, admin-ready and not ejected.
+    fn usable(&self) -> bool;
+    /// Effective weight (≥ 1).
+    fn weight(&self) -> u32;
+    /// Active connections or in-flight requests, cluster-wide where known.
+    fn load(&self) -> u64;
+    /// Smoothed response latency in microseconds; 0 when unknown.
+    fn latency_us(&self) -> f64;
+}
+
+impl<T: Candidate> Candidate for std::sync::Arc<T> {
+    fn slot(&self) -> usize {
+        (**self).slot()
+    }
+    fn usable(&self) -> bool {
+        (**self).usable()
+    }
+    fn weight(&self) -> u32 {
+        (**self).weight()
+    }
+    fn load(&self) -> u64 {
+        (**self).load()
+    }
+    fn latency_us(&self) -> f64 {
+        (**self).latency_us()
+    }
+}
+
+/// A backend as known when a balancer is built: identity and weight.
+#[derive(Debug, Clone, Copy)]
+pub struct Member<'a> {
+    pub name: &'a str,
+    pub weight: u32,
+}
+
+/// Per-pick inputs: the request's hash key, a random source, and backends
+/// already tried by this request.
+pub struct PickCtx {
+    pub hash: Option<u64>,
+    rng: fastrand::Rng,
+    excluded: Vec<usize>,
+}
+
+impl PickCtx {
+    pub fn new(hash: Option<u64>) -> Self {
+        Self::with_rng(hash, fastrand::Rng::new())
+    }
+
+    pub fn with_rng(hash: Option<u64>, rng: fastrand::Rng) -> Self {
+        Self {
+            hash,
+            rng,
+            excluded: Vec::new(),
+        }
+    }
+
+    /// Never pick the backend in `slot` again for this request.
+    pub fn exclude(&mut self, slot: usize) {
+        if !self.excluded.contains(&slot) {
+            self.excluded.push(slot);
+        }
+    }
+
+    pub fn allows<C: Candidate>(&self, c: &C) -> bool {
+        c.usable() && !self.excluded.contains(&c.slot())
+    }
+
+    fn rng(&mut self) -> &mut fastrand::Rng {
+        &mut self.rng
+    }
+}
+
+/// One pool group's selection algorithm and its precomputed state.
+pub enum Balancer {
+    RoundRobin(rotate::RoundRobin),
+    WeightedRoundRobin(weighted::SmoothWeighted),
+    LeastConn(least::LeastConn),
+    LeastResponseTime(least::LeastResponseTime),
+    P2c,
+    Random,
+    IpHash(hash::IpHash),
+    ConsistentHash(ring::Ring),
+    Maglev(maglev::Maglev),
+}
+
+impl Balancer {
+    pub fn new(algorithm: Algorithm, members: &[Member<'_>]) -> Self {
+        match algorithm {
+            Algorithm::RoundRobin => Self::RoundRobin(rotate::RoundRobin::default()),
+            Algorithm::WeightedRoundRobin => Self::WeightedRoundRobin(weighted::SmoothWeighted::new(members.len())),
+            Algorithm::LeastConn => Self::LeastConn(least::LeastConn::new(members.len())),
+            Algorithm::LeastResponseTime => Self::LeastResponseTime(least::LeastResponseTime::default()),
+            Algorithm::P2c => Self::P2c,
+            Algorithm::Random => Self::Random,
+            Algorithm::IpHash => Self::IpHash(hash::IpHash::new(members)),
+            Algorithm::ConsistentHash => Self::ConsistentHash(ring::Ring::new(members)),
+            Algorithm::Maglev => Self::Maglev(maglev::Maglev::new(members)),
+        }
+    }
+
+    /// Index into `cands` of the chosen backend, or `None` when no candidate
+    /// is usable. `cands` must list the members in the order given to `new`.
+    pub fn pick<C: Candidate>(&self, cands: &[C], ctx: &mut PickCtx) -> Option<usize> {
+        match self {
+            Self::RoundRobin(rr) => rr.pick(cands, ctx),
+            Self::WeightedRoundRobin(w) => w.pick(cands, ctx, |_| true),
+            Self::LeastConn(lc) => lc.pick(cands, ctx),
+            Self::LeastResponseTime(lrt) => lrt.pick(cands, ctx),
+            Self::P2c => random::p2c(cands, ctx),
+            Self::Random => random::weighted(cands, ctx, None),
+            Self::IpHash(h) => h.pick(cands, ctx),
+            Self::ConsistentHash(r) => r.pick(cands, ctx),
+            Self::Maglev(m) => m.pick(cands, ctx),
+        }
+    }
+}
+
+/// The first allowed candidate at or after `start`, wrapping around: the
+/// deterministic last resort of the hash-based algorithms.
+fn first_allowed_from<C: Candidate>(cands: &[C], ctx: &PickCtx, start: usize) -> Option<usize> {
+    let n = cands.len();
+    (0..n).map(|k| (start + k) % n).find(|&i| ctx.allows(&cands[i]))
+}

@@ -1,0 +1,42 @@
+//! Plain round robin over the usable backends, ignoring weights.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{Candidate, PickCtx};
+
+#[derive(Default)]
+pub struct RoundRobin {
+    next: AtomicUsize,
+}
+
+impl RoundRobin {
+    /// Counts usable candidates and takes the k-th, so a backend that goes
+    /// down does not double its successor's share.
+    pub fn pick<C: Candidate>(&self, cands: &[C], ctx: &mut PickCtx) -> Option<usize> {
+        let usable = cands.iter().filter(|c| ctx.allows(*c)).count();
+        if usable == 0 {
+            return None;
+        }
+        let k = self.next.fetch_add(1, Ordering::Relaxed) % usable;
+        cands
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| ctx.allows(*c))
+            .nth(k)
+            .map(|(i, _)| i)
+    }
+}
+
+/// A rotating start position, used to break ties evenly.
+#[derive(Default)]
+pub struct Rotation(AtomicUsize);
+
+impl Rotation {
+    pub fn next(&self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            self.0.fetch_add(1, Ordering::Relaxed) % n
+        }
+    }
+}

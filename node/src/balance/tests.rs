@@ -1,0 +1,392 @@
+use std::collections::HashMap;
+
+use super::*;
+use crate::config::Algorithm;
+
+#[derive(Clone, Debug)]
+struct Tc {
+    slot: usize,
+    usable: bool,
+    weight: u32,
+    load: u64,
+    latency: f64,
+}
+
+impl Candidate for Tc {
+    fn slot(&self) -> usize {
+        self.slot
+    }
+    fn usable(&self) -> bool {
+        self.usable
+    }
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn load(&self) -> u64 {
+        self.load
+    }
+    fn latency_us(&self) -> f64 {
+        self.latency
+    }
+}
+
+const NAMES: [&str; 12] = [
+    "web-1", "web-2", "web-3", "web-4", "web-5", "web-6", "web-7", "web-8", "web-9", "web-10", "web-11", "web-12",
+];
+
+fn cands(weights: &[u32]) -> Vec<Tc> {
+    weights
+        .iter()
+        .enumerate()
+        .map(|(slot, &weight)| Tc {
+            slot,
+            usable: true,
+            weight,
+            load: 0,
+            latency: 0.0,
+        })
+        .collect()
+}
+
+fn members(weights: &[u32]) -> Vec<Member<'static>> {
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, &weight)| Member { name: NAMES[i], weight })
+        .collect()
+}
+
+fn seeded(hash: Option<u64>) -> PickCtx {
+    PickCtx::with_rng(hash, fastrand::Rng::with_seed(0x5eed))
+}
+
+/// Picks `n` times with a fresh context per pick (as requests do); keys
+/// for hash algorithms are 0..n.
+fn counts(alg: Algorithm, weights: &[u32], n: u64) -> Vec<u64> {
+    let b = Balancer::new(alg, &members(weights));
+    let cs = cands(weights);
+    let mut rng = fastrand::Rng::with_seed(42);
+    let mut out = vec![0u64; weights.len()];
+    for k in 0..n {
+        let mut ctx = PickCtx::with_rng(Some(hash_bytes(&k.to_le_bytes())), rng.fork());
+        let i = b.pick(&cs, &mut ctx).unwrap_or_else(|| panic!("{alg} picked nothing"));
+        out[i] += 1;
+    }
+    out
+}
+
+/// Asserts each backend's share is within `tol` (absolute, as a fraction of
+/// all picks) of its weight's share.
+fn assert_shares(alg: Algorithm, weights: &[u32], got: &[u64], tol: f64) {
+    let total_w: u32 = weights.iter().sum();
+    let total: u64 = got.iter().sum();
+    for (i, (&w, &g)) in weights.iter().zip(got).enumerate() {
+        let want = f64::from(w) / f64::from(total_w);
+        let share = g as f64 / total as f64;
+        assert!(
+            (share - want).abs() <= tol,
+            "{alg}: backend {i} got {share:.4} of picks, weight share {want:.4} (tolerance {tol}); counts {got:?}"
+        );
+    }
+}
+
+#[test]
+fn weights_respected_within_one_percent() {
+    let weights = [1, 2, 3];
+    // Deterministic algorithms: exact over 10 000 picks.
+    for alg in [Algorithm::WeightedRoundRobin, Algorithm::LeastConn] {
+        assert_shares(alg, &weights, &counts(alg, &weights, 10_000), 0.01);
+    }
+    // Random and hash-based ones: enough picks that 1% is > 5 standard
+    // deviations whatever the seed, so the check cannot flake.
+    for alg in [Algorithm::Random, Algorithm::P2c, Algorithm::IpHash, Algorithm::Maglev] {
+        assert_shares(alg, &weights, &counts(alg, &weights, 200_000), 0.01);
+    }
+}
+
+#[test]
+fn unweighted_algorithms_split_evenly() {
+    let weights = [1, 1, 1];
+    assert_eq!(counts(Algorithm::RoundRobin, &weights, 9_999), vec![3333, 3333, 3333]);
+    // Round robin ignores weights by definition.
+    assert_eq!(counts(Algorithm::RoundRobin, &[5, 1, 1], 9_999), vec![3333, 3333, 3333]);
+    // With no latency samples and no load, every score ties.
+    assert_shares(
+        Algorithm::LeastResponseTime,
+        &weights,
+        &counts(Algorithm::LeastResponseTime, &weights, 9_999),
+        0.001,
+    );
+}
+
+#[test]
+fn consistent_hash_shares_track_weights_within_ring_variance() {
+    // A ring with ~160 points per backend has a share spread of a few
+    // percent (about 1/sqrt(points)); maglev is the exact one.
+    let weights = [1, 2, 3];
+    let got = counts(Algorithm::ConsistentHash, &weights, 200_000);
+    assert_shares(Algorithm::ConsistentHash, &weights, &got, 0.05);
+}
+
+#[test]
+fn smooth_wrr_never_exceeds_weight_in_a_row() {
+    for weights in [
+        vec![5, 1, 1],
+        vec![3, 2, 1],
+        vec![1, 1, 1],
+        vec![10, 1],
+        vec![7, 7, 2, 1],
+    ] {
+        let b = Balancer::new(Algorithm::WeightedRoundRobin, &members(&weights));
+        let cs = cands(&weights);
+        let total: u32 = weights.iter().sum();
+        let mut seq = Vec::new();
+        for _ in 0..total * 10 {
+            seq.push(b.pick(&cs, &mut seeded(None)).unwrap_or(usize::MAX));
+        }
+        let mut run = 1;
+        for pair in seq.windows(2) {
+            run = if pair[0] == pair[1] { run + 1 } else { 1 };
+            let w = weights[pair[1]];
+            assert!(
+                run <= w as usize,
+                "weights {weights:?}: backend {} picked {run} times in a row",
+                pair[1]
+            );
+        }
+        for (i, &w) in weights.iter().enumerate() {
+            assert_eq!(
+                seq.iter().filter(|&&s| s == i).count(),
+                w as usize * 10,
+                "weights {weights:?}"
+            );
+        }
+    }
+    // nginx's documented sequence for 5,1,1.
+    let b = Balancer::new(Algorithm::WeightedRoundRobin, &members(&[5, 1, 1]));
+    let cs = cands(&[5, 1, 1]);
+    let seq: Vec<usize> = (0..7).filter_map(|_| b.pick(&cs, &mut seeded(None))).collect();
+    assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
+}
+
+#[test]
+fn unusable_and_excluded_backends_are_never_picked() {
+    for alg in Algorithm::ALL {
+        let b = Balancer::new(alg, &members(&[1, 2, 3, 4]));
+        let mut cs = cands(&[1, 2, 3, 4]);
+        cs[1].usable = false;
+        for k in 0..2_000u64 {
+            let mut ctx = seeded(Some(hash_bytes(&k.to_le_bytes())));
+            ctx.exclude(3);
+            let i = b.pick(&cs, &mut ctx);
+            assert!(matches!(i, Some(0) | Some(2)), "{alg} picked {i:?}");
+        }
+        for c in &mut cs {
+            c.usable = false;
+        }
+        assert_eq!(b.pick(&cs, &mut seeded(Some(1))), None, "{alg} must pick nothing");
+        let empty: Vec<Tc> = Vec::new();
+        let b = Balancer::new(alg, &[]);
+        assert_eq!(b.pick(&empty, &mut seeded(Some(1))), None, "{alg} on an empty pool");
+    }
+}
+
+#[test]
+fn round_robin_does_not_double_the_successor_of_a_down_backend() {
+    let b = Balancer::new(Algorithm::RoundRobin, &members(&[1, 1, 1, 1]));
+    let mut cs = cands(&[1, 1, 1, 1]);
+    cs[1].usable = false;
+    let mut got = [0u32; 4];
+    for _ in 0..3_000 {
+        if let Some(i) = b.pick(&cs, &mut seeded(None)) {
+            got[i] += 1;
+        }
+    }
+    assert_eq!(got, [1000, 0, 1000, 1000]);
+}
+
+#[test]
+fn least_conn_prefers_lowest_load_per_weight() {
+    let b = Balancer::new(Algorithm::LeastConn, &members(&[1, 1, 1]));
+    let mut cs = cands(&[1, 1, 1]);
+    cs[0].load = 5;
+    cs[1].load = 0;
+    cs[2].load = 2;
+    assert_eq!(b.pick(&cs, &mut seeded(None)), Some(1));
+    // 4 per weight 1 is more than 6 per weight 3.
+    let b = Balancer::new(Algorithm::LeastConn, &members(&[1, 3]));
+    let mut cs = cands(&[1, 3]);
+    cs[0].load = 4;
+    cs[1].load = 6;
+    assert_eq!(b.pick(&cs, &mut seeded(None)), Some(1));
+    cs[1].load = 13;
+    assert_eq!(b.pick(&cs, &mut seeded(None)), Some(0));
+}
+
+#[test]
+fn least_conn_fills_backends_in_proportion_to_weight() {
+    // Simulate long connections: every pick adds one to the chosen load.
+    let weights = [1, 2, 3];
+    let b = Balancer::new(Algorithm::LeastConn, &members(&weights));
+    let mut cs = cands(&weights);
+    for _ in 0..600 {
+        if let Some(i) = b.pick(&cs, &mut seeded(None)) {
+            cs[i].load += 1;
+        }
+    }
+    let loads: Vec<u64> = cs.iter().map(|c| c.load).collect();
+    assert_eq!(loads, vec![100, 200, 300]);
+}
+
+#[test]
+fn least_response_time_prefers_fast_and_idle() {
+    let b = Balancer::new(Algorithm::LeastResponseTime, &members(&[1, 1]));
+    let mut cs = cands(&[1, 1]);
+    cs[0].latency = 1_000.0;
+    cs[1].latency = 100.0;
+    assert_eq!(b.pick(&cs, &mut seeded(None)), Some(1));
+    // The fast one is busy enough that the slow idle one is quicker.
+    cs[1].load = 20;
+    assert_eq!(b.pick(&cs, &mut seeded(None)), Some(0));
+    // A backend without samples gets tried.
+    cs[0].latency = 0.0;
+    cs[1].load = 0;
+    assert_eq!(b.pick(&cs, &mut seeded(None)), Some(0));
+}
+
+#[test]
+fn p2c_avoids_the_loaded_backend() {
+    let b = Balancer::new(Algorithm::P2c, &members(&[1, 1, 1]));
+    let mut cs = cands(&[1, 1, 1]);
+    cs[0].load = 50;
+    let mut ctx = seeded(None);
+    let mut got = [0u32; 3];
+    for _ in 0..3_000 {
+        if let Some(i) = b.pick(&cs, &mut ctx) {
+            got[i] += 1;
+        }
+    }
+    assert_eq!(got[0], 0, "{got:?}");
+    assert!(got[1] > 1_200 && got[2] > 1_200, "{got:?}");
+}
+
+fn pick_name(b: &Balancer, cs: &[Tc], names: &[&'static str], key: u64) -> &'static str {
+    let i = b
+        .pick(cs, &mut seeded(Some(hash_bytes(&key.to_le_bytes()))))
+        .unwrap_or(usize::MAX);
+    names.get(i).copied().unwrap_or("none")
+}
+
+#[test]
+fn hash_algorithms_are_stable_across_nodes() {
+    for alg in [Algorithm::IpHash, Algorithm::ConsistentHash, Algorithm::Maglev] {
+        // Two independently built balancers stand for two nodes.
+        let node_a = Balancer::new(alg, &members(&[1, 2, 3, 1]));
+        let node_b = Balancer::new(alg, &members(&[1, 2, 3, 1]));
+        let cs = cands(&[1, 2, 3, 1]);
+        for key in 0..5_000u64 {
+            let a = pick_name(&node_a, &cs, &NAMES, key);
+            assert_eq!(a, pick_name(&node_b, &cs, &NAMES, key), "{alg} key {key}");
+            assert_eq!(a, pick_name(&node_a, &cs, &NAMES, key), "{alg} key {key} repeat");
+        }
+    }
+    // The hash itself is part of the contract between nodes and releases.
+    assert_eq!(
+        hash_ip("10.1.2.3".parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into())),
+        0x946a_cf76_b436_f6d0
+    );
+    assert_eq!(
+        hash_ip(
+            "::ffff:10.1.2.3"
+                .parse()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into())
+        ),
+        hash_ip("10.1.2.3".parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()))
+    );
+}
+
+/// Fraction of keys whose backend name differs between two pools.
+fn moved(alg: Algorithm, before: &[&'static str], after: &[&'static str], keys: u64) -> (f64, u64) {
+    let mb: Vec<Member<'static>> = before.iter().map(|&name| Member { name, weight: 1 }).collect();
+    let ma: Vec<Member<'static>> = after.iter().map(|&name| Member { name, weight: 1 }).collect();
+    let (bb, ba) = (Balancer::new(alg, &mb), Balancer::new(alg, &ma));
+    let (cb, ca) = (cands(&vec![1; before.len()]), cands(&vec![1; after.len()]));
+    let removed: Vec<&str> = before.iter().filter(|n| !after.contains(n)).copied().collect();
+    let mut moved = 0u64;
+    let mut moved_from_survivors = 0u64;
+    for key in 0..keys {
+        let was = pick_name(&bb, &cb, before, key);
+        let now = pick_name(&ba, &ca, after, key);
+        if was != now {
+            moved += 1;
+            if !removed.contains(&was) {
+                moved_from_survivors += 1;
+            }
+        }
+    }
+    (moved as f64 / keys as f64, moved_from_survivors)
+}
+
+#[test]
+fn maglev_moves_about_one_nth_when_a_backend_leaves() {
+    for n in [3usize, 5, 10] {
+        let before: Vec<&'static str> = NAMES[..n].to_vec();
+        for gone in [0, n / 2, n - 1] {
+            let after: Vec<&'static str> = before
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != gone)
+                .map(|(_, s)| *s)
+                .collect();
+            let (fraction, _) = moved(Algorithm::Maglev, &before, &after, 100_000);
+            let bound = 1.0 / n as f64 + 0.02;
+            assert!(
+                fraction <= bound,
+                "n={n}, removed {gone}: {fraction:.4} of keys moved, bound {bound:.4}"
+            );
+        }
+    }
+}
+
+#[test]
+fn consistent_hash_moves_only_the_leaving_backends_keys() {
+    let before: Vec<&'static str> = NAMES[..6].to_vec();
+    let after: Vec<&'static str> = NAMES[..6].iter().filter(|n| **n != "web-3").copied().collect();
+    let (fraction, from_survivors) = moved(Algorithm::ConsistentHash, &before, &after, 100_000);
+    assert_eq!(from_survivors, 0);
+    assert!(fraction < 1.0 / 6.0 + 0.05, "{fraction}");
+}
+
+#[test]
+fn an_unusable_backend_moves_only_its_own_keys() {
+    for alg in [Algorithm::ConsistentHash, Algorithm::Maglev, Algorithm::IpHash] {
+        let weights = [1, 1, 1, 1, 1];
+        let b = Balancer::new(alg, &members(&weights));
+        let healthy = cands(&weights);
+        let mut one_down = healthy.clone();
+        one_down[2].usable = false;
+        let mut spread = HashMap::new();
+        for key in 0..50_000u64 {
+            let was = pick_name(&b, &healthy, &NAMES, key);
+            let now = pick_name(&b, &one_down, &NAMES, key);
+            if was == "web-3" {
+                *spread.entry(now).or_insert(0u32) += 1;
+            } else {
+                assert_eq!(was, now, "{alg}: key {key} moved off a healthy backend");
+            }
+        }
+        // The orphaned keys spread over all survivors, not onto one.
+        assert_eq!(spread.len(), 4, "{alg}: {spread:?}");
+        assert!(!spread.contains_key("web-3"));
+    }
+}
+
+#[test]
+fn maglev_table_grows_with_the_pool() {
+    let small = maglev::Maglev::new(&members(&[1, 1, 1]));
+    assert_eq!(small.table_len(), 65_537);
+    let names: Vec<String> = (0..1000).map(|i| format!("b{i}")).collect();
+    let many: Vec<Member<'_>> = names.iter().map(|n| Member { name: n, weight: 1 }).collect();
+    let big = maglev::Maglev::new(&many);
+    assert!(big.table_len() >= 100_000, "{}", big.table_len());
+}

@@ -1,0 +1,142 @@
+//! The `shoal` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, ConfigError, Dur};
+use crate::dataplane::listener;
+use crate::demo;
+use crate::server;
+
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about = "A highly available load-balancer cluster")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node.
+    Run {
+        /// Config file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0 if valid, 2 with the problems if not.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// A local node with three demo backends, printing URLs to try.
+    Demo,
+    /// A demo HTTP backend that names itself in every response.
+    Backend {
+        /// Address to listen on.
+        #[arg(long)]
+        bind: SocketAddr,
+        /// Name reported in the X-Backend header and the body.
+        #[arg(long)]
+        name: String,
+        /// Delay before every response except /health, e.g. "20ms".
+        #[arg(long, default_value = "0s")]
+        delay: Dur,
+    },
+}
+
+/// Exit status for an invalid config, as `shoal check` documents.
+pub const EXIT_INVALID_CONFIG: u8 = 2;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => {
+            let cfg = match config::load(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => return config_error(&e),
+            };
+            let workers = cfg.node.workers;
+            exit(runtime(workers).and_then(|rt| rt.block_on(server::run(cfg))))
+        }
+        Command::Demo => exit(runtime(None).and_then(|rt| rt.block_on(demo::run()))),
+        Command::Backend { bind, name, delay } => exit(runtime(None).and_then(|rt| {
+            rt.block_on(async {
+                let sock = listener::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;
+                tracing::info!(%bind, %name, "demo backend listening");
+                let cancel = tokio_util::sync::CancellationToken::new();
+                let serve = demo::backend::serve(
+                    sock,
+                    demo::backend::DemoBackend {
+                        name,
+                        delay: delay.get(),
+                    },
+                    cancel.clone(),
+                );
+                tokio::select! {
+                    () = serve => {}
+                    r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; cancel.cancel(); }
+                }
+                Ok(())
+            })
+        })),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(cfg) => {
+            let backends: usize = cfg.pools.iter().map(|p| p.backends.len()).sum();
+            println!(
+                "{}: OK ({} listeners, {} pools, {} backends)",
+                path.display(),
+                cfg.listeners.len(),
+                cfg.pools.len(),
+                backends
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => config_error(&e),
+    }
+}
+
+fn config_error(e: &ConfigError) -> ExitCode {
+    eprintln!("error: invalid config\n{e}");
+    ExitCode::from(EXIT_INVALID_CONFIG)
+}
+
+fn exit(result: Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all().thread_name("shoal-worker");
+    if let Some(n) = workers {
+        b.worker_threads(n);
+    }
+    b.build().context("starting the async runtime")
+}
+
+/// Logs go to stderr; `SHOAL_LOG` takes a tracing filter (default "info").
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

@@ -1,0 +1,435 @@
+//! The TOML schema of a node's config file. Every table rejects unknown keys;
+//! defaults live here so `docs/configuration.md` can be checked against one
+//! place.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use shoal_proto::NodeId;
+
+use super::addr::{HostPort, IpCidr};
+use super::duration::Dur;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+    #[serde(default, rename = "vip")]
+    pub vips: Vec<VipConfig>,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<PoolConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    #[serde(default = "default_admin_addr")]
+    pub admin_addr: SocketAddr,
+    /// How long SIGTERM waits for in-flight requests and connections.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: Dur,
+    /// Data-plane worker threads; default: one per CPU.
+    #[serde(default)]
+    pub workers: Option<usize>,
+}
+
+fn default_admin_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+
+fn default_shutdown_timeout() -> Dur {
+    Dur::from_secs(10)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub gossip_addr: SocketAddr,
+    pub replication_addr: SocketAddr,
+    #[serde(default)]
+    pub seeds: Vec<SocketAddr>,
+    #[serde(default)]
+    pub tls: Option<ClusterTls>,
+    #[serde(default)]
+    pub gossip_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipConfig {
+    pub address: IpCidr,
+    pub interface: String,
+    pub vrid: u16,
+    #[serde(default = "default_priority")]
+    pub priority: u16,
+    #[serde(default = "default_advert_interval")]
+    pub advert_interval: Dur,
+    #[serde(default = "default_true")]
+    pub preempt: bool,
+    #[serde(default)]
+    pub preempt_delay: Dur,
+    #[serde(default)]
+    pub unicast_peers: Vec<IpAddr>,
+    /// Gratuitous ARPs sent on becoming master.
+    #[serde(default = "default_garp_repeat")]
+    pub garp_repeat: u32,
+    /// Re-announce the VIP this often while master; absent = never.
+    #[serde(default)]
+    pub garp_refresh: Option<Dur>,
+}
+
+fn default_priority() -> u16 {
+    100
+}
+fn default_advert_interval() -> Dur {
+    Dur::from_millis(100)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_garp_repeat() -> u32 {
+    5
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Http,
+    Tcp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Http => "http",
+            Self::Tcp => "tcp",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub protocol: Protocol,
+    pub pool: String,
+    /// HTTP: how long an idle keep-alive client connection is kept
+    /// (default 60s). TCP: how long a connection may pass no byte in either
+    /// direction (default 5m).
+    #[serde(default)]
+    pub idle_timeout: Option<Dur>,
+}
+
+impl ListenerConfig {
+    pub fn idle_timeout(&self) -> Dur {
+        self.idle_timeout.unwrap_or(match self.protocol {
+            Protocol::Http => Dur::from_secs(60),
+            Protocol::Tcp => Dur::from_secs(300),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConn,
+    LeastResponseTime,
+    P2c,
+    Random,
+    IpHash,
+    ConsistentHash,
+    Maglev,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 9] = [
+        Self::RoundRobin,
+        Self::WeightedRoundRobin,
+        Self::LeastConn,
+        Self::LeastResponseTime,
+        Self::P2c,
+        Self::Random,
+        Self::IpHash,
+        Self::ConsistentHash,
+        Self::Maglev,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::WeightedRoundRobin => "weighted_round_robin",
+            Self::LeastConn => "least_conn",
+            Self::LeastResponseTime => "least_response_time",
+            Self::P2c => "p2c",
+            Self::Random => "random",
+            Self::IpHash => "ip_hash",
+            Self::ConsistentHash => "consistent_hash",
+            Self::Maglev => "maglev",
+        }
+    }
+
+    /// Whether the algorithm picks by a hash of a request key.
+    pub fn uses_hash_key(self) -> bool {
+        matches!(self, Self::IpHash | Self::ConsistentHash | Self::Maglev)
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the hash-based algorithms hash.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HashKey {
+    #[default]
+    ClientIp,
+    Path,
+    Header(String),
+    Cookie(String),
+}
+
+impl HashKey {
+    /// Whether the key can be computed for a plain TCP connection.
+    pub fn works_for_tcp(&self) -> bool {
+        matches!(self, Self::ClientIp)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid hash_key {0:?}: expected \"client_ip\", \"path\", \"header:NAME\" or \"cookie:NAME\"")]
+pub struct HashKeyError(String);
+
+impl FromStr for HashKey {
+    type Err = HashKeyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || HashKeyError(s.to_string());
+        match s {
+            "client_ip" => Ok(Self::ClientIp),
+            "path" => Ok(Self::Path),
+            _ => match s.split_once(':') {
+                Some(("header", name)) if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => {
+                    Ok(Self::Header(name.to_ascii_lowercase()))
+                }
+                Some(("cookie", name)) if valid_cookie_name(name) => Ok(Self::Cookie(name.to_string())),
+                _ => Err(err()),
+            },
+        }
+    }
+}
+
+impl fmt::Display for HashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ClientIp => f.write_str("client_ip"),
+            Self::Path => f.write_str("path"),
+            Self::Header(h) => write!(f, "header:{h}"),
+            Self::Cookie(c) => write!(f, "cookie:{c}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HashKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for HashKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// RFC 6265 cookie-name: an HTTP token.
+pub fn valid_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    #[serde(default = "default_algorithm")]
+    pub algorithm: Algorithm,
+    /// Key hashed by ip_hash, consistent_hash and maglev.
+    #[serde(default)]
+    pub hash_key: HashKey,
+    /// Attempts on other backends after a connection to one failed.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// HTTP: longest wait for a backend's response headers.
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout: Dur,
+    /// HTTP: how long an idle pooled connection to a backend is kept. Keep
+    /// it below the backends' own keep-alive timeout (5s in Apache and
+    /// Node.js), or a request may race the backend closing the connection.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: Dur,
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+    #[serde(default)]
+    pub sticky: Option<StickyConfig>,
+    #[serde(default)]
+    pub outlier: Option<OutlierConfig>,
+    #[serde(default, rename = "backend")]
+    pub backends: Vec<BackendConfig>,
+}
+
+fn default_algorithm() -> Algorithm {
+    Algorithm::RoundRobin
+}
+fn default_retries() -> u32 {
+    2
+}
+fn default_connect_timeout() -> Dur {
+    Dur::from_secs(3)
+}
+fn default_response_timeout() -> Dur {
+    Dur::from_secs(60)
+}
+fn default_keepalive_timeout() -> Dur {
+    Dur::from_secs(4)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthKind {
+    Tcp,
+    Http,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    pub kind: HealthKind,
+    /// HTTP checks: the path requested; 2xx and 3xx count as healthy.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// HTTP checks: the Host header sent (default: the backend's address).
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default = "default_health_interval")]
+    pub interval: Dur,
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Dur,
+    /// Consecutive passes that bring an unhealthy backend back.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Consecutive failures that take a healthy backend out.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+fn default_health_path() -> String {
+    "/".to_string()
+}
+fn default_health_interval() -> Dur {
+    Dur::from_secs(2)
+}
+fn default_health_timeout() -> Dur {
+    Dur::from_secs(1)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StickyMode {
+    InsertCookie,
+    LearnCookie,
+    Header,
+    SourceIp,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickyConfig {
+    pub mode: StickyMode,
+    #[serde(default)]
+    pub cookie: Option<String>,
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default = "default_sticky_ttl")]
+    pub ttl: Dur,
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
+}
+
+fn default_sticky_ttl() -> Dur {
+    Dur::from_secs(30 * 60)
+}
+fn default_max_entries() -> u64 {
+    1_000_000
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    #[serde(default = "default_base_ejection")]
+    pub base_ejection: Dur,
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_base_ejection() -> Dur {
+    Dur::from_secs(30)
+}
+fn default_max_ejection_percent() -> u32 {
+    50
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub name: String,
+    pub address: HostPort,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Used only when no primary backend of the pool is usable.
+    #[serde(default)]
+    pub backup: bool,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Largest backend weight; keeps weighted tables small and sums in range.
+pub const MAX_WEIGHT: u32 = 1000;

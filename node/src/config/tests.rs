@@ -1,0 +1,263 @@
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const FULL: &str = r#"
+[node]
+id = "lb1"
+admin_addr = "127.0.0.1:9901"
+
+[cluster]
+name = "edge"
+gossip_addr = "10.0.0.11:7946"
+replication_addr = "10.0.0.11:7947"
+seeds = ["10.0.0.12:7946"]
+
+[[vip]]
+address = "10.0.0.100/24"
+interface = "eth0"
+vrid = 51
+priority = 150
+advert_interval = "100ms"
+preempt = true
+
+[[listener]]
+name = "web"
+bind = "0.0.0.0:80"
+protocol = "http"
+pool = "web"
+
+[[listener]]
+name = "db"
+bind = "0.0.0.0:5432"
+protocol = "tcp"
+pool = "db"
+
+[[pool]]
+name = "web"
+algorithm = "least_conn"
+sticky = { mode = "learn_cookie", cookie = "sid", ttl = "30m" }
+health = { kind = "http", path = "/health", interval = "2s", timeout = "1s", rise = 2, fall = 3 }
+outlier = { consecutive_failures = 5, base_ejection = "30s" }
+
+[[pool.backend]]
+name = "web-1"
+address = "10.0.1.10:8080"
+weight = 1
+
+[[pool.backend]]
+name = "web-2"
+address = "backend2:8080"
+weight = 3
+backup = true
+
+[[pool]]
+name = "db"
+algorithm = "maglev"
+
+[[pool.backend]]
+name = "db-1"
+address = "10.0.2.10:5432"
+"#;
+
+fn parse_str(text: &str) -> Result<Config, ConfigError> {
+    parse(text, "test.toml", Path::new("."))
+}
+
+/// The single problem of an invalid config, as (line, key, message).
+fn one_problem(text: &str) -> (Option<usize>, String, String) {
+    match parse_str(text) {
+        Ok(_) => panic!("config should be invalid:\n{text}"),
+        Err(e) => {
+            let problems = e.problems();
+            assert_eq!(problems.len(), 1, "expected one problem, got: {e}");
+            let p = &problems[0];
+            (p.at.map(|a| a.line), p.key.clone(), p.message.clone())
+        }
+    }
+}
+
+#[test]
+fn full_example_parses_with_defaults() {
+    let config = parse_str(FULL).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.node.id.as_str(), "lb1");
+    assert_eq!(config.listeners.len(), 2);
+    let web = &config.pools[0];
+    assert_eq!(web.algorithm, Algorithm::LeastConn);
+    assert_eq!(web.retries, 2);
+    assert_eq!(web.connect_timeout.get(), Duration::from_secs(3));
+    assert_eq!(web.backends[1].weight, 3);
+    assert!(web.backends[1].backup);
+    assert_eq!(
+        web.backends[1].address,
+        HostPort::Name {
+            host: "backend2".into(),
+            port: 8080
+        }
+    );
+    let health = web.health.as_ref().map(|h| (h.kind, h.rise, h.fall, h.interval.get()));
+    assert_eq!(health, Some((HealthKind::Http, 2, 3, Duration::from_secs(2))));
+    assert_eq!(config.vips[0].advert_interval.get(), Duration::from_millis(100));
+    assert_eq!(config.listeners[1].idle_timeout().get(), Duration::from_secs(300));
+    assert_eq!(config.pools[1].hash_key, HashKey::ClientIp);
+}
+
+const MINIMAL_HEAD: &str = "[node]\nid = \"lb1\"\n";
+
+fn minimal_with(rest: &str) -> String {
+    format!(
+        "{MINIMAL_HEAD}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:8080\"\nprotocol = \"http\"\npool = \"p\"\n\n[[pool]]\nname = \"p\"\n{rest}"
+    )
+}
+
+#[test]
+fn unknown_key_is_named_with_line() {
+    let text = minimal_with("colour = \"blue\"\n[[pool.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n");
+    let (line, key, message) = one_problem(&text);
+    assert_eq!(line, Some(11));
+    assert!(key.starts_with("pool[0]"), "{key}");
+    assert!(message.contains("unknown field `colour`"), "{message}");
+}
+
+#[test]
+fn unknown_algorithm_lists_the_valid_ones() {
+    let text = minimal_with("algorithm = \"fastest\"\n[[pool.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n");
+    let (line, key, message) = one_problem(&text);
+    assert_eq!(line, Some(11));
+    assert_eq!(key, "pool[0].algorithm");
+    assert!(message.contains("fastest") && message.contains("maglev"), "{message}");
+}
+
+#[test]
+fn zero_weight_is_rejected_at_its_line() {
+    let text = minimal_with("[[pool.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nweight = 0\n");
+    let (line, key, message) = one_problem(&text);
+    assert_eq!(line, Some(14));
+    assert_eq!(key, "pool[0].backend[0].weight");
+    assert!(message.contains("between 1 and"), "{message}");
+}
+
+#[test]
+fn duplicate_backend_names_are_rejected() {
+    let text = minimal_with(
+        "[[pool.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n[[pool.backend]]\nname = \"a\"\naddress = \"127.0.0.1:2\"\n",
+    );
+    let (line, key, message) = one_problem(&text);
+    assert_eq!(line, Some(15));
+    assert_eq!(key, "pool[0].backend[1].name");
+    assert!(message.contains("used twice"), "{message}");
+}
+
+#[test]
+fn listener_pointing_at_missing_pool_is_rejected() {
+    let text = format!(
+        "{MINIMAL_HEAD}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:8080\"\nprotocol = \"http\"\npool = \"nope\"\n"
+    );
+    let (line, key, message) = one_problem(&text);
+    assert_eq!(line, Some(7));
+    assert_eq!(key, "listener[0].pool");
+    assert!(
+        message.contains("\"nope\"") && message.contains("not defined"),
+        "{message}"
+    );
+}
+
+#[test]
+fn bad_addresses_are_rejected() {
+    let text = minimal_with("[[pool.backend]]\nname = \"a\"\naddress = \"10.0.0.300:80\"\n");
+    let (line, key, message) = one_problem(&text);
+    assert_eq!((line, key.as_str()), (Some(13), "pool[0].backend[0].address"));
+    assert!(message.contains("10.0.0.300:80"), "{message}");
+
+    let text =
+        format!("{MINIMAL_HEAD}[[listener]]\nname = \"l\"\nbind = \"localhost\"\nprotocol = \"http\"\npool = \"p\"\n");
+    let (line, key, _) = one_problem(&text);
+    assert_eq!((line, key.as_str()), (Some(5), "listener[0].bind"));
+}
+
+#[test]
+fn syntax_error_reports_its_line() {
+    let text = format!("{MINIMAL_HEAD}[[pool]\nname = \"p\"\n");
+    let (line, _, message) = one_problem(&text);
+    assert_eq!(line, Some(3));
+    assert!(!message.is_empty());
+}
+
+#[test]
+fn bad_duration_names_the_key() {
+    let text =
+        minimal_with("connect_timeout = \"3 seconds\"\n[[pool.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n");
+    let (line, key, message) = one_problem(&text);
+    assert_eq!((line, key.as_str()), (Some(11), "pool[0].connect_timeout"));
+    assert!(message.contains("invalid duration"), "{message}");
+}
+
+#[test]
+fn tcp_listener_rejects_http_only_pool_features() {
+    let text = format!(
+        "{MINIMAL_HEAD}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:8080\"\nprotocol = \"tcp\"\npool = \"p\"\n\n[[pool]]\nname = \"p\"\nalgorithm = \"maglev\"\nhash_key = \"header:x-user\"\n[[pool.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n"
+    );
+    let (_, key, message) = one_problem(&text);
+    assert_eq!(key, "listener[0].pool");
+    assert!(message.contains("needs HTTP"), "{message}");
+}
+
+#[test]
+fn all_problems_are_reported_together() {
+    let text = minimal_with(
+        "retries = 50\nhealth = { kind = \"tcp\", interval = \"1s\", timeout = \"2s\", fall = 0 }\n[[pool.backend]]\nname = \"a b\"\naddress = \"127.0.0.1:1\"\nweight = 5000\n",
+    );
+    let err = parse_str(&text).err().map(|e| e.to_string()).unwrap_or_default();
+    for needle in [
+        "pool[0].retries",
+        "pool[0].health.timeout",
+        "pool[0].health.fall",
+        "pool[0].backend[0].name",
+        "pool[0].backend[0].weight",
+    ] {
+        assert!(err.contains(needle), "missing {needle} in:\n{err}");
+    }
+}
+
+#[test]
+fn vip_limits_are_checked() {
+    let text = format!(
+        "{MINIMAL_HEAD}[[vip]]\naddress = \"10.0.0.100/24\"\ninterface = \"eth0\"\nvrid = 300\npriority = 255\nadvert_interval = \"5ms\"\n"
+    );
+    let err = parse_str(&text).err().map(|e| e.to_string()).unwrap_or_default();
+    for needle in ["vip[0].vrid", "vip[0].priority", "vip[0].advert_interval"] {
+        assert!(err.contains(needle), "missing {needle} in:\n{err}");
+    }
+}
+
+#[test]
+fn missing_files_are_reported() {
+    let text = format!(
+        "{MINIMAL_HEAD}[cluster]\nname = \"edge\"\ngossip_addr = \"127.0.0.1:7946\"\nreplication_addr = \"127.0.0.1:7947\"\ngossip_key_file = \"no-such-gossip.key\"\n"
+    );
+    let (line, key, message) = one_problem(&text);
+    assert_eq!((line, key.as_str()), (Some(7), "cluster.gossip_key_file"));
+    assert!(message.contains("no-such-gossip.key"), "{message}");
+}
+
+#[test]
+fn sticky_mode_requirements() {
+    let text = minimal_with(
+        "sticky = { mode = \"learn_cookie\" }\n[[pool.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
+    );
+    let (_, key, message) = one_problem(&text);
+    assert_eq!(key, "pool[0].sticky.cookie");
+    assert!(message.contains("needs `cookie`"), "{message}");
+}
+
+#[test]
+fn rendered_error_has_file_line_key_and_source() {
+    let text = minimal_with("[[pool.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nweight = 0\n");
+    let rendered = parse_str(&text).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        rendered.starts_with("test.toml:14:1: pool[0].backend[0].weight: "),
+        "{rendered}"
+    );
+    assert!(rendered.contains("14 | weight = 0"), "{rendered}");
+}

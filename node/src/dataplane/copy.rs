@@ -1,0 +1,139 @@
+//! Bidirectional byte copy between two TCP connections with an idle timeout
+//! and half-close: when one side finishes sending, the other side's write
+//! half is shut down and the opposite direction goes on until it ends too.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
+
+const BUF_SIZE: usize = 16 * 1024;
+
+/// Bytes moved in each direction.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Transferred {
+    pub client_to_backend: u64,
+    pub backend_to_client: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("no data in either direction for {0:?}")]
+    Idle(Duration),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Copies until both directions have ended, either side fails, or nothing
+/// moves for `idle`.
+pub async fn proxy(client: TcpStream, backend: TcpStream, idle: Duration) -> Result<Transferred, CopyError> {
+    let start = Instant::now();
+    // Milliseconds since `start` of the last byte moved, in either direction.
+    let last_activity = AtomicU64::new(0);
+    let (cr, cw) = client.into_split();
+    let (br, bw) = backend.into_split();
+    let both = async { tokio::try_join!(pump(cr, bw, start, &last_activity), pump(br, cw, start, &last_activity)) };
+    let watchdog = async {
+        loop {
+            let last = start + Duration::from_millis(last_activity.load(Ordering::Relaxed));
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    tokio::select! {
+        r = both => {
+            let (up, down) = r?;
+            Ok(Transferred { client_to_backend: up, backend_to_client: down })
+        }
+        () = watchdog => Err(CopyError::Idle(idle)),
+    }
+}
+
+/// One direction. The buffer is allocated on the first readable event, so
+/// a connection that never sends costs no buffer.
+async fn pump(from: OwnedReadHalf, mut to: OwnedWriteHalf, start: Instant, last: &AtomicU64) -> io::Result<u64> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut total = 0u64;
+    loop {
+        from.readable().await?;
+        if buf.is_empty() {
+            buf = vec![0; BUF_SIZE];
+        }
+        let n = match from.try_read(&mut buf) {
+            Ok(0) => {
+                // Propagate the half-close; the other direction carries on.
+                let _ = to.shutdown().await;
+                return Ok(total);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        to.write_all(&buf[..n]).await?;
+        total += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// A connected pair of sockets over loopback.
+    async fn pair() -> io::Result<(TcpStream, TcpStream)> {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = l.local_addr()?;
+        let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
+        Ok((a?, b?.0))
+    }
+
+    #[tokio::test]
+    async fn copies_both_ways_and_propagates_half_close() -> io::Result<()> {
+        // client_side <-> [proxy: client_conn, backend_conn] <-> backend_side
+        let (mut client_side, client_conn) = pair().await?;
+        let (backend_conn, mut backend_side) = pair().await?;
+        let task = tokio::spawn(proxy(client_conn, backend_conn, Duration::from_secs(5)));
+
+        client_side.write_all(b"ping").await?;
+        client_side.shutdown().await?; // half-close: no more from the client
+        let mut got = Vec::new();
+        backend_side.read_to_end(&mut got).await?; // ends because FIN was forwarded
+        assert_eq!(got, b"ping");
+        // The backend can still answer after the client's half-close.
+        backend_side.write_all(b"pong").await?;
+        backend_side.shutdown().await?;
+        let mut got = Vec::new();
+        client_side.read_to_end(&mut got).await?;
+        assert_eq!(got, b"pong");
+        let moved = task.await.map_err(io::Error::other)?.map_err(io::Error::other)?;
+        assert_eq!(
+            moved,
+            Transferred {
+                client_to_backend: 4,
+                backend_to_client: 4
+            }
+        );
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_are_cut() -> io::Result<()> {
+        let (_client_side, client_conn) = pair().await?;
+        let (backend_conn, _backend_side) = pair().await?;
+        let r = proxy(client_conn, backend_conn, Duration::from_secs(30)).await;
+        assert!(
+            matches!(r, Err(CopyError::Idle(d)) if d == Duration::from_secs(30)),
+            "{r:?}"
+        );
+        Ok(())
+    }
+}

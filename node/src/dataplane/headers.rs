@@ -1,0 +1,208 @@
+//! Header rewriting for proxied HTTP: hop-by-hop removal, forwarding
+//! headers and request ids. Pure functions over a `HeaderMap`.
+
+use std::cell::Cell;
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one hop's connection (RFC 9110 §7.6.1) and must not
+/// be forwarded.
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::PROXY_AUTHENTICATE,
+    &header::PROXY_AUTHORIZATION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header
+/// names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Only allocate when a Connection header names extra headers.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Sets the forwarding headers on a request going to a backend:
+/// X-Forwarded-For gets the client appended, X-Real-IP and
+/// X-Forwarded-Proto are replaced, X-Request-Id is set to `request_id`.
+pub fn set_forwarding(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, request_id: &HeaderValue) {
+    let client = client.to_canonical();
+    let mut ip_buf = [0u8; 48];
+    let ip = format_ip(client, &mut ip_buf);
+    let xff = match headers.get_all(&X_FORWARDED_FOR).iter().next() {
+        None => HeaderValue::from_str(ip).ok(),
+        Some(_) => {
+            // Join every existing value (several headers are one list).
+            let mut joined = String::new();
+            for v in headers.get_all(&X_FORWARDED_FOR) {
+                if let Ok(s) = v.to_str() {
+                    joined.push_str(s.trim());
+                    joined.push_str(", ");
+                }
+            }
+            joined.push_str(ip);
+            HeaderValue::from_str(&joined).ok()
+        }
+    };
+    if let Some(xff) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), xff);
+    }
+    if let Ok(real) = HeaderValue::from_str(ip) {
+        headers.insert(X_REAL_IP.clone(), real);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+fn format_ip(ip: IpAddr, buf: &mut [u8; 48]) -> &str {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    // An IP address is at most 45 characters; the buffer always fits it.
+    let _ = write!(cursor, "{ip}");
+    let len = cursor.position() as usize;
+    std::str::from_utf8(&buf[..len]).unwrap_or("")
+}
+
+/// Longest client-supplied request id kept as is.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The request's id: the client's `X-Request-Id` when it is sane (so a
+/// request can be traced through several proxies), else a fresh one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    match headers.get(&X_REQUEST_ID) {
+        Some(v) if !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) => {
+            v.clone()
+        }
+        _ => new_request_id(),
+    }
+}
+
+thread_local! {
+    /// (random per-thread prefix, counter): unique without shared state.
+    static ID_STATE: Cell<(u64, u64)> = Cell::new((fastrand::u64(..), 0));
+}
+
+/// A fresh 32-hex-digit request id.
+pub fn new_request_id() -> HeaderValue {
+    let (prefix, n) = ID_STATE.with(|s| {
+        let (p, n) = s.get();
+        s.set((p, n.wrapping_add(1)));
+        (p, n)
+    });
+    let mut buf = [0u8; 32];
+    hex_u64(prefix, &mut buf[..16]);
+    hex_u64(n, &mut buf[16..]);
+    // Hex digits are always a valid header value.
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn hex_u64(mut v: u64, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap_or(header::ACCEPT),
+                HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("x")),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("host", "example.com"),
+            ("content-length", "3"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["content-length", "host"]);
+    }
+
+    #[test]
+    fn forwarding_headers_append_and_replace() {
+        let id = HeaderValue::from_static("abc");
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-real-ip", "6.6.6.6"),
+        ]);
+        set_forwarding(
+            &mut h,
+            "10.0.0.5".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            "http",
+            &id,
+        );
+        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(
+            h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
+            Some("1.1.1.1, 2.2.2.2, 10.0.0.5")
+        );
+        assert_eq!(h.get(&X_REAL_IP).and_then(|v| v.to_str().ok()), Some("10.0.0.5"));
+        assert_eq!(h.get(&X_FORWARDED_PROTO).and_then(|v| v.to_str().ok()), Some("http"));
+        assert_eq!(h.get(&X_REQUEST_ID), Some(&id));
+
+        let mut h = HeaderMap::new();
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        set_forwarding(&mut h, mapped, "https", &id);
+        assert_eq!(h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()), Some("10.0.0.7"));
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane_and_unique_when_new() {
+        let h = map(&[("x-request-id", "trace-123")]);
+        assert_eq!(request_id(&h), HeaderValue::from_static("trace-123"));
+        let long = "a".repeat(200);
+        let h = map(&[("x-request-id", long.as_str())]);
+        assert_eq!(request_id(&h).len(), 32);
+        let ids: std::collections::HashSet<HeaderValue> = (0..1000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(
+            ids.iter()
+                .all(|v| v.len() == 32 && v.as_bytes().iter().all(u8::is_ascii_hexdigit))
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! The L7 proxy: one hyper HTTP/1.1 server connection per client, requests
+//! balanced one by one onto pooled keep-alive connections to the backends.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::body::{BodySlot, RequestBody, ResponseBody};
+use super::headers;
+use super::stats::ListenerStats;
+use crate::balance::{PickCtx, hash_bytes, hash_ip};
+use crate::config::HashKey;
+use crate::pool::{Backend, Pool};
+
+pub type HttpClient = Client<HttpConnector, RequestBody>;
+
+/// A pool as the HTTP proxy uses it: its backends and a keep-alive
+/// connection pool to them.
+pub struct Upstream {
+    pub pool: Arc<Pool>,
+    pub client: HttpClient,
+}
+
+impl Upstream {
+    pub fn new(pool: Arc<Pool>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(pool.connect_timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(pool.keepalive_timeout)
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Self { pool, client }
+    }
+}
+
+/// The request-handling half of an HTTP listener.
+pub struct HttpProxy {
+    pub listener: Arc<str>,
+    pub upstream: Arc<Upstream>,
+    pub stats: Arc<ListenerStats>,
+    pub proto: &'static str,
+}
+
+/// Why an attempt on one backend failed.
+enum AttemptError {
+    /// The connection was never established: nothing reached the backend.
+    Connect,
+    /// Failed before any response byte arrived (reset, closed).
+    BeforeResponse(String),
+    /// No response headers within the pool's response timeout.
+    Timeout,
+}
+
+impl HttpProxy {
+    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ResponseBody> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let request_id = headers::request_id(req.headers());
+        let resp = self.proxy(req, client, &request_id).await;
+        let mut resp = resp;
+        resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id);
+        self.stats.count_status(resp.status());
+        resp
+    }
+
+    async fn proxy(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        request_id: &HeaderValue,
+    ) -> Response<ResponseBody> {
+        let pool = &self.upstream.pool;
+        if req.method() == Method::CONNECT {
+            return local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported by this proxy");
+        }
+        let (mut parts, body) = req.into_parts();
+        let path = match parts.uri.path_and_query() {
+            Some(pq) => pq.clone(),
+            None => http::uri::PathAndQuery::from_static("/"),
+        };
+        let hash = pool.needs_hash().then(|| request_hash(&pool.hash_key, &parts, client));
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::set_forwarding(&mut parts.headers, client.ip(), self.proto, request_id);
+        let idempotent = is_idempotent(&parts.method);
+        let body = BodySlot::new(body);
+        let mut ctx = PickCtx::new(hash);
+        let mut last_error = None;
+        for attempt in 0..=pool.retries {
+            // The sticky-table lookup (affinity issue) goes before this pick.
+            let Some(backend) = pool.select(&mut ctx).cloned() else {
+                break;
+            };
+            match self.attempt(&backend, &parts, &path, &body).await {
+                Ok(resp) => return resp,
+                Err(e) => {
+                    ctx.exclude(backend.slot);
+                    let retryable = body.untouched()
+                        && match &e {
+                            AttemptError::Connect => true,
+                            AttemptError::BeforeResponse(_) => idempotent,
+                            AttemptError::Timeout => false,
+                        };
+                    let (kind, detail) = match &e {
+                        AttemptError::Connect => ("connect", String::new()),
+                        AttemptError::BeforeResponse(d) => ("request", d.clone()),
+                        AttemptError::Timeout => ("timeout", String::new()),
+                    };
+                    tracing::warn!(
+                        listener = %self.listener, pool = %pool.name, backend = %backend.name,
+                        attempt, kind, detail, will_retry = retryable && attempt < pool.retries,
+                        "backend attempt failed"
+                    );
+                    last_error = Some((backend, e));
+                    if !retryable {
+                        break;
+                    }
+                }
+            }
+        }
+        match last_error {
+            None => local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("no usable backend in pool {:?}", &*pool.name),
+            ),
+            Some((b, AttemptError::Timeout)) => local(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!(
+                    "backend {:?} did not respond within {:?}",
+                    &*b.name, pool.response_timeout
+                ),
+            ),
+            Some((b, AttemptError::Connect)) => local(
+                StatusCode::BAD_GATEWAY,
+                &format!("could not connect to backend {:?} (pool {:?})", &*b.name, &*pool.name),
+            ),
+            Some((b, AttemptError::BeforeResponse(_))) => local(
+                StatusCode::BAD_GATEWAY,
+                &format!("backend {:?} failed before responding", &*b.name),
+            ),
+        }
+    }
+
+    async fn attempt(
+        &self,
+        backend: &Arc<Backend>,
+        parts: &Parts,
+        path: &http::uri::PathAndQuery,
+        body: &BodySlot,
+    ) -> Result<Response<ResponseBody>, AttemptError> {
+        let pool = &self.upstream.pool;
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(backend.authority.clone())
+            .path_and_query(path.clone())
+            .build()
+            .map_err(|e| AttemptError::BeforeResponse(e.to_string()))?;
+        let mut req = Request::new(body.attempt());
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = parts.headers.clone();
+        let in_flight = backend.begin();
+        let started = Instant::now();
+        let result = tokio::time::timeout(pool.response_timeout, self.upstream.client.request(req)).await;
+        let resp = match result {
+            Err(_) => {
+                backend.counters.failures.fetch_add(1, Ordering::Relaxed);
+                backend.observe_latency(pool.response_timeout);
+                return Err(AttemptError::Timeout);
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                backend.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+                backend.observe_latency(pool.connect_timeout);
+                return Err(AttemptError::Connect);
+            }
+            Ok(Err(e)) => {
+                backend.counters.failures.fetch_add(1, Ordering::Relaxed);
+                backend.observe_latency(started.elapsed().max(Duration::from_millis(1)));
+                return Err(AttemptError::BeforeResponse(error_chain(&e)));
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        backend.observe_latency(started.elapsed());
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(
+            parts,
+            ResponseBody::Upstream {
+                body,
+                _in_flight: in_flight,
+            },
+        ))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Methods that may be sent twice (RFC 9110 §9.2.2).
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// A short plain-text response generated by the proxy itself.
+pub fn local(status: StatusCode, why: &str) -> Response<ResponseBody> {
+    let text = format!(
+        "{} {}: {why}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut resp = Response::new(ResponseBody::local(text));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// The hash of a request's balancing key; falls back to the client address
+/// when the header or cookie is absent.
+pub fn request_hash(key: &HashKey, parts: &Parts, client: SocketAddr) -> u64 {
+    match key {
+        HashKey::ClientIp => hash_ip(client.ip()),
+        HashKey::Path => hash_bytes(parts.uri.path().as_bytes()),
+        HashKey::Header(name) => parts
+            .headers
+            .get(name.as_str())
+            .map_or_else(|| hash_ip(client.ip()), |v| hash_bytes(v.as_bytes())),
+        HashKey::Cookie(name) => cookie_value(&parts.headers, name).map_or_else(|| hash_ip(client.ip()), hash_bytes),
+    }
+}
+
+/// The value of cookie `name` in the request's Cookie headers.
+pub fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+        })
+}
+
+/// Adapts [`HttpProxy::handle`] to hyper's service interface.
+pub fn service(
+    proxy: Arc<HttpProxy>,
+    client: SocketAddr,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ResponseBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |req| {
+        let proxy = Arc::clone(&proxy);
+        async move { Ok(proxy.handle(req, client).await) }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_lookup() {
+        let mut h = http::HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; sid=abc ;x=y"));
+        h.append(header::COOKIE, HeaderValue::from_static("late=2"));
+        assert_eq!(cookie_value(&h, "sid"), Some(&b"abc"[..]));
+        assert_eq!(cookie_value(&h, "late"), Some(&b"2"[..]));
+        assert_eq!(cookie_value(&h, "si"), None);
+        assert_eq!(cookie_value(&h, "nope"), None);
+    }
+
+    #[test]
+    fn local_responses_say_why() {
+        let r = local(StatusCode::SERVICE_UNAVAILABLE, "no usable backend in pool \"web\"");
+        assert_eq!(r.status(), 503);
+        assert_eq!(
+            r.headers().get(header::CONTENT_TYPE),
+            Some(&HeaderValue::from_static("text/plain; charset=utf-8"))
+        );
+    }
+}

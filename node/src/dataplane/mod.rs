@@ -1,0 +1,12 @@
+//! The proxying data plane: listeners, the L4 (TCP) and L7 (HTTP) proxies.
+
+mod body;
+mod copy;
+pub mod headers;
+pub mod http;
+pub mod listener;
+pub mod stats;
+pub mod tcp;
+
+pub use body::ResponseBody;
+pub use stats::ListenerStats;

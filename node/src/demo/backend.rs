@@ -1,0 +1,176 @@
+//! A small HTTP server used as a demo backend (`shoal backend`, and the
+//! backends of `shoal demo`). Every response names the backend in an
+//! `X-Backend` header and in the body, so balancing is visible with curl.
+//!
+//! Paths: `/health` (200), `/echo` (streams the request body back),
+//! `/headers` (the request headers as received), `/status/{code}`,
+//! `/drip?chunks=N&interval_ms=M` (a slow chunked stream), anything else a
+//! greeting.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+#[derive(Debug, Clone)]
+pub struct DemoBackend {
+    pub name: String,
+    /// Added before every response except `/health`.
+    pub delay: Duration,
+}
+
+pub async fn serve(listener: TcpListener, backend: DemoBackend, cancel: CancellationToken) {
+    let backend = Arc::new(backend);
+    let tracker = TaskTracker::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // half_close: a client may shut its write side and still wait for the
+    // answer (the TCP proxy forwards such half-closes).
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .half_close(true);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = cancel.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "demo backend accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let backend = Arc::clone(&backend);
+        let builder = builder.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let backend = Arc::clone(&backend);
+                async move { Ok::<_, Infallible>(respond(&backend, req, peer).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                () = cancel.cancelled() => {}
+            }
+        });
+    }
+    tracker.close();
+}
+
+async fn respond(backend: &DemoBackend, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    if path == "/health" {
+        return finish(backend, full(StatusCode::OK, "ok\n".to_string()));
+    }
+    if !backend.delay.is_zero() {
+        tokio::time::sleep(backend.delay).await;
+    }
+    let resp = match path.as_str() {
+        "/echo" => {
+            let mut resp = Response::new(req.into_body().boxed());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            resp
+        }
+        "/headers" => {
+            let mut text = String::new();
+            for (k, v) in req.headers() {
+                text.push_str(&format!("{}: {}\n", k, String::from_utf8_lossy(v.as_bytes())));
+            }
+            full(StatusCode::OK, text)
+        }
+        "/drip" => drip(req.uri().query().unwrap_or("")),
+        p if p.starts_with("/status/") => {
+            let code = p["/status/".len()..]
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::BAD_REQUEST);
+            full(code, format!("status {} from {}\n", code.as_u16(), backend.name))
+        }
+        _ => full(
+            StatusCode::OK,
+            format!("Hello from {} ({} {} via {})\n", backend.name, req.method(), path, peer),
+        ),
+    };
+    finish(backend, resp)
+}
+
+fn finish(backend: &DemoBackend, mut resp: Response<Body>) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(&backend.name) {
+        resp.headers_mut().insert("x-backend", v);
+    }
+    resp
+}
+
+fn full(status: StatusCode, text: String) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(text)).map_err(|never| match never {}).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// A chunked response of `chunks` lines, one every `interval_ms`.
+fn drip(query: &str) -> Response<Body> {
+    let mut chunks = 3u32;
+    let mut interval = 200u64;
+    for kv in query.split('&') {
+        match kv.split_once('=') {
+            Some(("chunks", v)) => chunks = v.parse().unwrap_or(chunks).min(1000),
+            Some(("interval_ms", v)) => interval = v.parse().unwrap_or(interval).min(10_000),
+            _ => {}
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(1);
+    tokio::spawn(async move {
+        for i in 0..chunks {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(interval)).await;
+            }
+            if tx
+                .send(Ok(Frame::data(Bytes::from(format!("chunk {i}\n")))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    Response::new(BodyExt::boxed(ChannelBody(rx)))
+}
+
+/// Frames from a channel as a streamed body.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, hyper::Error>>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        self.0.poll_recv(cx)
+    }
+}

@@ -1,0 +1,12 @@
+//! A Shoal node: config, balancing, the proxying data plane, health checks,
+//! the admin API and the CLI. The binary `shoal` is a thin wrapper.
+
+pub mod admin;
+pub mod balance;
+pub mod cli;
+pub mod config;
+pub mod dataplane;
+pub mod demo;
+pub mod health;
+pub mod pool;
+pub mod server;
