@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Shoal's whole test suite: formatting, lints, unit tests, and the black-box
+# tests that drive the real `shoal` binary on loopback. Needs only a Rust
+# toolchain; uses cargo-nextest when installed, `cargo test` otherwise.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+started=$(date +%s)
+results=()
+failed=0
+
+step() {
+    local name=$1
+    shift
+    echo
+    echo "==> $name"
+    local t0=$(date +%s)
+    if "$@"; then
+        results+=("PASS  $name ($(( $(date +%s) - t0 ))s)")
+    else
+        results+=("FAIL  $name ($(( $(date +%s) - t0 ))s)")
+        failed=1
+    fi
+}
+
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
+step "build the shoal binary" cargo build -p shoal-node --bin shoal
+# The black-box tests run this binary; building it once here keeps parallel
+# test processes from each invoking cargo.
+export SHOAL_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/shoal"
+
+if cargo nextest --version >/dev/null 2>&1; then
+    step "tests (cargo nextest)" cargo nextest run --workspace --no-fail-fast
+else
+    echo "cargo-nextest not found: running the tests with cargo test"
+    step "tests (cargo test)" cargo test --workspace --no-fail-fast
+fi
+
+echo
+echo "==================== Shoal test summary ===================="
+for r in "${results[@]}"; do
+    echo "  $r"
+done
+echo "  total time: $(( $(date +%s) - started ))s"
+if [ "$failed" -ne 0 ]; then
+    echo "RESULT: FAILED"
+    exit 1
+fi
+echo "RESULT: PASSED"

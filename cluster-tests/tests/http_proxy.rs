@@ -1,0 +1,304 @@
+//! The HTTP proxy end to end: forwarding headers, keep-alive on both sides,
+//! streamed bodies, error statuses, hostile input and graceful shutdown.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use shoal_cluster_tests::client::{self, KeepAlive};
+use shoal_cluster_tests::{Backend, Node, free_port, get, request, wait_until};
+
+fn local() -> Result<SocketAddr> {
+    Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
+}
+
+/// A node with one HTTP listener on a pool of `backends` (name, address),
+/// plus `pool_extra` lines in the pool table.
+fn node_with(backends: &[(&str, SocketAddr)], pool_extra: &str) -> Result<(Node, SocketAddr)> {
+    let (admin, http) = (local()?, local()?);
+    let mut cfg = format!(
+        "[node]\nid = \"lb1\"\nadmin_addr = \"{admin}\"\nshutdown_timeout = \"5s\"\n\n\
+         [[listener]]\nname = \"web\"\nbind = \"{http}\"\nprotocol = \"http\"\npool = \"web\"\n\n\
+         [[pool]]\nname = \"web\"\n{pool_extra}\n\n"
+    );
+    for (name, addr) in backends {
+        cfg.push_str(&format!(
+            "[[pool.backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n\n"
+        ));
+    }
+    Ok((Node::start(&cfg, admin)?, http))
+}
+
+fn header_lines(text: &str) -> BTreeSet<String> {
+    text.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn forwarding_headers_are_set_and_hop_by_hop_headers_stripped() -> Result<()> {
+    let b = Backend::start("a")?;
+    let (node, http) = node_with(&[("a", b.addr)], "")?;
+    let r = request(
+        http,
+        None,
+        "GET",
+        "/headers",
+        &[
+            ("Connection", "keep-alive, X-Drop-Me"),
+            ("X-Drop-Me", "secret"),
+            ("Keep-Alive", "timeout=5"),
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("X-Real-IP", "198.51.100.1"),
+            ("X-Request-Id", "trace-abc-123"),
+        ],
+        b"",
+    )?;
+    assert_eq!(r.status, 200);
+    let seen = header_lines(&r.text());
+    for want in [
+        "x-forwarded-for: 203.0.113.9, 127.0.0.1",
+        "x-real-ip: 127.0.0.1",
+        "x-forwarded-proto: http",
+        "x-request-id: trace-abc-123",
+        "host: shoal-test",
+    ] {
+        assert!(seen.contains(want), "backend did not see {want:?}; saw {seen:?}");
+    }
+    for gone in ["x-drop-me", "keep-alive", "connection"] {
+        assert!(
+            !seen.iter().any(|l| l.starts_with(gone)),
+            "backend saw hop-by-hop {gone}: {seen:?}"
+        );
+    }
+    assert_eq!(r.header("x-request-id"), Some("trace-abc-123"));
+
+    // Without a client id, the proxy makes one and tells both sides.
+    let r = get(http, "/headers")?;
+    let id = r.header("x-request-id").context("no request id")?.to_string();
+    assert_eq!(id.len(), 32);
+    assert!(header_lines(&r.text()).contains(&format!("x-request-id: {id}")));
+    node.assert_no_panic();
+    Ok(())
+}
+
+#[test]
+fn keep_alive_on_both_sides() -> Result<()> {
+    let b = Backend::start("a")?;
+    let (node, http) = node_with(&[("a", b.addr)], "")?;
+    let mut conn = KeepAlive::open(http, None)?;
+    let mut backend_conns = BTreeSet::new();
+    for i in 0..20 {
+        let r = conn.send("GET", "/", &[], b"", false)?;
+        assert_eq!(r.status, 200, "request {i} on the same client connection");
+        // The greeting names the proxy's side of the backend connection.
+        let via = r
+            .text()
+            .rsplit("via ")
+            .next()
+            .unwrap_or("")
+            .trim_end_matches([')', '\n'])
+            .to_string();
+        backend_conns.insert(via);
+    }
+    assert!(
+        backend_conns.len() <= 3,
+        "20 sequential requests used {} backend connections: {backend_conns:?}",
+        backend_conns.len()
+    );
+    let status = node.status()?;
+    assert_eq!(status["listeners"][0]["accepted_connections"], 1);
+    assert_eq!(status["listeners"][0]["requests"], 20);
+    node.assert_no_panic();
+    Ok(())
+}
+
+#[test]
+fn response_bodies_are_streamed_not_buffered() -> Result<()> {
+    let b = Backend::start("a")?;
+    let (node, http) = node_with(&[("a", b.addr)], "")?;
+    let mut s = client::connect(http, None)?;
+    let start = Instant::now();
+    write!(
+        s,
+        "GET /drip?chunks=3&interval_ms=700 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut first_chunk_at = None;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if first_chunk_at.is_none() && String::from_utf8_lossy(&got).contains("chunk 0") {
+            first_chunk_at = Some(start.elapsed());
+        }
+    }
+    let total = start.elapsed();
+    let first = first_chunk_at.context("never saw the first chunk")?;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("chunk 2"), "{text}");
+    assert!(
+        total >= Duration::from_millis(1400),
+        "the stream ended too early: {total:?}"
+    );
+    assert!(
+        first < Duration::from_millis(600),
+        "first chunk took {first:?}: the proxy buffered the body"
+    );
+    node.assert_no_panic();
+    Ok(())
+}
+
+#[test]
+fn request_bodies_pass_through_intact() -> Result<()> {
+    let b = Backend::start("a")?;
+    let (node, http) = node_with(&[("a", b.addr)], "")?;
+    let body: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let r = request(http, None, "POST", "/echo", &[], &body)?;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), body.len());
+    assert!(r.body == body, "echoed body differs");
+    node.assert_no_panic();
+    Ok(())
+}
+
+#[test]
+fn connect_failures_are_retried_on_another_backend() -> Result<()> {
+    let live = Backend::start("live")?;
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    // No health check: only the retry keeps clients from seeing the dead one.
+    let (node, http) = node_with(&[("dead", dead), ("live", live.addr)], "retries = 2")?;
+    for i in 0..40 {
+        let r = get(http, "/")?;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.backend(), Some("live"));
+    }
+    // The dead backend was tried (round robin) and its failures counted.
+    let status = node.status()?;
+    let dead_status = &status["pools"][0]["backends"][0];
+    assert_eq!(dead_status["name"], "dead");
+    assert!(
+        dead_status["connect_failures"].as_u64().unwrap_or(0) >= 10,
+        "{dead_status}"
+    );
+    node.assert_no_panic();
+    Ok(())
+}
+
+#[test]
+fn backend_failures_give_502_and_504_with_a_reason() -> Result<()> {
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let (node, http) = node_with(&[("dead", dead)], "retries = 0")?;
+    let r = get(http, "/")?;
+    assert_eq!(r.status, 502);
+    assert!(
+        r.text().contains("could not connect to backend \"dead\""),
+        "{}",
+        r.text()
+    );
+    drop(node);
+
+    let slow = Backend::start_with_delay("slow", "2s")?;
+    let (node, http) = node_with(&[("slow", slow.addr)], "response_timeout = \"300ms\"")?;
+    let start = Instant::now();
+    let r = get(http, "/")?;
+    assert_eq!(r.status, 504);
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(r.text().contains("did not respond within"), "{}", r.text());
+    node.assert_no_panic();
+    drop(node);
+
+    // A backend's own error status is passed through untouched.
+    let fast = Backend::start("fast")?;
+    let (node, http) = node_with(&[("fast", fast.addr)], "")?;
+    let r = get(http, "/status/500")?;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.text(), "status 500 from fast\n");
+    node.assert_no_panic();
+    Ok(())
+}
+
+/// Sends raw bytes and returns everything the proxy answers before closing.
+fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(bytes)?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[test]
+fn malformed_requests_get_400_and_the_node_keeps_serving() -> Result<()> {
+    let b = Backend::start("a")?;
+    let (node, http) = node_with(&[("a", b.addr)], "")?;
+    let bad: [&[u8]; 6] = [
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost x\r\n\r\n",
+        b"GET /\x01\x02 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    ];
+    for req in bad {
+        let answer = raw_exchange(http, req)?;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{:?} got {:?}",
+            String::from_utf8_lossy(req),
+            answer.lines().next()
+        );
+    }
+    let answer = raw_exchange(http, b"GET / HTTP/1.0\r\n\r\n")?;
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+    let r = request(http, None, "CONNECT", "example.com:443", &[], b"")?;
+    assert_eq!(r.status, 405);
+    assert_eq!(get(http, "/")?.status, 200);
+    node.assert_no_panic();
+    Ok(())
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_then_exits_zero() -> Result<()> {
+    let b = Backend::start("a")?;
+    let (mut node, http) = node_with(&[("a", b.addr)], "")?;
+    let in_flight = std::thread::spawn(move || get(http, "/drip?chunks=3&interval_ms=500"));
+    wait_until(
+        "the request to be in flight",
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        || {
+            node.status()
+                .ok()
+                .filter(|s| s["pools"][0]["backends"][0]["active_connections"] == 1)
+                .map(|_| ())
+        },
+    )?;
+    node.signal("TERM")?;
+    // New connections are refused once the listener is closed.
+    wait_until(
+        "the listener to close",
+        Duration::from_secs(3),
+        Duration::from_millis(10),
+        || TcpStream::connect(http).is_err().then_some(()),
+    )?;
+    let r = in_flight
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("chunk 2"), "in-flight response was cut: {}", r.text());
+    let status = node.wait_exit(Duration::from_secs(5))?;
+    assert!(status.success(), "exit status {status}");
+    node.assert_no_panic();
+    Ok(())
+}
