@@ -53,9 +53,47 @@ fn find_or_build() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, reserved for this test
+/// process. Ports come from below the kernel's ephemeral range (32768+), so
+/// the tests' own outgoing connections cannot take one before the process
+/// under test binds it; an exclusive lock file per port (held until this
+/// process exits) keeps concurrently running test processes apart.
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::Mutex;
+    static HELD: Mutex<Vec<fs::File>> = Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("shoal-test-ports");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for _ in 0..2000 {
+        let port = 20_000 + (random_u64() % 12_000) as u16;
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{port}.lock")))?;
+        // Taken by another process, or by this one (a second open of the
+        // file is a separate lock): try another port.
+        if lock.try_lock().is_err() {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            HELD.lock().unwrap_or_else(|e| e.into_inner()).push(lock);
+            return Ok(port);
+        }
+    }
+    bail!("no free port found in 20000-31999")
+}
+
+/// Randomness without a dependency: the std hasher is seeded randomly.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
 }
 
 fn accepts(addr: SocketAddr) -> bool {

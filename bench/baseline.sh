@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Baseline throughput of one Shoal node: wrk over keep-alive connections to
+# Shoal's HTTP (L7) and TCP (L4) listeners in front of three local nginx
+# backends, plus the backends alone for reference. Prints requests/s and
+# p99 latency per target. Installs wrk and nginx with apt-get when missing.
+#
+# Usage: bench/baseline.sh [DURATION_SECONDS] [CONNECTIONS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+duration=${1:-10}
+connections=${2:-64}
+threads=2
+
+need() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing $2 with apt-get"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+    else
+        echo "bench needs $1 (Debian package $2); run as root or install it" >&2
+        exit 1
+    fi
+}
+need wrk wrk
+need nginx nginx
+
+cargo build --release --quiet -p shoal-node --bin shoal
+shoal="${CARGO_TARGET_DIR:-$PWD/target}/release/shoal"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+# Three nginx backends on one nginx, answering a small fixed body.
+cat >"$work/nginx.conf" <<CONF
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    server { listen 127.0.0.1:18001; location / { return 200 "backend 1\n"; } }
+    server { listen 127.0.0.1:18002; location / { return 200 "backend 2\n"; } }
+    server { listen 127.0.0.1:18003; location / { return 200 "backend 3\n"; } }
+}
+CONF
+nginx -c "$work/nginx.conf" -p "$work"
+
+cat >"$work/shoal.toml" <<CONF
+[node]
+id = "bench"
+admin_addr = "127.0.0.1:19901"
+
+[[listener]]
+name = "l7"
+bind = "127.0.0.1:18080"
+protocol = "http"
+pool = "web"
+
+[[listener]]
+name = "l4"
+bind = "127.0.0.1:18081"
+protocol = "tcp"
+pool = "web"
+
+[[pool]]
+name = "web"
+algorithm = "least_conn"
+keepalive_timeout = "30s"
+health = { kind = "http", path = "/", interval = "2s", timeout = "1s" }
+
+[[pool.backend]]
+name = "b1"
+address = "127.0.0.1:18001"
+
+[[pool.backend]]
+name = "b2"
+address = "127.0.0.1:18002"
+
+[[pool.backend]]
+name = "b3"
+address = "127.0.0.1:18003"
+CONF
+SHOAL_LOG=warn "$shoal" run -c "$work/shoal.toml" &
+pids+=($!)
+for _ in $(seq 100); do
+    curl -fs http://127.0.0.1:19901/healthz >/dev/null 2>&1 && break
+    sleep 0.1
+done
+
+run() {
+    local name=$1 url=$2
+    wrk -t"$threads" -c"$connections" -d"${duration}s" --latency "$url" >"$work/$name.txt"
+    local rps p99
+    rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/$name.txt")
+    p99=$(awk '$1 == "99%" {print $2}' "$work/$name.txt")
+    printf "%-28s %12s %10s\n" "$name" "$rps" "$p99"
+}
+
+echo "machine: $(nproc) cores, $(uname -r); wrk -t$threads -c$connections -d${duration}s; $(date -u +%F)"
+printf "%-28s %12s %10s\n" "target" "requests/s" "p99"
+run "nginx backend alone" http://127.0.0.1:18001/
+run "shoal L7 (http, least_conn)" http://127.0.0.1:18080/
+run "shoal L4 (tcp, least_conn)" http://127.0.0.1:18081/
