@@ -78,6 +78,8 @@ async fn pump(from: OwnedReadHalf, mut to: OwnedWriteHalf, start: Instant, last:
         };
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
         to.write_all(&buf[..n]).await?;
+        // A slow reader on the other side is activity too, not idleness.
+        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
         total += n as u64;
     }
 }

@@ -69,8 +69,7 @@ impl HttpProxy {
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ResponseBody> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let request_id = headers::request_id(req.headers());
-        let resp = self.proxy(req, client, &request_id).await;
-        let mut resp = resp;
+        let mut resp = self.proxy(req, client, &request_id).await;
         resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id);
         self.stats.count_status(resp.status());
         resp
