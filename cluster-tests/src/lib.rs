@@ -7,5 +7,5 @@ pub mod procs;
 pub mod wait;
 
 pub use client::{HttpResponse, get, request, tcp_get};
-pub use procs::{Backend, Node, free_port, run_shoal, shoal_bin};
+pub use procs::{Backend, Node, free_port, free_ports, run_shoal, shoal_bin};
 pub use wait::wait_until;

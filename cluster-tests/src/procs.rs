@@ -59,28 +59,45 @@ fn find_or_build() -> Result<PathBuf> {
 /// under test binds it; an exclusive lock file per port (held until this
 /// process exits) keeps concurrently running test processes apart.
 pub fn free_port() -> Result<u16> {
+    free_ports(1)
+}
+
+/// `n` consecutive free ports, reserved like [`free_port`]; returns the
+/// first.
+pub fn free_ports(n: u16) -> Result<u16> {
     use std::sync::Mutex;
     static HELD: Mutex<Vec<fs::File>> = Mutex::new(Vec::new());
     let dir = std::env::temp_dir().join("shoal-test-ports");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    for _ in 0..2000 {
-        let port = 20_000 + (random_u64() % 12_000) as u16;
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(format!("{port}.lock")))?;
-        // Taken by another process, or by this one (a second open of the
-        // file is a separate lock): try another port.
-        if lock.try_lock().is_err() {
-            continue;
+    'search: for _ in 0..2000 {
+        let base = 20_000 + (random_u64() % u64::from(12_000 - n)) as u16;
+        let mut locks = Vec::new();
+        for port in base..base + n {
+            match reserve(&dir, port)? {
+                Some(lock) => locks.push(lock),
+                // Dropping `locks` releases the ports taken so far.
+                None => continue 'search,
+            }
         }
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            HELD.lock().unwrap_or_else(|e| e.into_inner()).push(lock);
-            return Ok(port);
-        }
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).extend(locks);
+        return Ok(base);
     }
-    bail!("no free port found in 20000-31999")
+    bail!("no {n} free consecutive ports found in 20000-31999")
+}
+
+/// Locks `port`'s file and checks the port binds; `None` if either fails.
+fn reserve(dir: &Path, port: u16) -> Result<Option<fs::File>> {
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format!("{port}.lock")))?;
+    // Taken by another process, or by this one (a second open of the file
+    // is a separate lock).
+    if lock.try_lock().is_err() {
+        return Ok(None);
+    }
+    Ok(TcpListener::bind(("127.0.0.1", port)).is_ok().then_some(lock))
 }
 
 /// Randomness without a dependency: the std hasher is seeded randomly.

@@ -8,17 +8,20 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use shoal_cluster_tests::client::KeepAlive;
-use shoal_cluster_tests::{shoal_bin, tcp_get, wait_until};
+use shoal_cluster_tests::{free_ports, shoal_bin, tcp_get, wait_until};
 
 #[test]
 fn demo_serves_balanced_traffic_and_stops_on_ctrl_c() -> Result<()> {
+    // The demo's default ports (8080, 9901, ...) may be in use on a
+    // developer's machine; --port-base moves all six together.
+    let base = free_ports(6)?;
     let mut child = Command::new(shoal_bin()?)
-        .arg("demo")
+        .args(["demo", "--port-base", &base.to_string()])
         .env("SHOAL_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
-    let admin = SocketAddr::from(([127, 0, 0, 1], 9901));
+    let admin = SocketAddr::from(([127, 0, 0, 1], base + 2));
     let started = wait_until(
         "the demo's admin API",
         Duration::from_secs(15),
@@ -31,7 +34,7 @@ fn demo_serves_balanced_traffic_and_stops_on_ctrl_c() -> Result<()> {
     );
     let result = (|| -> Result<()> {
         started?;
-        let http = SocketAddr::from(([127, 0, 0, 1], 8080));
+        let http = SocketAddr::from(([127, 0, 0, 1], base));
         let mut conn = KeepAlive::open(http, None)?;
         let mut counts = BTreeMap::new();
         for _ in 0..60 {
@@ -46,7 +49,7 @@ fn demo_serves_balanced_traffic_and_stops_on_ctrl_c() -> Result<()> {
             ("demo-c".to_string(), 30),
         ]);
         assert_eq!(counts, want);
-        let r = tcp_get(SocketAddr::from(([127, 0, 0, 1], 8081)), None, "/")?;
+        let r = tcp_get(SocketAddr::from(([127, 0, 0, 1], base + 1)), None, "/")?;
         assert_eq!(r.status, 200);
         Ok(())
     })();
@@ -70,7 +73,7 @@ fn demo_serves_balanced_traffic_and_stops_on_ctrl_c() -> Result<()> {
     let (status, _) = exited?;
     assert!(status.success(), "demo exited with {status}");
     assert!(
-        out.contains("http://127.0.0.1:8080/"),
+        out.contains(&format!("http://127.0.0.1:{base}/")),
         "the demo prints its URLs: {out}"
     );
     Ok(())

@@ -157,7 +157,23 @@ fn request_bodies_pass_through_intact() -> Result<()> {
     let b = Backend::start("a")?;
     let (node, http) = node_with(&[("a", b.addr)], "")?;
     let body: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    let r = request(http, None, "POST", "/echo", &[], &body)?;
+    // Write on another thread: the echo streams back while we upload.
+    let s = client::connect(http, None)?;
+    let writer = {
+        let mut w = s.try_clone()?;
+        let body = body.clone();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            write!(
+                w,
+                "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )?;
+            w.write_all(&body)
+        })
+    };
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let r = client::read_response(&mut std::io::BufReader::new(s), "POST")?;
+    writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), body.len());
     assert!(r.body == body, "echoed body differs");
@@ -299,6 +315,128 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() -> Result<()> {
     assert!(r.text().contains("chunk 2"), "in-flight response was cut: {}", r.text());
     let status = node.wait_exit(Duration::from_secs(5))?;
     assert!(status.success(), "exit status {status}");
+    node.assert_no_panic();
+    Ok(())
+}
+
+#[test]
+fn a_backend_stalling_mid_response_is_cut_after_response_timeout() -> Result<()> {
+    let b = Backend::start("a")?;
+    let (node, http) = node_with(&[("a", b.addr)], "response_timeout = \"500ms\"")?;
+    let start = Instant::now();
+    // Headers and the first chunk arrive at once, the second after 5 s.
+    let r = get(http, "/drip?chunks=2&interval_ms=5000");
+    let took = start.elapsed();
+    assert!(r.is_err(), "the cut response must not look complete: {r:?}");
+    assert!(took < Duration::from_secs(3), "cut after {took:?}");
+    wait_until(
+        "the in-flight count to drop",
+        Duration::from_secs(3),
+        Duration::from_millis(20),
+        || {
+            node.status()
+                .ok()
+                .filter(|s| s["pools"][0]["backends"][0]["active_connections"] == 0)
+        },
+    )?;
+    assert_eq!(node.status()?["pools"][0]["backends"][0]["failures"], 1);
+    node.assert_no_panic();
+    Ok(())
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_after_idle_timeout() -> Result<()> {
+    let b = Backend::start("a")?;
+    let (admin, http) = (local()?, local()?);
+    let cfg = format!(
+        "[node]\nid = \"lb1\"\nadmin_addr = \"{admin}\"\n\n\
+         [[listener]]\nname = \"web\"\nbind = \"{http}\"\nprotocol = \"http\"\npool = \"web\"\nidle_timeout = \"1s\"\n\n\
+         [[pool]]\nname = \"web\"\n\n[[pool.backend]]\nname = \"a\"\naddress = \"{}\"\n",
+        b.addr
+    );
+    let node = Node::start(&cfg, admin)?;
+    let mut s = client::connect(http, None)?;
+    // Ask for far more than socket buffers hold, and never read.
+    write!(s, "GET /bytes?n=500000000 HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    wait_until(
+        "the response to start",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || {
+            node.status()
+                .ok()
+                .filter(|st| st["pools"][0]["backends"][0]["active_connections"] == 1)
+        },
+    )?;
+    let (_, took) = wait_until(
+        "the stalled connection to be cut",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            node.status()
+                .ok()
+                .filter(|st| st["pools"][0]["backends"][0]["active_connections"] == 0)
+        },
+    )?;
+    assert!(took < Duration::from_secs(5), "cut after {took:?}");
+    drop(s);
+    node.assert_no_panic();
+    Ok(())
+}
+
+#[test]
+fn slow_uploads_are_bounded_by_the_client_idle_timeout_not_blamed_on_the_backend() -> Result<()> {
+    let b = Backend::start("a")?;
+    let (admin, http) = (local()?, local()?);
+    let cfg = format!(
+        "[node]\nid = \"lb1\"\nadmin_addr = \"{admin}\"\n\n\
+         [[listener]]\nname = \"web\"\nbind = \"{http}\"\nprotocol = \"http\"\npool = \"web\"\nidle_timeout = \"1s\"\n\n\
+         [[pool]]\nname = \"web\"\nresponse_timeout = \"300ms\"\n\n[[pool.backend]]\nname = \"a\"\naddress = \"{}\"\n",
+        b.addr
+    );
+    let node = Node::start(&cfg, admin)?;
+    // An upload taking 3 × 400 ms is fine: each pause is under the 1 s idle
+    // timeout, and the 300 ms response timeout starts after the upload.
+    let mut s = client::connect(http, None)?;
+    write!(
+        s,
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\nConnection: close\r\n\r\n"
+    )?;
+    for part in ["abc", "def", "ghi"] {
+        std::thread::sleep(Duration::from_millis(400));
+        s.write_all(part.as_bytes())?;
+    }
+    let r = client::read_response(&mut std::io::BufReader::new(s), "POST")?;
+    assert_eq!((r.status, r.text().as_str()), (200, "abcdefghi"));
+
+    // A client that stalls mid-upload gets 400 (from a backend that waits
+    // for the whole body), and the backend is not charged with a failure.
+    let mut s = client::connect(http, None)?;
+    write!(
+        s,
+        "POST /sink HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly a little"
+    )?;
+    let start = Instant::now();
+    let r = client::read_response(&mut std::io::BufReader::new(s), "POST")?;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(start.elapsed() < Duration::from_secs(4), "took {:?}", start.elapsed());
+    let backend = &node.status()?["pools"][0]["backends"][0];
+    assert_eq!(backend["failures"], 0, "{backend}");
+    node.assert_no_panic();
+    Ok(())
+}
+
+#[test]
+fn requests_that_cannot_be_forwarded_faithfully_are_refused() -> Result<()> {
+    let b = Backend::start("a")?;
+    let (node, http) = node_with(&[("a", b.addr)], "")?;
+    let answer = raw_exchange(http, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")?;
+    assert!(answer.starts_with("HTTP/1.1 400"), "missing Host: {answer}");
+    let answer = raw_exchange(
+        http,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+    )?;
+    assert!(answer.starts_with("HTTP/1.1 501"), "gzip transfer coding: {answer}");
     node.assert_no_panic();
     Ok(())
 }

@@ -33,7 +33,12 @@ pub enum Command {
         config: PathBuf,
     },
     /// A local node with three demo backends, printing URLs to try.
-    Demo,
+    Demo {
+        /// Use six consecutive ports from this one (HTTP, TCP, admin, three
+        /// backends) instead of 8080, 8081, 9901 and 9001-9003.
+        #[arg(long)]
+        port_base: Option<u16>,
+    },
     /// A demo HTTP backend that names itself in every response.
     Backend {
         /// Address to listen on.
@@ -64,7 +69,19 @@ pub fn main() -> ExitCode {
             let workers = cfg.node.workers;
             exit(runtime(workers).and_then(|rt| rt.block_on(server::run(cfg))))
         }
-        Command::Demo => exit(runtime(None).and_then(|rt| rt.block_on(demo::run()))),
+        Command::Demo { port_base } => {
+            let ports = match port_base {
+                None => demo::DemoPorts::DEFAULT,
+                Some(base) => match demo::DemoPorts::from_base(base) {
+                    Some(p) => p,
+                    None => {
+                        eprintln!("error: --port-base {base} leaves no room for six ports");
+                        return ExitCode::from(EXIT_INVALID_CONFIG);
+                    }
+                },
+            };
+            exit(runtime(None).and_then(|rt| rt.block_on(demo::run(ports))))
+        }
         Command::Backend { bind, name, delay } => exit(runtime(None).and_then(|rt| {
             rt.block_on(async {
                 let sock = listener::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;

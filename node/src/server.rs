@@ -62,6 +62,9 @@ impl RunningNode {
     /// nothing half-running), then starts serving.
     pub async fn start(config: Config) -> Result<Self> {
         let mut pools: HashMap<String, Arc<Pool>> = HashMap::new();
+        // One keep-alive connection pool per backend pool, shared by every
+        // listener using it.
+        let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
         let mut pool_list = Vec::new();
         for pc in &config.pools {
             let mut addrs = Vec::with_capacity(pc.backends.len());
@@ -74,6 +77,7 @@ impl RunningNode {
             }
             let pool = Arc::new(Pool::new(pc, &addrs));
             pools.insert(pc.name.clone(), Arc::clone(&pool));
+            upstreams.insert(pc.name.clone(), Arc::new(Upstream::new(Arc::clone(&pool))));
             pool_list.push(pool);
         }
 
@@ -99,11 +103,16 @@ impl RunningNode {
             let name: Arc<str> = Arc::from(l.name.as_str());
             match l.protocol {
                 Protocol::Http => {
+                    let upstream = upstreams
+                        .get(&l.pool)
+                        .cloned()
+                        .ok_or_else(|| anyhow!("listener {:?}: pool {:?} is not defined", l.name, l.pool))?;
                     let proxy = Arc::new(HttpProxy {
                         listener: name,
-                        upstream: Arc::new(Upstream::new(pool)),
+                        upstream,
                         stats: Arc::clone(&stats),
                         proto: "http",
+                        client_idle: l.idle_timeout().get(),
                     });
                     tracker.spawn(listener::serve_http(
                         sock,

@@ -22,18 +22,22 @@ impl LeastConn {
     }
 
     pub fn pick<C: Candidate>(&self, cands: &[C], ctx: &mut PickCtx) -> Option<usize> {
-        let mut best: Option<(u64, u64)> = None; // (load, weight) of the minimum
-        for c in cands.iter().filter(|c| ctx.allows(*c)) {
-            let lw = (c.load(), u64::from(c.weight().max(1)));
-            if best.is_none_or(|b| ratio_cmp(lw, b) == Ordering::Less) {
-                best = Some(lw);
+        // (index, load, weight) of the minimum.
+        let mut best: Option<(usize, u64, u64)> = None;
+        for (i, c) in cands.iter().enumerate().filter(|(_, c)| ctx.allows(*c)) {
+            let (load, weight) = (c.load(), u64::from(c.weight().max(1)));
+            if best.is_none_or(|(_, bl, bw)| ratio_cmp((load, weight), (bl, bw)) == Ordering::Less) {
+                best = Some((i, load, weight));
             }
         }
-        let best = best?;
-        self.tie_break.pick(cands, ctx, |i| {
+        let (min_index, bl, bw) = best?;
+        // Loads move under our feet; if none still ties with the minimum we
+        // saw, the minimum's backend is still a fine choice.
+        let tied = self.tie_break.pick(cands, ctx, |i| {
             let c = &cands[i];
-            ratio_cmp((c.load(), u64::from(c.weight().max(1))), best) == Ordering::Equal
-        })
+            ratio_cmp((c.load(), u64::from(c.weight().max(1))), (bl, bw)) == Ordering::Equal
+        });
+        Some(tied.unwrap_or(min_index))
     }
 }
 
@@ -49,12 +53,16 @@ pub(super) fn load_per_weight_cmp<C: Candidate>(a: &C, b: &C) -> Ordering {
     )
 }
 
-/// Lowest expected wait: latency EWMA × (in-flight + 1) / weight. Backends
-/// without a latency sample yet score 0, so each gets tried early.
+/// Lowest expected wait: latency EWMA × (in-flight + 1) / weight. A backend
+/// without a latency sample counts as nearly instant, so it is tried at once
+/// and sampled, while its load still counts against it.
 #[derive(Default)]
 pub struct LeastResponseTime {
     rotation: Rotation,
 }
+
+/// Stand-in latency of a backend without samples.
+const UNSAMPLED_US: f64 = 1.0;
 
 impl LeastResponseTime {
     pub fn pick<C: Candidate>(&self, cands: &[C], ctx: &mut PickCtx) -> Option<usize> {
@@ -67,7 +75,11 @@ impl LeastResponseTime {
             if !ctx.allows(c) {
                 continue;
             }
-            let score = c.latency_us() * (c.load() as f64 + 1.0) / f64::from(c.weight().max(1));
+            let latency = match c.latency_us() {
+                l if l > 0.0 => l,
+                _ => UNSAMPLED_US,
+            };
+            let score = latency * (c.load() as f64 + 1.0) / f64::from(c.weight().max(1));
             if best.is_none_or(|(_, s)| score < s) {
                 best = Some((i, score));
             }

@@ -18,12 +18,14 @@ impl RoundRobin {
             return None;
         }
         let k = self.next.fetch_add(1, Ordering::Relaxed) % usable;
-        cands
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| ctx.allows(*c))
-            .nth(k)
-            .map(|(i, _)| i)
+        let mut allowed = cands.iter().enumerate().filter(|(_, c)| ctx.allows(*c)).map(|(i, _)| i);
+        let first = allowed.next()?;
+        // Health can flip between the two passes: fall back to the first.
+        Some(if k == 0 {
+            first
+        } else {
+            allowed.nth(k - 1).unwrap_or(first)
+        })
     }
 }
 

@@ -248,10 +248,70 @@ fn least_response_time_prefers_fast_and_idle() {
     // The fast one is busy enough that the slow idle one is quicker.
     cs[1].load = 20;
     assert_eq!(b.pick(&cs, &mut seeded(None)), Some(0));
-    // A backend without samples gets tried.
+    // A backend without samples is tried at once, even if the other is
+    // fast...
     cs[0].latency = 0.0;
-    cs[1].load = 0;
+    cs[1].load = 1;
     assert_eq!(b.pick(&cs, &mut seeded(None)), Some(0));
+    // ...but its own load still counts: 1µs × 501 > 100µs × 2.
+    cs[0].load = 500;
+    assert_eq!(b.pick(&cs, &mut seeded(None)), Some(1));
+    // A slow sampled backend does not make unsampled ones look slow.
+    let b = Balancer::new(Algorithm::LeastResponseTime, &members(&[1, 2, 3]));
+    let mut cs = cands(&[1, 2, 3]);
+    cs[2].latency = 5_000.0;
+    assert_ne!(b.pick(&cs, &mut seeded(None)), Some(2));
+    // With no samples at all, load and weight decide.
+    let b = Balancer::new(Algorithm::LeastResponseTime, &members(&[1, 1, 1]));
+    let mut cs = cands(&[1, 1, 1]);
+    cs[0].load = 3;
+    cs[1].load = 1;
+    cs[2].load = 2;
+    assert_eq!(b.pick(&cs, &mut seeded(None)), Some(1));
+}
+
+/// A candidate whose load changes every time it is read, as under real
+/// concurrency.
+struct Shifty {
+    slot: usize,
+    reads: std::cell::Cell<u64>,
+}
+
+impl Candidate for Shifty {
+    fn slot(&self) -> usize {
+        self.slot
+    }
+    fn usable(&self) -> bool {
+        true
+    }
+    fn weight(&self) -> u32 {
+        1
+    }
+    fn load(&self) -> u64 {
+        let r = self.reads.get();
+        self.reads.set(r + 1);
+        // Alternates between loads so no value read twice agrees.
+        (r * 7 + self.slot as u64 * 3) % 5
+    }
+    fn latency_us(&self) -> f64 {
+        100.0
+    }
+}
+
+#[test]
+fn load_aware_algorithms_always_pick_while_loads_change() {
+    let cs: Vec<Shifty> = (0..3)
+        .map(|slot| Shifty {
+            slot,
+            reads: std::cell::Cell::new(0),
+        })
+        .collect();
+    for alg in [Algorithm::LeastConn, Algorithm::LeastResponseTime, Algorithm::P2c] {
+        let b = Balancer::new(alg, &members(&[1, 1, 1]));
+        for _ in 0..1_000 {
+            assert!(b.pick(&cs, &mut seeded(None)).is_some(), "{alg} found no backend");
+        }
+    }
 }
 
 #[test]

@@ -29,14 +29,44 @@ pub enum CopyError {
 }
 
 /// Copies until both directions have ended, either side fails, or nothing
-/// moves for `idle`.
-pub async fn proxy(client: TcpStream, backend: TcpStream, idle: Duration) -> Result<Transferred, CopyError> {
+/// moves for `idle`. `on_first_response` gets the backend's first response
+/// time: from the client's first byte to the backend's first byte (or from
+/// the start, for protocols where the server speaks first).
+pub async fn proxy(
+    client: TcpStream,
+    backend: TcpStream,
+    idle: Duration,
+    on_first_response: impl FnOnce(Duration) + Send,
+) -> Result<Transferred, CopyError> {
     let start = Instant::now();
     // Milliseconds since `start` of the last byte moved, in either direction.
     let last_activity = AtomicU64::new(0);
+    // Microseconds since `start` of the client's first byte; MAX = none yet.
+    let client_first = AtomicU64::new(u64::MAX);
     let (cr, cw) = client.into_split();
     let (br, bw) = backend.into_split();
-    let both = async { tokio::try_join!(pump(cr, bw, start, &last_activity), pump(br, cw, start, &last_activity)) };
+    let on_client_read = || {
+        let now = start.elapsed().as_micros() as u64;
+        let _ = client_first.compare_exchange(u64::MAX, now, Ordering::Relaxed, Ordering::Relaxed);
+    };
+    let mut on_first_response = Some(on_first_response);
+    let on_backend_read = || {
+        if let Some(report) = on_first_response.take() {
+            let sent = match client_first.load(Ordering::Relaxed) {
+                u64::MAX => 0,
+                us => us,
+            };
+            let now = start.elapsed().as_micros() as u64;
+            report(Duration::from_micros(now.saturating_sub(sent)));
+        }
+    };
+    let both = async {
+        tokio::try_join!(
+            pump(cr, bw, start, &last_activity, on_client_read),
+            pump(br, cw, start, &last_activity, on_backend_read)
+        )
+    };
+
     let watchdog = async {
         loop {
             let last = start + Duration::from_millis(last_activity.load(Ordering::Relaxed));
@@ -58,7 +88,13 @@ pub async fn proxy(client: TcpStream, backend: TcpStream, idle: Duration) -> Res
 
 /// One direction. The buffer is allocated on the first readable event, so
 /// a connection that never sends costs no buffer.
-async fn pump(from: OwnedReadHalf, mut to: OwnedWriteHalf, start: Instant, last: &AtomicU64) -> io::Result<u64> {
+async fn pump(
+    from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    start: Instant,
+    last: &AtomicU64,
+    mut on_read: impl FnMut(),
+) -> io::Result<u64> {
     let mut buf: Vec<u8> = Vec::new();
     let mut total = 0u64;
     loop {
@@ -76,10 +112,12 @@ async fn pump(from: OwnedReadHalf, mut to: OwnedWriteHalf, start: Instant, last:
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
-        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        on_read();
+        // fetch_max: the two directions race, and time must not go back.
+        last.fetch_max(start.elapsed().as_millis() as u64, Ordering::Relaxed);
         to.write_all(&buf[..n]).await?;
         // A slow reader on the other side is activity too, not idleness.
-        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        last.fetch_max(start.elapsed().as_millis() as u64, Ordering::Relaxed);
         total += n as u64;
     }
 }
@@ -103,7 +141,10 @@ mod tests {
         // client_side <-> [proxy: client_conn, backend_conn] <-> backend_side
         let (mut client_side, client_conn) = pair().await?;
         let (backend_conn, mut backend_side) = pair().await?;
-        let task = tokio::spawn(proxy(client_conn, backend_conn, Duration::from_secs(5)));
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(proxy(client_conn, backend_conn, Duration::from_secs(5), move |d| {
+            let _ = first_tx.send(d);
+        }));
 
         client_side.write_all(b"ping").await?;
         client_side.shutdown().await?; // half-close: no more from the client
@@ -111,6 +152,7 @@ mod tests {
         backend_side.read_to_end(&mut got).await?; // ends because FIN was forwarded
         assert_eq!(got, b"ping");
         // The backend can still answer after the client's half-close.
+        tokio::time::sleep(Duration::from_millis(30)).await;
         backend_side.write_all(b"pong").await?;
         backend_side.shutdown().await?;
         let mut got = Vec::new();
@@ -131,7 +173,7 @@ mod tests {
     async fn idle_connections_are_cut() -> io::Result<()> {
         let (_client_side, client_conn) = pair().await?;
         let (backend_conn, _backend_side) = pair().await?;
-        let r = proxy(client_conn, backend_conn, Duration::from_secs(30)).await;
+        let r = proxy(client_conn, backend_conn, Duration::from_secs(30), |_| {}).await;
         assert!(
             matches!(r, Err(CopyError::Idle(d)) if d == Duration::from_secs(30)),
             "{r:?}"

@@ -56,16 +56,15 @@ pub fn set_forwarding(headers: &mut HeaderMap, client: IpAddr, proto: &'static s
     let xff = match headers.get_all(&X_FORWARDED_FOR).iter().next() {
         None => HeaderValue::from_str(ip).ok(),
         Some(_) => {
-            // Join every existing value (several headers are one list).
-            let mut joined = String::new();
+            // Join every existing value (several headers are one list),
+            // byte for byte: an odd entry is the next hop's to judge.
+            let mut joined = Vec::with_capacity(64);
             for v in headers.get_all(&X_FORWARDED_FOR) {
-                if let Ok(s) = v.to_str() {
-                    joined.push_str(s.trim());
-                    joined.push_str(", ");
-                }
+                joined.extend_from_slice(v.as_bytes().trim_ascii());
+                joined.extend_from_slice(b", ");
             }
-            joined.push_str(ip);
-            HeaderValue::from_str(&joined).ok()
+            joined.extend_from_slice(ip.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
         }
     };
     if let Some(xff) = xff {
@@ -184,6 +183,22 @@ mod tests {
         assert_eq!(h.get(&X_REAL_IP).and_then(|v| v.to_str().ok()), Some("10.0.0.5"));
         assert_eq!(h.get(&X_FORWARDED_PROTO).and_then(|v| v.to_str().ok()), Some("http"));
         assert_eq!(h.get(&X_REQUEST_ID), Some(&id));
+
+        let mut h = HeaderMap::new();
+        h.insert(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap_or(HeaderValue::from_static("x")),
+        );
+        set_forwarding(
+            &mut h,
+            "10.0.0.5".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            "http",
+            &id,
+        );
+        assert_eq!(
+            h.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()),
+            Some(&b"caf\xc3\xa9, 10.0.0.5"[..])
+        );
 
         let mut h = HeaderMap::new();
         let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));

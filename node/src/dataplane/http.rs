@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::body::{BodySlot, RequestBody, ResponseBody};
+use super::body::{BodySlot, RequestBody, RequestBodyError, ResponseBody};
 use super::headers;
 use super::stats::ListenerStats;
 use crate::balance::{PickCtx, hash_bytes, hash_ip};
@@ -53,6 +53,8 @@ pub struct HttpProxy {
     pub upstream: Arc<Upstream>,
     pub stats: Arc<ListenerStats>,
     pub proto: &'static str,
+    /// Longest pause of a client uploading a request body.
+    pub client_idle: Duration,
 }
 
 /// Why an attempt on one backend failed.
@@ -63,6 +65,9 @@ enum AttemptError {
     BeforeResponse(String),
     /// No response headers within the pool's response timeout.
     Timeout,
+    /// The client's request body failed (aborted or stalled upload): the
+    /// client's doing, not the backend's.
+    ClientBody(String),
 }
 
 impl HttpProxy {
@@ -82,8 +87,8 @@ impl HttpProxy {
         request_id: &HeaderValue,
     ) -> Response<ResponseBody> {
         let pool = &self.upstream.pool;
-        if req.method() == Method::CONNECT {
-            return local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported by this proxy");
+        if let Some(rejection) = reject_request(&req) {
+            return rejection;
         }
         let (mut parts, body) = req.into_parts();
         let path = match parts.uri.path_and_query() {
@@ -104,18 +109,23 @@ impl HttpProxy {
             };
             match self.attempt(&backend, &parts, &path, &body).await {
                 Ok(resp) => return resp,
+                Err(AttemptError::ClientBody(why)) => {
+                    tracing::debug!(listener = %self.listener, error = %why, "client request body failed");
+                    return local(StatusCode::BAD_REQUEST, &why);
+                }
                 Err(e) => {
                     ctx.exclude(backend.slot);
                     let retryable = body.untouched()
                         && match &e {
                             AttemptError::Connect => true,
                             AttemptError::BeforeResponse(_) => idempotent,
-                            AttemptError::Timeout => false,
+                            AttemptError::Timeout | AttemptError::ClientBody(_) => false,
                         };
                     let (kind, detail) = match &e {
-                        AttemptError::Connect => ("connect", String::new()),
-                        AttemptError::BeforeResponse(d) => ("request", d.clone()),
-                        AttemptError::Timeout => ("timeout", String::new()),
+                        AttemptError::Connect => ("connect", ""),
+                        AttemptError::BeforeResponse(d) => ("request", d.as_str()),
+                        AttemptError::Timeout => ("timeout", ""),
+                        AttemptError::ClientBody(d) => ("client", d.as_str()),
                     };
                     tracing::warn!(
                         listener = %self.listener, pool = %pool.name, backend = %backend.name,
@@ -145,7 +155,7 @@ impl HttpProxy {
                 StatusCode::BAD_GATEWAY,
                 &format!("could not connect to backend {:?} (pool {:?})", &*b.name, &*pool.name),
             ),
-            Some((b, AttemptError::BeforeResponse(_))) => local(
+            Some((b, AttemptError::BeforeResponse(_) | AttemptError::ClientBody(_))) => local(
                 StatusCode::BAD_GATEWAY,
                 &format!("backend {:?} failed before responding", &*b.name),
             ),
@@ -166,43 +176,93 @@ impl HttpProxy {
             .path_and_query(path.clone())
             .build()
             .map_err(|e| AttemptError::BeforeResponse(e.to_string()))?;
-        let mut req = Request::new(body.attempt());
+        let (req_body, upload) = body.attempt(self.client_idle);
+        let mut req = Request::new(req_body);
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = parts.headers.clone();
         let in_flight = backend.begin();
         let started = Instant::now();
-        let result = tokio::time::timeout(pool.response_timeout, self.upstream.client.request(req)).await;
+        // The response timeout runs from the end of the upload: a slow
+        // client is bounded by its own idle timeout, not blamed on the
+        // backend.
+        let deadline = async {
+            if let Some(upload) = &upload {
+                upload.sent().await;
+            }
+            tokio::time::sleep(pool.response_timeout).await;
+        };
+        let result = tokio::select! {
+            r = self.upstream.client.request(req) => Some(r),
+            () = deadline => None,
+        };
         let resp = match result {
-            Err(_) => {
+            None => {
                 backend.counters.failures.fetch_add(1, Ordering::Relaxed);
                 backend.observe_latency(pool.response_timeout);
                 return Err(AttemptError::Timeout);
             }
-            Ok(Err(e)) if e.is_connect() => {
+            Some(Err(e)) if e.is_connect() => {
                 backend.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
                 backend.observe_latency(pool.connect_timeout);
                 return Err(AttemptError::Connect);
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
+                if let Some(client_error) = find_source::<RequestBodyError>(&e) {
+                    return Err(AttemptError::ClientBody(client_error.to_string()));
+                }
                 backend.counters.failures.fetch_add(1, Ordering::Relaxed);
                 backend.observe_latency(started.elapsed().max(Duration::from_millis(1)));
                 return Err(AttemptError::BeforeResponse(error_chain(&e)));
             }
-            Ok(Ok(resp)) => resp,
+            Some(Ok(resp)) => resp,
         };
         backend.observe_latency(started.elapsed());
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(
             parts,
-            ResponseBody::Upstream {
-                body,
-                _in_flight: in_flight,
-            },
+            ResponseBody::upstream(body, in_flight, pool.response_timeout, upload),
         ))
     }
+}
+
+/// Requests the proxy answers itself: methods it does not proxy, and
+/// framing it cannot forward faithfully.
+fn reject_request(req: &Request<Incoming>) -> Option<Response<ResponseBody>> {
+    if req.method() == Method::CONNECT {
+        return Some(local(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported by this proxy",
+        ));
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is malformed.
+    if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
+        return Some(local(StatusCode::BAD_REQUEST, "HTTP/1.1 request without a Host header"));
+    }
+    // Only chunked framing is decoded; another transfer coding would reach
+    // the backend undeclared once the hop-by-hop header is dropped.
+    let te = req.headers().get_all(header::TRANSFER_ENCODING);
+    if te.iter().any(|v| !v.as_bytes().eq_ignore_ascii_case(b"chunked")) {
+        return Some(local(
+            StatusCode::NOT_IMPLEMENTED,
+            "only the chunked transfer coding is supported",
+        ));
+    }
+    None
+}
+
+/// The first error of type `E` in `e`'s source chain.
+fn find_source<'a, E: std::error::Error + 'static>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a E> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(found) = err.downcast_ref::<E>() {
+            return Some(found);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

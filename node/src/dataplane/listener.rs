@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::http::{HttpProxy, service};
+use super::idle::WriteStall;
 use super::tcp::TcpProxy;
 
 /// Binds a listening socket the way a proxy wants it: address reuse so a
@@ -76,7 +77,10 @@ pub async fn serve_http(
         tracker.spawn(async move {
             let _open = proxy.stats.open();
             let svc = service(Arc::clone(&proxy), peer);
-            let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), svc));
+            // A client that stops reading cannot hold the connection (and a
+            // backend's in-flight slot) longer than the idle timeout.
+            let io = TokioIo::new(WriteStall::new(stream, idle_timeout));
+            let mut conn = pin!(builder.serve_connection(io, svc));
             let result = tokio::select! {
                 r = conn.as_mut() => r,
                 () = cancel.cancelled() => {

@@ -4,6 +4,7 @@ mod body;
 mod copy;
 pub mod headers;
 pub mod http;
+pub mod idle;
 pub mod listener;
 pub mod stats;
 pub mod tcp;

@@ -37,19 +37,25 @@ impl TcpProxy {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     backend.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    backend.observe_latency(pool.connect_timeout);
                     tracing::warn!(listener = %self.listener, pool = %pool.name, backend = %backend.name, attempt, error = %e, "connect to backend failed");
                     ctx.exclude(backend.slot);
                     continue;
                 }
                 Err(_) => {
                     backend.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    backend.observe_latency(pool.connect_timeout);
                     tracing::warn!(listener = %self.listener, pool = %pool.name, backend = %backend.name, attempt, timeout = ?pool.connect_timeout, "connect to backend timed out");
                     ctx.exclude(backend.slot);
                     continue;
                 }
             };
             let _ = stream.set_nodelay(true);
-            match copy::proxy(client, stream, self.idle_timeout).await {
+            // The first response time is what L4 sees of a backend's
+            // latency (for least_response_time).
+            let sampled = Arc::clone(&backend);
+            let on_first_response = move |d| sampled.observe_latency(d);
+            match copy::proxy(client, stream, self.idle_timeout, on_first_response).await {
                 Ok(moved) => {
                     tracing::debug!(listener = %self.listener, backend = %backend.name, ?moved, "connection done")
                 }

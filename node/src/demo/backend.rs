@@ -2,10 +2,12 @@
 //! backends of `shoal demo`). Every response names the backend in an
 //! `X-Backend` header and in the body, so balancing is visible with curl.
 //!
-//! Paths: `/health` (200), `/echo` (streams the request body back),
+//! Paths: `/health` (200), `/echo` (streams the request body back), `/sink`
+//! (reads the whole body, then answers with its size),
+
 //! `/headers` (the request headers as received), `/status/{code}`,
-//! `/drip?chunks=N&interval_ms=M` (a slow chunked stream), anything else a
-//! greeting.
+//! `/drip?chunks=N&interval_ms=M` (a slow chunked stream), `/bytes?n=N` (N
+//! bytes, streamed), anything else a greeting.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -90,6 +92,10 @@ async fn respond(backend: &DemoBackend, req: Request<Incoming>, peer: SocketAddr
             );
             resp
         }
+        "/sink" => match req.into_body().collect().await {
+            Ok(body) => full(StatusCode::OK, format!("received {} bytes\n", body.to_bytes().len())),
+            Err(e) => full(StatusCode::BAD_REQUEST, format!("reading the body failed: {e}\n")),
+        },
         "/headers" => {
             let mut text = String::new();
             for (k, v) in req.headers() {
@@ -98,6 +104,7 @@ async fn respond(backend: &DemoBackend, req: Request<Incoming>, peer: SocketAddr
             full(StatusCode::OK, text)
         }
         "/drip" => drip(req.uri().query().unwrap_or("")),
+        "/bytes" => bytes(req.uri().query().unwrap_or("")),
         p if p.starts_with("/status/") => {
             let code = p["/status/".len()..]
                 .parse::<u16>()
@@ -131,7 +138,33 @@ fn full(status: StatusCode, text: String) -> Response<Body> {
     resp
 }
 
+/// `n` bytes (`/bytes?n=N`, at most 1 GiB) streamed in 64 KiB frames.
+fn bytes(query: &str) -> Response<Body> {
+    let n: u64 = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("n="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+        .min(1 << 30);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(4);
+    tokio::spawn(async move {
+        let frame = Bytes::from(vec![b'x'; 64 * 1024]);
+        let mut left = n;
+        while left > 0 {
+            let len = left.min(frame.len() as u64) as usize;
+            if tx.send(Ok(Frame::data(frame.slice(..len)))).await.is_err() {
+                return;
+            }
+            left -= len as u64;
+        }
+    });
+    let mut resp = Response::new(BodyExt::boxed(ChannelBody(rx)));
+    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    resp
+}
+
 /// A chunked response of `chunks` lines, one every `interval_ms`.
+
 fn drip(query: &str) -> Response<Body> {
     let mut chunks = 3u32;
     let mut interval = 200u64;

@@ -1,0 +1,151 @@
+//! Stall detection for streams: a timer armed when a stream has to wait and
+//! disarmed by progress. It allocates its `Sleep` only the first time a
+//! stream waits, so streams that never wait cost nothing.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+pub struct IdleTimer {
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl IdleTimer {
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The stream moved: the next wait starts a fresh timeout.
+    pub fn progress(&mut self) {
+        self.armed = false;
+    }
+
+    /// The stream has to wait: returns true once it has waited `timeout`
+    /// without progress. Registers the waker for the deadline.
+    pub fn poll_stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = Instant::now() + self.timeout;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            sleep.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// A client connection whose writes fail with `TimedOut` when the client
+/// stops reading for `timeout`, so a stalled reader cannot hold a
+/// connection and a backend's in-flight slot forever.
+pub struct WriteStall<T> {
+    inner: T,
+    timer: IdleTimer,
+}
+
+impl<T> WriteStall<T> {
+    pub fn new(inner: T, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timer: IdleTimer::new(timeout),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteStall<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> WriteStall<T> {
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if self.timer.poll_stalled(cx) {
+            Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteStall<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => self.stalled(cx).map(Err),
+            ready => {
+                self.timer.progress();
+                ready
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending => self.stalled(cx).map(Err),
+            ready => {
+                self.timer.progress();
+                ready
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => self.stalled(cx).map(Err),
+            ready => {
+                self.timer.progress();
+                ready
+            }
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn timer_fires_only_after_a_full_timeout_without_progress() {
+        let mut t = IdleTimer::new(Duration::from_secs(10));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(!t.poll_stalled(&mut cx));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(!t.poll_stalled(&mut cx));
+        t.progress();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        // 12s since the first wait, but only 6s since progress.
+        assert!(!t.poll_stalled(&mut cx));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!t.poll_stalled(&mut cx));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(t.poll_stalled(&mut cx));
+    }
+}
