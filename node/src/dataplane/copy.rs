@@ -166,6 +166,12 @@ mod tests {
                 backend_to_client: 4
             }
         );
+        // The backend answered 30ms or more after the client's first byte.
+        let first = first_rx.await.map_err(io::Error::other)?;
+        assert!(
+            first >= Duration::from_millis(30) && first < Duration::from_secs(5),
+            "{first:?}"
+        );
         Ok(())
     }
 

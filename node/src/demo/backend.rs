@@ -164,7 +164,6 @@ fn bytes(query: &str) -> Response<Body> {
 }
 
 /// A chunked response of `chunks` lines, one every `interval_ms`.
-
 fn drip(query: &str) -> Response<Body> {
     let mut chunks = 3u32;
     let mut interval = 200u64;
