@@ -10,3 +10,4 @@ pub mod demo;
 pub mod health;
 pub mod pool;
 pub mod server;
+pub mod tls;

@@ -124,6 +124,16 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Config, Config
 }
 
 fn resolve_paths(config: &mut Config, base_dir: &Path) {
+    if let Some(t) = &mut config.node.admin_token_file {
+        *t = base_dir.join(&*t);
+    }
+    for l in &mut config.listeners {
+        if let Some(tls) = &mut l.tls {
+            tls.cert = base_dir.join(&tls.cert);
+            tls.key = base_dir.join(&tls.key);
+        }
+    }
+
     if let Some(cluster) = &mut config.cluster {
         if let Some(tls) = &mut cluster.tls {
             for p in [&mut tls.ca, &mut tls.cert, &mut tls.key] {

@@ -13,7 +13,7 @@ use shoal_proto::NodeId;
 use super::addr::{HostPort, IpCidr};
 use super::duration::Dur;
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub node: NodeConfig,
@@ -27,7 +27,7 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub id: NodeId,
@@ -39,6 +39,9 @@ pub struct NodeConfig {
     /// Data-plane worker threads; default: one per CPU.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// File holding a bearer token that admin writes must present.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 fn default_admin_addr() -> SocketAddr {
@@ -49,7 +52,7 @@ fn default_shutdown_timeout() -> Dur {
     Dur::from_secs(10)
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub name: String,
@@ -63,7 +66,7 @@ pub struct ClusterConfig {
     pub gossip_key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterTls {
     pub ca: PathBuf,
@@ -71,7 +74,7 @@ pub struct ClusterTls {
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VipConfig {
     pub address: IpCidr,
@@ -124,7 +127,7 @@ impl fmt::Display for Protocol {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub name: String,
@@ -136,6 +139,63 @@ pub struct ListenerConfig {
     /// direction (default 5m).
     #[serde(default)]
     pub idle_timeout: Option<Dur>,
+    /// TLS termination (HTTP listeners).
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    /// Per-client-address request (HTTP) or connection (TCP) rate limit.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// HTTP routing rules, tried in order; the first match picks the pool,
+    /// else `pool` serves.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained rate allowed per client address.
+    pub requests_per_second: f64,
+    /// Requests a client may send at once after being idle.
+    pub burst: u32,
+    /// Client addresses tracked at once; beyond it new addresses share one
+    /// bucket, so memory stays bounded whatever the traffic.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+}
+
+fn default_max_clients() -> usize {
+    100_000
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Host header (port ignored, case-insensitive); "*.example.com"
+    /// matches any subdomain.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub header: Option<HeaderMatch>,
+    pub pool: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    pub value: String,
 }
 
 impl ListenerConfig {
@@ -271,7 +331,7 @@ pub fn valid_cookie_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     pub name: String,
@@ -299,8 +359,51 @@ pub struct PoolConfig {
     pub sticky: Option<StickyConfig>,
     #[serde(default)]
     pub outlier: Option<OutlierConfig>,
+    /// Caps the extra load retries may add.
+    #[serde(default)]
+    pub retry_budget: RetryBudgetConfig,
+    /// Circuit breaker: most connections (TCP) or in-flight requests (HTTP)
+    /// per backend; absent = unlimited.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// Requests or connections that may wait for a backend at its
+    /// `max_connections`, at most `connect_timeout` each; beyond them new
+    /// ones fail fast.
+    #[serde(default)]
+    pub max_pending: u32,
+    /// A backend that comes back (health, ejection, admin state) ramps its
+    /// weight up linearly over this time.
+    #[serde(default)]
+    pub slow_start: Option<Dur>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetConfig {
+    /// Retries in flight may be at most this share of requests in flight...
+    #[serde(default = "default_budget_percent")]
+    pub percent: u32,
+    /// ...or this many, whichever is more (so a quiet pool can retry).
+    #[serde(default = "default_budget_min")]
+    pub min_retries: u32,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        Self {
+            percent: default_budget_percent(),
+            min_retries: default_budget_min(),
+        }
+    }
+}
+
+fn default_budget_percent() -> u32 {
+    20
+}
+fn default_budget_min() -> u32 {
+    3
 }
 
 fn default_algorithm() -> Algorithm {
@@ -326,7 +429,7 @@ pub enum HealthKind {
     Http,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     pub kind: HealthKind,
@@ -373,7 +476,7 @@ pub enum StickyMode {
     SourceIp,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StickyConfig {
     pub mode: StickyMode,
@@ -394,16 +497,24 @@ fn default_max_entries() -> u64 {
     1_000_000
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierConfig {
     #[serde(default = "default_consecutive_failures")]
     pub consecutive_failures: u32,
     #[serde(default = "default_base_ejection")]
     pub base_ejection: Dur,
+    /// Longest ejection, however often a backend was ejected.
+    #[serde(default = "default_max_ejection")]
+    pub max_ejection: Dur,
     #[serde(default = "default_max_ejection_percent")]
     pub max_ejection_percent: u32,
 }
+
+fn default_max_ejection() -> Dur {
+    Dur::from_secs(300)
+}
+
 
 fn default_consecutive_failures() -> u32 {
     5
@@ -415,7 +526,7 @@ fn default_max_ejection_percent() -> u32 {
     50
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     pub name: String,

@@ -261,3 +261,97 @@ fn rendered_error_has_file_line_key_and_source() {
     );
     assert!(rendered.contains("14 | weight = 0"), "{rendered}");
 }
+
+#[test]
+fn routes_are_checked() {
+    let text = format!(
+        "{MINIMAL_HEAD}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:8080\"\nprotocol = \"http\"\npool = \"p\"\n\
+         [[listener.route]]\npath_prefix = \"/api/\"\npool = \"api\"\n\
+         [[listener.route]]\npool = \"p\"\n\
+         [[listener.route]]\nhost = \"*.example.com:80\"\npath_prefix = \"api\"\npool = \"p\"\n\n\
+         [[pool]]\nname = \"p\"\n[[pool.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n"
+    );
+    let err = parse_str(&text).err().map(|e| e.to_string()).unwrap_or_default();
+    for needle in [
+        "listener[0].route[0].pool: route uses pool \"api\"",
+        "listener[0].route[1]: a route needs at least one",
+        "listener[0].route[2].host",
+        "listener[0].route[2].path_prefix",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    let ok = text
+        .replace("pool = \"api\"", "pool = \"p\"")
+        .replace("[[listener.route]]\npool = \"p\"\n", "[[listener.route]]\nheader = { name = \"x-beta\", value = \"1\" }\npool = \"p\"\n")
+        .replace("*.example.com:80", "*.example.com")
+        .replace("path_prefix = \"api\"", "path_prefix = \"/api\"");
+    let config = parse_str(&ok).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.listeners[0].routes.len(), 3);
+}
+
+#[test]
+fn traffic_management_keys_are_checked() {
+    let text = minimal_with(
+        "max_pending = 10\nslow_start = \"0s\"\nretry_budget = { percent = 120 }\n\
+         outlier = { base_ejection = \"30s\", max_ejection = \"10s\" }\n\
+         [[pool.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
+    );
+    let err = parse_str(&text).err().map(|e| e.to_string()).unwrap_or_default();
+    for needle in [
+        "pool[0].max_pending: max_pending only applies with max_connections",
+        "pool[0].slow_start",
+        "pool[0].retry_budget.percent",
+        "pool[0].outlier.max_ejection",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    let text = format!(
+        "{MINIMAL_HEAD}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:8080\"\nprotocol = \"tcp\"\npool = \"p\"\n\
+         tls = {{ cert = \"c.pem\", key = \"k.pem\" }}\nrate_limit = {{ requests_per_second = 0, burst = 0 }}\n\n\
+         [[pool]]\nname = \"p\"\n[[pool.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n"
+    );
+    let err = parse_str(&text).err().map(|e| e.to_string()).unwrap_or_default();
+    for needle in [
+        "listener[0].tls: TLS termination is only available on http listeners",
+        "listener[0].tls.cert: cannot read certificates from ./c.pem",
+        "listener[0].rate_limit.requests_per_second",
+        "listener[0].rate_limit.burst",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn tls_certificates_must_parse_and_match_their_key() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for name in ["a", "b"] {
+        let g = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join(format!("{name}.pem")), g.cert.pem()).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join(format!("{name}.key")), g.signing_key.serialize_pem())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let with_tls = |cert: &str, key: &str| {
+        format!(
+            "{MINIMAL_HEAD}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:8443\"\nprotocol = \"http\"\npool = \"p\"\n\
+             tls = {{ cert = \"{cert}\", key = \"{key}\" }}\n\n\
+             [[pool]]\nname = \"p\"\n[[pool.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n"
+        )
+    };
+    let good = parse(&with_tls("a.pem", "a.key"), "t.toml", dir.path());
+    assert!(good.is_ok(), "{:?}", good.err().map(|e| e.to_string()));
+    let err = parse(&with_tls("a.pem", "b.key"), "t.toml", dir.path())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("listener[0].tls.cert") && err.contains("do not belong together"), "{err}");
+    assert!(err.contains("t.toml:8:"), "{err}");
+}
+
+#[test]
+fn admin_token_file_must_hold_a_token() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("empty.token"), "  \n").unwrap_or_else(|e| panic!("{e}"));
+    let text = "[node]\nid = \"lb1\"\nadmin_token_file = \"empty.token\"\n";
+    let err = parse(text, "t.toml", dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("node.admin_token_file") && err.contains("is empty"), "{err}");
+}

@@ -40,13 +40,14 @@ impl Problems {
 pub fn validate(config: &Config, base_dir: &Path) -> Vec<Problem> {
     let mut p = Problems::default();
     let root = KeyPath::root();
-    validate_node(&config.node, &root.key("node"), &mut p);
+    validate_node(&config.node, &root.key("node"), base_dir, &mut p);
     if let Some(cluster) = &config.cluster {
         validate_cluster(cluster, &root.key("cluster"), base_dir, &mut p);
     }
     validate_vips(&config.vips, &root, &mut p);
     validate_pools(&config.pools, &root, &mut p);
-    validate_listeners(config, &root, &mut p);
+    validate_listeners(config, &root, base_dir, &mut p);
+
     p.0
 }
 
@@ -61,7 +62,17 @@ fn valid_name(name: &str) -> bool {
 
 const NAME_RULE: &str = "1-64 characters of A-Z, a-z, 0-9, '-', '_', '.'";
 
-fn validate_node(node: &NodeConfig, path: &KeyPath, p: &mut Problems) {
+fn validate_node(node: &NodeConfig, path: &KeyPath, base_dir: &Path, p: &mut Problems) {
+    if let Some(token) = &node.admin_token_file {
+        let full = base_dir.join(token);
+        match std::fs::read_to_string(&full) {
+            Ok(t) if t.trim().is_empty() => {
+                p.add(path.key("admin_token_file"), format!("{} is empty", full.display()));
+            }
+            Ok(_) => {}
+            Err(e) => p.add(path.key("admin_token_file"), format!("cannot read {}: {e}", full.display())),
+        }
+    }
     p.check(
         node.admin_addr.port() != 0,
         || path.key("admin_addr"),
@@ -211,6 +222,41 @@ fn validate_pools(pools: &[PoolConfig], root: &KeyPath, p: &mut Problems) {
         if let Some(s) = &pool.sticky {
             validate_sticky(s, &path.key("sticky"), p);
         }
+        let budget = &pool.retry_budget;
+        p.check(
+            budget.percent <= 100,
+            || path.key("retry_budget").key("percent"),
+            || format!("percent must be between 0 and 100, got {}", budget.percent),
+        );
+        p.check(
+            budget.min_retries <= 10_000,
+            || path.key("retry_budget").key("min_retries"),
+            || format!("min_retries must be at most 10000, got {}", budget.min_retries),
+        );
+        if let Some(max) = pool.max_connections {
+            p.check(
+                max >= 1,
+                || path.key("max_connections"),
+                || "max_connections must be at least 1 (omit it for no limit)".into(),
+            );
+        }
+        p.check(
+            pool.max_pending <= 1_000_000,
+            || path.key("max_pending"),
+            || format!("max_pending must be at most 1000000, got {}", pool.max_pending),
+        );
+        p.check(
+            pool.max_pending == 0 || pool.max_connections.is_some(),
+            || path.key("max_pending"),
+            || "max_pending only applies with max_connections".into(),
+        );
+        if let Some(ramp) = pool.slow_start {
+            p.check(
+                !ramp.is_zero() && ramp.get() <= Duration::from_secs(3600),
+                || path.key("slow_start"),
+                || format!("slow_start must be between 1ms and 1h, got {ramp}"),
+            );
+        }
         if let Some(o) = &pool.outlier {
             let op = path.key("outlier");
             p.check(
@@ -219,6 +265,12 @@ fn validate_pools(pools: &[PoolConfig], root: &KeyPath, p: &mut Problems) {
                 || "consecutive_failures must be at least 1".into(),
             );
             positive(o.base_ejection.get(), op.key("base_ejection"), p);
+            p.check(
+                o.max_ejection >= o.base_ejection,
+                || op.key("max_ejection"),
+                || format!("max_ejection ({}) must be at least base_ejection ({})", o.max_ejection, o.base_ejection),
+            );
+
             p.check(
                 o.max_ejection_percent <= 100,
                 || op.key("max_ejection_percent"),
@@ -354,7 +406,45 @@ fn validate_backends(pool: &PoolConfig, path: &KeyPath, p: &mut Problems) {
     }
 }
 
-fn validate_listeners(config: &Config, root: &KeyPath, p: &mut Problems) {
+fn validate_route(r: &RouteConfig, path: &KeyPath, pools: &HashMap<&str, &PoolConfig>, p: &mut Problems) {
+    if r.host.is_none() && r.path_prefix.is_none() && r.header.is_none() {
+        p.add(path.clone(), "a route needs at least one of host, path_prefix, header");
+    }
+    if let Some(host) = &r.host {
+        let bare = host.strip_prefix("*.").unwrap_or(host);
+        p.check(
+            !bare.is_empty()
+                && bare.len() <= 253
+                && bare.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')),
+            || path.key("host"),
+            || format!("host {host:?} must be a host name, optionally starting with \"*.\" (no port)"),
+        );
+    }
+    if let Some(prefix) = &r.path_prefix {
+        p.check(
+            prefix.starts_with('/') && http::HeaderValue::from_str(prefix).is_ok(),
+            || path.key("path_prefix"),
+            || format!("path_prefix {prefix:?} must start with '/'"),
+        );
+    }
+    if let Some(h) = &r.header {
+        p.check(
+            http::HeaderName::from_bytes(h.name.as_bytes()).is_ok(),
+            || path.key("header").key("name"),
+            || format!("{:?} is not a valid header name", h.name),
+        );
+        p.check(
+            http::HeaderValue::from_str(&h.value).is_ok(),
+            || path.key("header").key("value"),
+            || format!("{:?} is not a valid header value", h.value),
+        );
+    }
+    if !pools.contains_key(r.pool.as_str()) {
+        p.add(path.key("pool"), format!("route uses pool {:?}, which is not defined", r.pool));
+    }
+}
+
+fn validate_listeners(config: &Config, root: &KeyPath, base_dir: &Path, p: &mut Problems) {
     let pools: HashMap<&str, &PoolConfig> = config.pools.iter().map(|pl| (pl.name.as_str(), pl)).collect();
     let mut names = HashSet::new();
     let mut binds: HashMap<SocketAddr, &str> = HashMap::new();
@@ -383,6 +473,45 @@ fn validate_listeners(config: &Config, root: &KeyPath, p: &mut Problems) {
             p.add(path.key("bind"), format!("{} is the node's admin_addr", l.bind));
         }
         positive(l.idle_timeout().get(), path.key("idle_timeout"), p);
+        if let Some(tls) = &l.tls {
+            let tp = path.key("tls");
+            if l.protocol != Protocol::Http {
+                p.add(tp.clone(), "TLS termination is only available on http listeners");
+            }
+            let (cert, key) = (base_dir.join(&tls.cert), base_dir.join(&tls.key));
+            if let Err(e) = crate::tls::load_certified_key(&cert, &key) {
+                let which = match e {
+                    crate::tls::TlsError::Key { .. } => "key",
+                    _ => "cert",
+                };
+                p.add(tp.key(which), e.to_string());
+            }
+        }
+        if let Some(rl) = &l.rate_limit {
+            let rp = path.key("rate_limit");
+            p.check(
+                rl.requests_per_second.is_finite() && rl.requests_per_second > 0.0 && rl.requests_per_second <= 1e6,
+                || rp.key("requests_per_second"),
+                || format!("requests_per_second must be above 0 and at most 1000000, got {}", rl.requests_per_second),
+            );
+            p.check(
+                (1..=1_000_000).contains(&rl.burst),
+                || rp.key("burst"),
+                || format!("burst must be between 1 and 1000000, got {}", rl.burst),
+            );
+            p.check(
+                (1..=10_000_000).contains(&rl.max_clients),
+                || rp.key("max_clients"),
+                || format!("max_clients must be between 1 and 10000000, got {}", rl.max_clients),
+            );
+        }
+        if !l.routes.is_empty() && l.protocol != Protocol::Http {
+            p.add(path.key("route"), "routes are only available on http listeners");
+        }
+        for (j, r) in l.routes.iter().enumerate() {
+            validate_route(r, &path.key("route").index(j), &pools, p);
+        }
+
         let Some(pool) = pools.get(l.pool.as_str()) else {
             p.add(
                 path.key("pool"),
