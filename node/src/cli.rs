@@ -67,7 +67,7 @@ pub fn main() -> ExitCode {
                 Err(e) => return config_error(&e),
             };
             let workers = cfg.node.workers;
-            exit(runtime(workers).and_then(|rt| rt.block_on(server::run(cfg))))
+            exit(runtime(workers).and_then(|rt| rt.block_on(server::run(cfg, config))))
         }
         Command::Demo { port_base } => {
             let ports = match port_base {

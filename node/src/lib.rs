@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod balance;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dataplane;
 pub mod demo;

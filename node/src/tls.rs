@@ -29,7 +29,11 @@ pub enum TlsError {
     #[error("cannot read a private key from {}: {reason}", path.display())]
     Key { path: PathBuf, reason: String },
     #[error("certificate {} and key {} do not belong together: {reason}", cert.display(), key.display())]
-    Mismatch { cert: PathBuf, key: PathBuf, reason: String },
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
 }
@@ -80,8 +84,14 @@ impl CertStore {
     /// Re-reads the files; on error the old certificate stays in use.
     pub fn reload(&self) -> Result<(), TlsError> {
         let fresh = load_certified_key(&self.cert, &self.key)?;
-        self.current.store(Arc::new(fresh));
+        self.replace(fresh);
         Ok(())
+    }
+
+    /// Puts a certificate loaded elsewhere (e.g. while checking a reload)
+    /// into service.
+    pub fn replace(&self, fresh: CertifiedKey) {
+        self.current.store(Arc::new(fresh));
     }
 
     pub fn paths(&self) -> (&Path, &Path) {
@@ -91,7 +101,10 @@ impl CertStore {
 
 impl fmt::Debug for CertStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertStore").field("cert", &self.cert).field("key", &self.key).finish()
+        f.debug_struct("CertStore")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish()
     }
 }
 
@@ -118,8 +131,8 @@ mod tests {
 
     /// Writes a fresh self-signed certificate and key; returns their paths.
     fn write_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
-            .unwrap_or_else(|e| panic!("rcgen: {e}"));
+        let generated =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap_or_else(|e| panic!("rcgen: {e}"));
         let cert = dir.join(format!("{name}.pem"));
         let key = dir.join(format!("{name}.key"));
         std::fs::write(&cert, generated.cert.pem()).unwrap_or_else(|e| panic!("{e}"));
@@ -133,13 +146,25 @@ mod tests {
         let (cert_a, key_a) = write_pair(dir.path(), "a");
         let (_, key_b) = write_pair(dir.path(), "b");
         assert!(load_certified_key(&cert_a, &key_a).is_ok());
-        assert!(matches!(load_certified_key(&cert_a, &key_b), Err(TlsError::Mismatch { .. })));
+        assert!(matches!(
+            load_certified_key(&cert_a, &key_b),
+            Err(TlsError::Mismatch { .. })
+        ));
         let garbage = dir.path().join("garbage.pem");
         std::fs::write(&garbage, "not a certificate").unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(load_certified_key(&garbage, &key_a), Err(TlsError::NoCerts(_))));
-        assert!(matches!(load_certified_key(&cert_a, &garbage), Err(TlsError::Key { .. })));
+        assert!(matches!(
+            load_certified_key(&garbage, &key_a),
+            Err(TlsError::NoCerts(_))
+        ));
+        assert!(matches!(
+            load_certified_key(&cert_a, &garbage),
+            Err(TlsError::Key { .. })
+        ));
         let missing = dir.path().join("missing.pem");
-        let err = load_certified_key(&missing, &key_a).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = load_certified_key(&missing, &key_a)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("missing.pem"), "{err}");
     }
 

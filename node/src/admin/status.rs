@@ -48,10 +48,14 @@ pub struct Listener {
     pub name: String,
     pub bind: String,
     pub protocol: String,
+    pub tls: bool,
     pub pool: String,
+    /// Routing rules before the default pool.
+    pub routes: usize,
     pub active_connections: u64,
     pub accepted_connections: u64,
     pub requests: u64,
+    pub rate_limited: u64,
     pub responses: BTreeMap<&'static str, u64>,
 }
 
@@ -59,6 +63,8 @@ pub struct Listener {
 pub struct Pool {
     pub name: String,
     pub algorithm: &'static str,
+    pub retries_granted: u64,
+    pub retries_denied: u64,
     pub backends: Vec<Backend>,
 }
 
@@ -67,16 +73,25 @@ pub struct Backend {
     pub name: String,
     pub address: String,
     pub weight: u32,
+    /// Weight in effect now: below `weight` while slow-starting.
+    pub effective_weight: f64,
     pub backup: bool,
     pub healthy: bool,
+    /// Taken out by passive health (outlier detection) for a while.
+    pub ejected: bool,
     pub usable: bool,
     pub state: &'static str,
     pub active_connections: u64,
+    /// Requests or connections waiting for a slot (circuit breaker).
+    pub pending: u32,
     pub cluster_connections: u64,
     pub health_by_node: BTreeMap<String, bool>,
     pub requests: u64,
     pub connect_failures: u64,
     pub failures: u64,
+    pub ejections: u64,
+    /// Refused at the backend's connection limits.
+    pub rejected: u64,
     pub latency_ewma_ms: f64,
 }
 
@@ -97,6 +112,8 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 pub fn build(state: &NodeState) -> Status {
     let id = state.id.to_string();
+    let current = state.current.load_full();
+    let config = &current.config;
     Status {
         node: NodeInfo {
             id: id.clone(),
@@ -105,7 +122,7 @@ pub fn build(state: &NodeState) -> Status {
         },
         // Filled by the cluster issue (gossip membership).
         peers: Vec::new(),
-        vips: state
+        vips: config
             .vips
             .iter()
             .map(|v| Vip {
@@ -117,17 +134,20 @@ pub fn build(state: &NodeState) -> Status {
                 master: None,
             })
             .collect(),
-        listeners: state
+        listeners: current
             .listeners
             .iter()
             .map(|l| Listener {
                 name: l.name.clone(),
                 bind: l.bind.to_string(),
                 protocol: l.protocol.to_string(),
+                tls: l.tls,
                 pool: l.pool.clone(),
+                routes: l.routes,
                 active_connections: l.stats.active.load(Ordering::Relaxed),
                 accepted_connections: l.stats.accepted.load(Ordering::Relaxed),
                 requests: l.stats.requests.load(Ordering::Relaxed),
+                rate_limited: l.stats.rate_limited.load(Ordering::Relaxed),
                 responses: CLASSES
                     .iter()
                     .zip(&l.stats.responses)
@@ -135,37 +155,44 @@ pub fn build(state: &NodeState) -> Status {
                     .collect(),
             })
             .collect(),
-        pools: state
-            .pools
-            .iter()
+        pools: current
+            .pools()
             .map(|p| Pool {
                 name: p.name.to_string(),
                 algorithm: p.algorithm.as_str(),
-                backends: p
-                    .backends()
-                    .iter()
-                    .map(|b| Backend {
-                        name: b.name.to_string(),
-                        address: b.configured.clone(),
-                        weight: b.weight,
-                        backup: b.backup,
-                        healthy: b.is_healthy(),
-                        usable: b.usable(),
-                        state: b.admin_state().as_str(),
-                        active_connections: b.active(),
-                        cluster_connections: b.active() + b.cluster_load(),
-                        health_by_node: BTreeMap::from([(id.clone(), b.is_healthy())]),
-                        requests: b.counters.sent.load(Ordering::Relaxed),
-                        connect_failures: b.counters.connect_failures.load(Ordering::Relaxed),
-                        failures: b.counters.failures.load(Ordering::Relaxed),
-                        latency_ewma_ms: (b.latency_ewma_us() / 10.0).round() / 100.0,
-                    })
-                    .collect(),
+                retries_granted: p.budget.granted.load(Ordering::Relaxed),
+                retries_denied: p.budget.denied.load(Ordering::Relaxed),
+                backends: p.backends().iter().map(|b| backend(&id, b)).collect(),
             })
             .collect(),
         affinity: Affinity {
             entries: 0,
             peers: Vec::new(),
         },
+    }
+}
+
+/// One backend as the status (and the admin API) show it.
+pub fn backend(node: &str, b: &crate::pool::Backend) -> Backend {
+    Backend {
+        name: b.name.to_string(),
+        address: b.configured.clone(),
+        weight: b.configured_weight(),
+        effective_weight: f64::from(b.effective_weight()) / f64::from(crate::pool::WEIGHT_SCALE),
+        backup: b.is_backup(),
+        healthy: b.is_healthy(),
+        ejected: b.is_ejected(),
+        usable: b.usable(),
+        state: b.admin_state().as_str(),
+        active_connections: b.active(),
+        pending: b.pending(),
+        cluster_connections: b.active() + b.cluster_load(),
+        health_by_node: BTreeMap::from([(node.to_string(), b.is_healthy())]),
+        requests: b.counters.sent.load(Ordering::Relaxed),
+        connect_failures: b.counters.connect_failures.load(Ordering::Relaxed),
+        failures: b.counters.failures.load(Ordering::Relaxed),
+        ejections: b.counters.ejections.load(Ordering::Relaxed),
+        rejected: b.counters.rejected.load(Ordering::Relaxed),
+        latency_ewma_ms: (b.latency_ewma_us() / 10.0).round() / 100.0,
     }
 }

@@ -23,8 +23,9 @@ pub use hash::{hash_bytes, hash_ip};
 
 /// What an algorithm needs to know about a backend at pick time.
 pub trait Candidate {
-    /// Position of the backend in its pool; used for retry exclusion.
-    fn slot(&self) -> usize;
+    /// The backend's identity, stable while it lives; used for retry
+    /// exclusion.
+    fn id(&self) -> u64;
     /// Healthy, admin-ready and not ejected.
     fn usable(&self) -> bool;
     /// Effective weight (≥ 1).
@@ -36,8 +37,8 @@ pub trait Candidate {
 }
 
 impl<T: Candidate> Candidate for std::sync::Arc<T> {
-    fn slot(&self) -> usize {
-        (**self).slot()
+    fn id(&self) -> u64 {
+        (**self).id()
     }
     fn usable(&self) -> bool {
         (**self).usable()
@@ -65,7 +66,7 @@ pub struct Member<'a> {
 pub struct PickCtx {
     pub hash: Option<u64>,
     rng: fastrand::Rng,
-    excluded: Vec<usize>,
+    excluded: Vec<u64>,
 }
 
 impl PickCtx {
@@ -81,15 +82,15 @@ impl PickCtx {
         }
     }
 
-    /// Never pick the backend in `slot` again for this request.
-    pub fn exclude(&mut self, slot: usize) {
-        if !self.excluded.contains(&slot) {
-            self.excluded.push(slot);
+    /// Never pick the backend `id` again for this request.
+    pub fn exclude(&mut self, id: u64) {
+        if !self.excluded.contains(&id) {
+            self.excluded.push(id);
         }
     }
 
     pub fn allows<C: Candidate>(&self, c: &C) -> bool {
-        c.usable() && !self.excluded.contains(&c.slot())
+        c.usable() && !self.excluded.contains(&c.id())
     }
 
     fn rng(&mut self) -> &mut fastrand::Rng {

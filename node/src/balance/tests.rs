@@ -13,8 +13,8 @@ struct Tc {
 }
 
 impl Candidate for Tc {
-    fn slot(&self) -> usize {
-        self.slot
+    fn id(&self) -> u64 {
+        self.slot as u64
     }
     fn usable(&self) -> bool {
         self.usable
@@ -278,8 +278,8 @@ struct Shifty {
 }
 
 impl Candidate for Shifty {
-    fn slot(&self) -> usize {
-        self.slot
+    fn id(&self) -> u64 {
+        self.slot as u64
     }
     fn usable(&self) -> bool {
         true

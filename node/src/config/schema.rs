@@ -515,7 +515,6 @@ fn default_max_ejection() -> Dur {
     Dur::from_secs(300)
 }
 
-
 fn default_consecutive_failures() -> u32 {
     5
 }

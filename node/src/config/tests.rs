@@ -282,7 +282,10 @@ fn routes_are_checked() {
     }
     let ok = text
         .replace("pool = \"api\"", "pool = \"p\"")
-        .replace("[[listener.route]]\npool = \"p\"\n", "[[listener.route]]\nheader = { name = \"x-beta\", value = \"1\" }\npool = \"p\"\n")
+        .replace(
+            "[[listener.route]]\npool = \"p\"\n",
+            "[[listener.route]]\nheader = { name = \"x-beta\", value = \"1\" }\npool = \"p\"\n",
+        )
         .replace("*.example.com:80", "*.example.com")
         .replace("path_prefix = \"api\"", "path_prefix = \"/api\"");
     let config = parse_str(&ok).unwrap_or_else(|e| panic!("{e}"));
@@ -343,7 +346,10 @@ fn tls_certificates_must_parse_and_match_their_key() {
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
-    assert!(err.contains("listener[0].tls.cert") && err.contains("do not belong together"), "{err}");
+    assert!(
+        err.contains("listener[0].tls.cert") && err.contains("do not belong together"),
+        "{err}"
+    );
     assert!(err.contains("t.toml:8:"), "{err}");
 }
 
@@ -352,6 +358,12 @@ fn admin_token_file_must_hold_a_token() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(dir.path().join("empty.token"), "  \n").unwrap_or_else(|e| panic!("{e}"));
     let text = "[node]\nid = \"lb1\"\nadmin_token_file = \"empty.token\"\n";
-    let err = parse(text, "t.toml", dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(err.contains("node.admin_token_file") && err.contains("is empty"), "{err}");
+    let err = parse(text, "t.toml", dir.path())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("node.admin_token_file") && err.contains("is empty"),
+        "{err}"
+    );
 }

@@ -70,7 +70,10 @@ fn validate_node(node: &NodeConfig, path: &KeyPath, base_dir: &Path, p: &mut Pro
                 p.add(path.key("admin_token_file"), format!("{} is empty", full.display()));
             }
             Ok(_) => {}
-            Err(e) => p.add(path.key("admin_token_file"), format!("cannot read {}: {e}", full.display())),
+            Err(e) => p.add(
+                path.key("admin_token_file"),
+                format!("cannot read {}: {e}", full.display()),
+            ),
         }
     }
     p.check(
@@ -268,7 +271,12 @@ fn validate_pools(pools: &[PoolConfig], root: &KeyPath, p: &mut Problems) {
             p.check(
                 o.max_ejection >= o.base_ejection,
                 || op.key("max_ejection"),
-                || format!("max_ejection ({}) must be at least base_ejection ({})", o.max_ejection, o.base_ejection),
+                || {
+                    format!(
+                        "max_ejection ({}) must be at least base_ejection ({})",
+                        o.max_ejection, o.base_ejection
+                    )
+                },
             );
 
             p.check(
@@ -415,7 +423,9 @@ fn validate_route(r: &RouteConfig, path: &KeyPath, pools: &HashMap<&str, &PoolCo
         p.check(
             !bare.is_empty()
                 && bare.len() <= 253
-                && bare.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')),
+                && bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')),
             || path.key("host"),
             || format!("host {host:?} must be a host name, optionally starting with \"*.\" (no port)"),
         );
@@ -440,7 +450,10 @@ fn validate_route(r: &RouteConfig, path: &KeyPath, pools: &HashMap<&str, &PoolCo
         );
     }
     if !pools.contains_key(r.pool.as_str()) {
-        p.add(path.key("pool"), format!("route uses pool {:?}, which is not defined", r.pool));
+        p.add(
+            path.key("pool"),
+            format!("route uses pool {:?}, which is not defined", r.pool),
+        );
     }
 }
 
@@ -492,7 +505,12 @@ fn validate_listeners(config: &Config, root: &KeyPath, base_dir: &Path, p: &mut 
             p.check(
                 rl.requests_per_second.is_finite() && rl.requests_per_second > 0.0 && rl.requests_per_second <= 1e6,
                 || rp.key("requests_per_second"),
-                || format!("requests_per_second must be above 0 and at most 1000000, got {}", rl.requests_per_second),
+                || {
+                    format!(
+                        "requests_per_second must be above 0 and at most 1000000, got {}",
+                        rl.requests_per_second
+                    )
+                },
             );
             p.check(
                 (1..=1_000_000).contains(&rl.burst),

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use tokio::sync::Notify;
 
 use super::idle::IdleTimer;
-use crate::pool::InFlight;
+use crate::pool::{InFlight, Outcome, Pool};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -210,6 +210,8 @@ pub enum ResponseBody {
         /// While the client is still uploading, pauses are not the
         /// backend's fault.
         upload: Option<Arc<Upload>>,
+        /// For reporting a stall to passive health.
+        pool: Arc<Pool>,
     },
     Local(Full<Bytes>),
 }
@@ -219,12 +221,19 @@ impl ResponseBody {
         Self::Local(Full::new(text.into()))
     }
 
-    pub fn upstream(body: Incoming, in_flight: InFlight, idle: Duration, upload: Option<Arc<Upload>>) -> Self {
+    pub fn upstream(
+        body: Incoming,
+        in_flight: InFlight,
+        idle: Duration,
+        upload: Option<Arc<Upload>>,
+        pool: Arc<Pool>,
+    ) -> Self {
         Self::Upstream {
             body,
             in_flight,
             idle: IdleTimer::new(idle),
             upload,
+            pool,
         }
     }
 }
@@ -247,6 +256,7 @@ impl Body for ResponseBody {
                 in_flight,
                 idle,
                 upload,
+                pool,
             } => match Pin::new(body).poll_frame(cx) {
                 Poll::Pending if idle.poll_stalled(cx) && upload.as_ref().is_some_and(|u| !u.is_done()) => {
                     // Still uploading: start a fresh period and wait on.
@@ -257,6 +267,8 @@ impl Body for ResponseBody {
                 Poll::Pending if idle.poll_stalled(cx) => {
                     let backend = in_flight.backend();
                     backend.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    pool.report(backend, Outcome::Failure);
+
                     tracing::warn!(backend = %backend.name, idle = ?idle.timeout(), "backend stalled mid-response; cutting it");
                     Poll::Ready(Some(Err(Box::new(BackendStalled {
                         backend: backend.name.to_string(),

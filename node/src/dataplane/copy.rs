@@ -6,7 +6,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
@@ -66,7 +66,37 @@ pub async fn proxy(
             pump(br, cw, start, &last_activity, on_backend_read)
         )
     };
+    with_idle_watchdog(both, start, &last_activity, idle).await
+}
 
+/// Copies between two arbitrary streams (upgraded HTTP connections) until
+/// both directions end, either fails, or nothing moves for `idle`.
+pub async fn splice<A, B>(a: A, b: B, idle: Duration) -> Result<Transferred, CopyError>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let last_activity = AtomicU64::new(0);
+    let (ar, aw) = tokio::io::split(a);
+    let (br, bw) = tokio::io::split(b);
+    let both = async {
+        tokio::try_join!(
+            pump_io(ar, bw, start, &last_activity),
+            pump_io(br, aw, start, &last_activity)
+        )
+    };
+    with_idle_watchdog(both, start, &last_activity, idle).await
+}
+
+/// Runs both directions, failing with `Idle` once `last_activity`
+/// (milliseconds since `start`) is `idle` old.
+async fn with_idle_watchdog(
+    both: impl Future<Output = io::Result<(u64, u64)>>,
+    start: Instant,
+    last_activity: &AtomicU64,
+    idle: Duration,
+) -> Result<Transferred, CopyError> {
     let watchdog = async {
         loop {
             let last = start + Duration::from_millis(last_activity.load(Ordering::Relaxed));
@@ -83,6 +113,27 @@ pub async fn proxy(
             Ok(Transferred { client_to_backend: up, backend_to_client: down })
         }
         () = watchdog => Err(CopyError::Idle(idle)),
+    }
+}
+
+/// One direction between generic streams.
+async fn pump_io<R, W>(mut from: R, mut to: W, start: Instant, last: &AtomicU64) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF_SIZE];
+    let mut total = 0u64;
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return Ok(total);
+        }
+        last.fetch_max(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        to.write_all(&buf[..n]).await?;
+        last.fetch_max(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        total += n as u64;
     }
 }
 

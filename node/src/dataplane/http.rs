@@ -1,5 +1,6 @@
-//! The L7 proxy: one hyper HTTP/1.1 server connection per client, requests
-//! balanced one by one onto pooled keep-alive connections to the backends.
+//! The L7 proxy: hyper HTTP/1.1 (and HTTP/2 over TLS) server connections
+//! per client; each request is rate-limited, routed to a pool, balanced
+//! onto a backend and forwarded on a pooled keep-alive connection.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -7,20 +8,26 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::body::{BodySlot, RequestBody, RequestBodyError, ResponseBody};
+use super::copy;
 use super::headers;
+use super::ratelimit::RateLimiter;
+use super::route::RouteMatch;
 use super::stats::ListenerStats;
 use crate::balance::{PickCtx, hash_bytes, hash_ip};
 use crate::config::HashKey;
-use crate::pool::{Backend, Pool};
+use crate::pool::{InFlight, NoBackend, Outcome, Pool};
 
 pub type HttpClient = Client<HttpConnector, RequestBody>;
 
@@ -32,29 +39,58 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(pool: Arc<Pool>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(pool.connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(pool.keepalive_timeout)
-            .pool_max_idle_per_host(1024)
-            .build(connector);
+    /// Keeps `previous`'s connection pool when the connection settings are
+    /// unchanged, so a reload does not drop warm backend connections.
+    pub fn new(pool: Arc<Pool>, previous: Option<&Upstream>) -> Self {
+        let client = match previous {
+            Some(p)
+                if p.pool.connect_timeout == pool.connect_timeout
+                    && p.pool.keepalive_timeout == pool.keepalive_timeout =>
+            {
+                p.client.clone()
+            }
+            _ => build_client(&pool),
+        };
         Self { pool, client }
     }
 }
 
+fn build_client(pool: &Pool) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(pool.connect_timeout));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(pool.keepalive_timeout)
+        .pool_max_idle_per_host(1024)
+        .build(connector)
+}
+
+pub struct Route {
+    pub matcher: RouteMatch,
+    pub upstream: Arc<Upstream>,
+}
+
+/// An HTTP listener's request-handling settings; replaced whole on reload
+/// while connections stay open, so the next request uses the new ones.
+pub struct HttpSite {
+    pub listener: Arc<str>,
+    pub default: Arc<Upstream>,
+    pub routes: Vec<Route>,
+    pub rate_limit: Option<Arc<RateLimiter>>,
+    /// Longest pause of a client uploading a body, or not reading a
+    /// response, and the idle timeout of upgraded connections.
+    pub client_idle: Duration,
+    /// "http" or "https", for X-Forwarded-Proto.
+    pub proto: &'static str,
+}
+
 /// The request-handling half of an HTTP listener.
 pub struct HttpProxy {
-    pub listener: Arc<str>,
-    pub upstream: Arc<Upstream>,
+    pub site: ArcSwap<HttpSite>,
     pub stats: Arc<ListenerStats>,
-    pub proto: &'static str,
-    /// Longest pause of a client uploading a request body.
-    pub client_idle: Duration,
 }
 
 /// Why an attempt on one backend failed.
@@ -73,11 +109,58 @@ enum AttemptError {
 impl HttpProxy {
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ResponseBody> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let site = self.site.load_full();
         let request_id = headers::request_id(req.headers());
-        let mut resp = self.proxy(req, client, &request_id).await;
+        let mut resp = match rate_limited(&site, client) {
+            Some(limited) => {
+                self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                limited
+            }
+            None => site.proxy(req, client, &request_id).await,
+        };
         resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id);
         self.stats.count_status(resp.status());
         resp
+    }
+}
+
+/// 429 with Retry-After when the client is over its rate.
+fn rate_limited(site: &HttpSite, client: SocketAddr) -> Option<Response<ResponseBody>> {
+    let wait = site.rate_limit.as_ref()?.check(client.ip(), Instant::now()).err()?;
+
+    let mut resp = local(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded for your address");
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    Some(resp)
+}
+
+/// An HTTP/1.1 `Connection: upgrade` request (WebSocket and friends).
+fn is_upgrade(parts: &Parts) -> bool {
+    parts.version == Version::HTTP_11
+        && parts.headers.contains_key(header::UPGRADE)
+        && parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Keeps the upgrade handshake headers through hop-by-hop stripping.
+fn restore_upgrade(headers: &mut http::HeaderMap, upgrade: Option<HeaderValue>) {
+    if let Some(v) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, v);
+    }
+}
+
+impl HttpSite {
+    fn upstream_for(&self, parts: &Parts) -> &Arc<Upstream> {
+        self.routes
+            .iter()
+            .find(|r| r.matcher.matches(parts))
+            .map_or(&self.default, |r| &r.upstream)
     }
 
     async fn proxy(
@@ -86,35 +169,74 @@ impl HttpProxy {
         client: SocketAddr,
         request_id: &HeaderValue,
     ) -> Response<ResponseBody> {
-        let pool = &self.upstream.pool;
         if let Some(rejection) = reject_request(&req) {
             return rejection;
         }
         let (mut parts, body) = req.into_parts();
+        let upstream = Arc::clone(self.upstream_for(&parts));
+        let pool = &upstream.pool;
+        let mut client_upgrade = None;
+        let mut upgrade_header = None;
+        if is_upgrade(&parts) {
+            client_upgrade = parts.extensions.remove::<OnUpgrade>();
+            upgrade_header = parts.headers.get(header::UPGRADE).cloned();
+        }
         let path = match parts.uri.path_and_query() {
             Some(pq) => pq.clone(),
             None => http::uri::PathAndQuery::from_static("/"),
         };
         let hash = pool.needs_hash().then(|| request_hash(&pool.hash_key, &parts, client));
         headers::strip_hop_by_hop(&mut parts.headers);
+        restore_upgrade(&mut parts.headers, upgrade_header);
+        // HTTP/2 carries the host in the URI; HTTP/1.1 backends want Host.
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(host) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, host);
+        }
         headers::set_forwarding(&mut parts.headers, client.ip(), self.proto, request_id);
         let idempotent = is_idempotent(&parts.method);
         let body = BodySlot::new(body);
+        let _counted = pool.budget.request();
         let mut ctx = PickCtx::new(hash);
         let mut last_error = None;
+        let mut no_backend = NoBackend::NoneUsable;
         for attempt in 0..=pool.retries {
-            // The sticky-table lookup (affinity issue) goes before this pick.
-            let Some(backend) = pool.select(&mut ctx).cloned() else {
-                break;
+            let _retry = if attempt == 0 {
+                None
+            } else {
+                match pool.budget.try_retry() {
+                    Some(granted) => Some(granted),
+                    None => {
+                        tracing::warn!(listener = %self.listener, pool = %pool.name, "retry budget exhausted: not retrying");
+                        break;
+                    }
+                }
             };
-            match self.attempt(&backend, &parts, &path, &body).await {
+            // The sticky-table lookup (affinity issue) goes before this pick.
+            let in_flight = match pool.acquire(&mut ctx).await {
+                Ok(g) => g,
+                Err(e) => {
+                    no_backend = e;
+                    break;
+                }
+            };
+            let backend = Arc::clone(in_flight.backend());
+            match self
+                .attempt(&upstream, in_flight, &parts, &path, &body, &mut client_upgrade)
+                .await
+            {
                 Ok(resp) => return resp,
                 Err(AttemptError::ClientBody(why)) => {
                     tracing::debug!(listener = %self.listener, error = %why, "client request body failed");
                     return local(StatusCode::BAD_REQUEST, &why);
                 }
                 Err(e) => {
-                    ctx.exclude(backend.slot);
+                    pool.report(&backend, Outcome::Failure);
+                    ctx.exclude(backend.id);
                     let retryable = body.untouched()
                         && match &e {
                             AttemptError::Connect => true,
@@ -140,6 +262,13 @@ impl HttpProxy {
             }
         }
         match last_error {
+            None if no_backend == NoBackend::Saturated => local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "every usable backend in pool {:?} is at its connection limit",
+                    &*pool.name
+                ),
+            ),
             None => local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("no usable backend in pool {:?}", &*pool.name),
@@ -162,14 +291,18 @@ impl HttpProxy {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
-        backend: &Arc<Backend>,
+        upstream: &Upstream,
+        in_flight: InFlight,
         parts: &Parts,
         path: &http::uri::PathAndQuery,
         body: &BodySlot,
+        client_upgrade: &mut Option<OnUpgrade>,
     ) -> Result<Response<ResponseBody>, AttemptError> {
-        let pool = &self.upstream.pool;
+        let pool = &upstream.pool;
+        let backend = Arc::clone(in_flight.backend());
         let uri = Uri::builder()
             .scheme("http")
             .authority(backend.authority.clone())
@@ -182,7 +315,6 @@ impl HttpProxy {
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = parts.headers.clone();
-        let in_flight = backend.begin();
         let started = Instant::now();
         // The response timeout runs from the end of the upload: a slow
         // client is bounded by its own idle timeout, not blamed on the
@@ -194,10 +326,10 @@ impl HttpProxy {
             tokio::time::sleep(pool.response_timeout).await;
         };
         let result = tokio::select! {
-            r = self.upstream.client.request(req) => Some(r),
+            r = upstream.client.request(req) => Some(r),
             () = deadline => None,
         };
-        let resp = match result {
+        let mut resp = match result {
             None => {
                 backend.counters.failures.fetch_add(1, Ordering::Relaxed);
                 backend.observe_latency(pool.response_timeout);
@@ -219,12 +351,62 @@ impl HttpProxy {
             Some(Ok(resp)) => resp,
         };
         backend.observe_latency(started.elapsed());
+        let outcome = if resp.status().is_server_error() {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        };
+        pool.report(&backend, outcome);
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_side) = client_upgrade.take()
+        {
+            return Ok(self.splice_upgrade(&mut resp, client_side, in_flight));
+        }
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(
             parts,
-            ResponseBody::upstream(body, in_flight, pool.response_timeout, upload),
+            ResponseBody::upstream(body, in_flight, pool.response_timeout, upload, Arc::clone(pool)),
         ))
+    }
+
+    /// Answers the client's upgrade with the backend's 101 and joins the two
+    /// upgraded connections; the backend's in-flight count lasts as long.
+    fn splice_upgrade(
+        &self,
+        resp: &mut Response<Incoming>,
+        client_side: OnUpgrade,
+        in_flight: InFlight,
+    ) -> Response<ResponseBody> {
+        let backend_side = hyper::upgrade::on(&mut *resp);
+        let idle = self.client_idle;
+        let listener = Arc::clone(&self.listener);
+        tokio::spawn(async move {
+            let backend = Arc::clone(in_flight.backend());
+            match tokio::join!(client_side, backend_side) {
+                (Ok(c), Ok(b)) => match copy::splice(TokioIo::new(c), TokioIo::new(b), idle).await {
+                    Ok(moved) => {
+                        tracing::debug!(%listener, backend = %backend.name, ?moved, "upgraded connection done")
+                    }
+                    Err(e) => {
+                        tracing::debug!(%listener, backend = %backend.name, error = %e, "upgraded connection ended")
+                    }
+                },
+                (c, b) => tracing::debug!(
+                    %listener, backend = %backend.name,
+                    client = ?c.err(), backend_error = ?b.err(), "upgrade did not complete"
+                ),
+            }
+            drop(in_flight);
+        });
+        let mut out = Response::new(ResponseBody::local(Bytes::new()));
+        *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let upgrade = resp.headers().get(header::UPGRADE).cloned();
+        let mut headers = std::mem::take(resp.headers_mut());
+        headers::strip_hop_by_hop(&mut headers);
+        restore_upgrade(&mut headers, upgrade);
+        *out.headers_mut() = headers;
+        out
     }
 }
 

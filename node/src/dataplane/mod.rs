@@ -6,6 +6,9 @@ pub mod headers;
 pub mod http;
 pub mod idle;
 pub mod listener;
+pub mod ratelimit;
+pub mod route;
+
 pub mod stats;
 pub mod tcp;
 

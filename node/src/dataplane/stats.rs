@@ -15,6 +15,8 @@ pub struct ListenerStats {
     pub responses: [AtomicU64; 5],
     /// TCP connections closed because no backend could be reached.
     pub unserved: AtomicU64,
+    /// Requests (HTTP) or connections (TCP) refused by the rate limit.
+    pub rate_limited: AtomicU64,
 }
 
 impl ListenerStats {

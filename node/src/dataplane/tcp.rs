@@ -1,75 +1,111 @@
-//! The L4 proxy: each client connection is balanced once, connected to a
-//! backend (another one if connecting fails), then bytes are copied both
-//! ways until either side is done or the connection idles out.
+//! The L4 proxy: each client connection is rate-limited, balanced once,
+//! connected to a backend (another one if connecting fails), then bytes are
+//! copied both ways until either side is done or the connection idles out.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
 
 use super::copy::{self, CopyError};
+use super::ratelimit::RateLimiter;
 use super::stats::ListenerStats;
 use crate::balance::{PickCtx, hash_ip};
-use crate::pool::Pool;
+use crate::pool::{NoBackend, Outcome, Pool};
 
-pub struct TcpProxy {
+/// A TCP listener's settings; replaced whole on reload.
+pub struct TcpSite {
     pub listener: Arc<str>,
     pub pool: Arc<Pool>,
-    pub stats: Arc<ListenerStats>,
     pub idle_timeout: Duration,
+    pub rate_limit: Option<Arc<RateLimiter>>,
+}
+
+pub struct TcpProxy {
+    pub site: ArcSwap<TcpSite>,
+    pub stats: Arc<ListenerStats>,
 }
 
 impl TcpProxy {
     pub async fn handle(&self, client: TcpStream, peer: SocketAddr) {
-        let pool = &self.pool;
+        let site = self.site.load_full();
+        if let Some(limit) = &site.rate_limit
+            && limit.check(peer.ip(), Instant::now()).is_err()
+        {
+            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(listener = %site.listener, client = %peer, "rate limit exceeded: closing connection");
+            return;
+        }
+        let pool = &site.pool;
         let hash = pool.needs_hash().then(|| hash_ip(peer.ip()));
         let mut ctx = PickCtx::new(hash);
+        let _counted = pool.budget.request();
+        let mut no_backend = NoBackend::NoneUsable;
         for attempt in 0..=pool.retries {
-            // The sticky-table lookup (affinity issue) goes before this pick.
-            let Some(backend) = pool.select(&mut ctx).cloned() else {
-                break;
+            let _retry = if attempt == 0 {
+                None
+            } else {
+                match pool.budget.try_retry() {
+                    Some(granted) => Some(granted),
+                    None => {
+                        tracing::warn!(listener = %site.listener, pool = %pool.name, "retry budget exhausted: not retrying");
+                        break;
+                    }
+                }
             };
-            let in_flight = backend.begin();
+            // The sticky-table lookup (affinity issue) goes before this pick.
+            let in_flight = match pool.acquire(&mut ctx).await {
+                Ok(g) => g,
+                Err(e) => {
+                    no_backend = e;
+                    break;
+                }
+            };
+            let backend = Arc::clone(in_flight.backend());
             let connected = tokio::time::timeout(pool.connect_timeout, TcpStream::connect(backend.addr)).await;
             let stream = match connected {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
+                failed => {
                     backend.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
                     backend.observe_latency(pool.connect_timeout);
-                    tracing::warn!(listener = %self.listener, pool = %pool.name, backend = %backend.name, attempt, error = %e, "connect to backend failed");
-                    ctx.exclude(backend.slot);
-                    continue;
-                }
-                Err(_) => {
-                    backend.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    backend.observe_latency(pool.connect_timeout);
-                    tracing::warn!(listener = %self.listener, pool = %pool.name, backend = %backend.name, attempt, timeout = ?pool.connect_timeout, "connect to backend timed out");
-                    ctx.exclude(backend.slot);
+                    pool.report(&backend, Outcome::Failure);
+                    ctx.exclude(backend.id);
+                    let error = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("timed out after {:?}", pool.connect_timeout),
+                    };
+                    tracing::warn!(listener = %site.listener, pool = %pool.name, backend = %backend.name, attempt, %error, "connect to backend failed");
                     continue;
                 }
             };
+            pool.report(&backend, Outcome::Success);
             let _ = stream.set_nodelay(true);
             // The first response time is what L4 sees of a backend's
             // latency (for least_response_time).
             let sampled = Arc::clone(&backend);
             let on_first_response = move |d| sampled.observe_latency(d);
-            match copy::proxy(client, stream, self.idle_timeout, on_first_response).await {
+            match copy::proxy(client, stream, site.idle_timeout, on_first_response).await {
                 Ok(moved) => {
-                    tracing::debug!(listener = %self.listener, backend = %backend.name, ?moved, "connection done")
+                    tracing::debug!(listener = %site.listener, backend = %backend.name, ?moved, "connection done")
                 }
                 Err(CopyError::Idle(d)) => {
-                    tracing::debug!(listener = %self.listener, backend = %backend.name, idle = ?d, "idle connection closed");
+                    tracing::debug!(listener = %site.listener, backend = %backend.name, idle = ?d, "idle connection closed");
                 }
                 Err(CopyError::Io(e)) => {
-                    tracing::debug!(listener = %self.listener, backend = %backend.name, error = %e, "connection ended with an error");
+                    tracing::debug!(listener = %site.listener, backend = %backend.name, error = %e, "connection ended with an error");
                 }
             }
             drop(in_flight);
             return;
         }
         self.stats.unserved.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(listener = %self.listener, pool = %pool.name, client = %peer, "no usable backend: closing client connection");
+        let why = match no_backend {
+            NoBackend::Saturated => "every usable backend is at its connection limit",
+            NoBackend::NoneUsable => "no usable backend",
+        };
+        tracing::warn!(listener = %site.listener, pool = %pool.name, client = %peer, "{why}: closing client connection");
     }
 }

@@ -7,7 +7,8 @@
 
 //! `/headers` (the request headers as received), `/status/{code}`,
 //! `/drip?chunks=N&interval_ms=M` (a slow chunked stream), `/bytes?n=N` (N
-//! bytes, streamed), anything else a greeting.
+//! bytes, streamed), `/upgrade` (accepts an Upgrade and echoes the upgraded
+//! connection), anything else a greeting.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -65,7 +66,7 @@ pub async fn serve(listener: TcpListener, backend: DemoBackend, cancel: Cancella
                 let backend = Arc::clone(&backend);
                 async move { Ok::<_, Infallible>(respond(&backend, req, peer).await) }
             });
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let conn = builder.serve_connection(TokioIo::new(stream), svc).with_upgrades();
             tokio::select! {
                 _ = conn => {}
                 () = cancel.cancelled() => {}
@@ -79,6 +80,9 @@ async fn respond(backend: &DemoBackend, req: Request<Incoming>, peer: SocketAddr
     let path = req.uri().path().to_string();
     if path == "/health" {
         return finish(backend, full(StatusCode::OK, "ok\n".to_string()));
+    }
+    if path == "/upgrade" {
+        return finish(backend, upgrade_echo(req));
     }
     if !backend.delay.is_zero() {
         tokio::time::sleep(backend.delay).await;
@@ -135,6 +139,37 @@ fn full(status: StatusCode, text: String) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    resp
+}
+
+/// Accepts any `Upgrade` (WebSocket or other) and echoes the bytes of the
+/// upgraded connection back, to show upgrades pass through the proxy.
+fn upgrade_echo(mut req: Request<Incoming>) -> Response<Body> {
+    let Some(protocol) = req.headers().get(header::UPGRADE).cloned() else {
+        return full(StatusCode::BAD_REQUEST, "expected an Upgrade header\n".to_string());
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let mut io = TokioIo::new(upgraded);
+        let mut buf = [0u8; 4096];
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if io.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    resp.headers_mut().insert(header::UPGRADE, protocol);
     resp
 }
 

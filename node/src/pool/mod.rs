@@ -1,13 +1,20 @@
-//! Pools of backends: their live state and the selection entry point.
+//! Pools of backends: their live state, selection with circuit breaking,
+//! passive health (outlier ejection) and the retry budget.
 
 mod backend;
+mod budget;
 mod ewma;
+mod outlier;
+mod ramp;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-pub use backend::{AdminState, Backend, BackendCounters, InFlight};
+pub use backend::{AdminState, Backend, BackendCounters, BackendParams, InFlight, Saturated};
+pub use budget::{RequestGuard, RetryBudget, RetryGuard};
+pub use outlier::{EjectionHistory, OutlierPolicy};
+pub use ramp::WEIGHT_SCALE;
 
 use crate::balance::{Balancer, Member, PickCtx};
 use crate::config::{Algorithm, HashKey, HealthConfig, PoolConfig};
@@ -24,7 +31,7 @@ impl Group {
             .iter()
             .map(|b| Member {
                 name: &b.name,
-                weight: b.weight,
+                weight: b.configured_weight(),
             })
             .collect();
         let balancer = Balancer::new(algorithm, &m);
@@ -36,6 +43,22 @@ impl Group {
     }
 }
 
+/// What happened to one attempt, for passive health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+/// Why no backend could take a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoBackend {
+    /// None healthy, ready and not ejected (or all already tried).
+    NoneUsable,
+    /// Usable ones exist but all are at their connection limits.
+    Saturated,
+}
+
 pub struct Pool {
     pub name: Arc<str>,
     pub algorithm: Algorithm,
@@ -45,6 +68,10 @@ pub struct Pool {
     pub response_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub health: Option<HealthConfig>,
+    pub budget: RetryBudget,
+    outlier: Option<OutlierPolicy>,
+    /// Serialises ejection decisions (rare) so the cap holds.
+    eject_lock: Mutex<()>,
     backends: Vec<Arc<Backend>>,
     primary: Group,
     backup: Group,
@@ -52,25 +79,41 @@ pub struct Pool {
 
 impl Pool {
     /// Builds a pool from its config and the resolved address of each
-    /// backend (same order as `cfg.backends`).
-    pub fn new(cfg: &PoolConfig, addrs: &[SocketAddr]) -> Self {
+    /// backend (same order as `cfg.backends`). Backends of `previous` with
+    /// the same name and address are kept, with their health, admin state,
+    /// ejection and counters; new ones joining a running pool slow-start.
+    pub fn new(cfg: &PoolConfig, addrs: &[SocketAddr], previous: Option<&Pool>) -> Self {
         let backends: Vec<Arc<Backend>> = cfg
             .backends
             .iter()
             .zip(addrs)
-            .enumerate()
-            .map(|(slot, (b, addr))| {
-                Arc::new(Backend::new(
-                    &b.name,
-                    slot,
-                    b.address.to_string(),
-                    *addr,
-                    b.weight,
-                    b.backup,
-                ))
+            .map(|(b, addr)| {
+                let params = BackendParams {
+                    weight: b.weight,
+                    backup: b.backup,
+                    max_connections: cfg.max_connections.unwrap_or(0),
+                    max_pending: cfg.max_pending,
+                    slow_start: cfg.slow_start.map(|d| d.get()),
+                };
+                let kept = previous
+                    .and_then(|p| p.backend(&b.name))
+                    .filter(|old| old.addr == *addr);
+                match kept {
+                    Some(old) => {
+                        old.configure(params);
+                        Arc::clone(old)
+                    }
+                    None => {
+                        let fresh = Arc::new(Backend::new(&b.name, b.address.to_string(), *addr, params));
+                        if previous.is_some() {
+                            fresh.came_back();
+                        }
+                        fresh
+                    }
+                }
             })
             .collect();
-        let (backup, primary): (Vec<_>, Vec<_>) = backends.iter().cloned().partition(|b| b.backup);
+        let (backup, primary): (Vec<_>, Vec<_>) = backends.iter().cloned().partition(|b| b.is_backup());
         Self {
             name: Arc::from(cfg.name.as_str()),
             algorithm: cfg.algorithm,
@@ -80,6 +123,9 @@ impl Pool {
             response_timeout: cfg.response_timeout.get(),
             keepalive_timeout: cfg.keepalive_timeout.get(),
             health: cfg.health.clone(),
+            budget: RetryBudget::new(&cfg.retry_budget),
+            outlier: cfg.outlier.as_ref().map(OutlierPolicy::from),
+            eject_lock: Mutex::new(()),
             primary: Group::new(cfg.algorithm, primary),
             backup: Group::new(cfg.algorithm, backup),
             backends,
@@ -104,65 +150,82 @@ impl Pool {
     pub fn select(&self, ctx: &mut PickCtx) -> Option<&Arc<Backend>> {
         self.primary.pick(ctx).or_else(|| self.backup.pick(ctx))
     }
+
+    /// Chooses a backend and takes a slot on it, waiting up to the connect
+    /// timeout in its queue when it is at its limit. A backend whose queue
+    /// is full is skipped for another.
+    pub async fn acquire(&self, ctx: &mut PickCtx) -> Result<InFlight, NoBackend> {
+        let mut saw_saturated = false;
+        loop {
+            let Some(backend) = self.select(ctx).cloned() else {
+                let saturated = saw_saturated || self.backends.iter().any(|b| blocked_only_by_limits(b));
+                return Err(if saturated {
+                    NoBackend::Saturated
+                } else {
+                    NoBackend::NoneUsable
+                });
+            };
+            match backend.begin(self.connect_timeout).await {
+                Ok(guard) => return Ok(guard),
+                Err(Saturated) => {
+                    saw_saturated = true;
+                    ctx.exclude(backend.id);
+                }
+            }
+        }
+    }
+
+    /// Feeds passive health. A backend reaching the failure threshold is
+    /// ejected unless that would exceed the pool's ejection cap.
+    pub fn report(&self, backend: &Arc<Backend>, outcome: Outcome) {
+        let Some(policy) = &self.outlier else { return };
+        if outcome == Outcome::Success {
+            backend.record_success();
+            return;
+        }
+        let failures = backend.record_failure();
+        if failures < policy.consecutive_failures || backend.is_ejected() {
+            return;
+        }
+        let duration = {
+            let _serial = self.eject_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let ejected = self.backends.iter().filter(|b| b.is_ejected()).count();
+            let cap = policy.max_ejected(self.backends.len());
+            if ejected >= cap {
+                tracing::warn!(
+                    pool = %self.name, backend = %backend.name, failures, ejected, cap,
+                    "not ejecting failing backend: ejection cap reached"
+                );
+                return;
+            }
+            if !backend.set_ejected() {
+                return;
+            }
+            backend.ejection_history().eject(Instant::now(), policy)
+        };
+        backend
+            .counters
+            .ejections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            pool = %self.name, backend = %backend.name, failures, ejected_for = ?duration,
+            "backend EJECTED after consecutive failures"
+        );
+        let backend = Arc::clone(backend);
+        let pool = Arc::clone(&self.name);
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            backend.ejection_history().returned(Instant::now());
+            backend.return_from_ejection();
+            tracing::info!(pool = %pool, backend = %backend.name, "backend returns from ejection");
+        });
+    }
+}
+
+/// Whether `b` would take traffic but for its connection limit.
+fn blocked_only_by_limits(b: &Backend) -> bool {
+    b.saturated() && b.is_healthy() && b.admin_state() == AdminState::Ready && !b.is_ejected()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{BackendConfig, HostPort};
-
-    fn pool_cfg(backends: &[(&str, bool)]) -> (PoolConfig, Vec<SocketAddr>) {
-        let text = format!(
-            "name = \"p\"\n{}",
-            backends
-                .iter()
-                .enumerate()
-                .map(|(i, (n, backup))| format!(
-                    "[[backend]]\nname = \"{n}\"\naddress = \"127.0.0.1:{}\"\nbackup = {backup}\n",
-                    1000 + i
-                ))
-                .collect::<String>()
-        );
-        let cfg: PoolConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
-        let addrs = cfg
-            .backends
-            .iter()
-            .map(|b: &BackendConfig| match &b.address {
-                HostPort::Ip(a) => *a,
-                HostPort::Name { .. } => SocketAddr::from(([127, 0, 0, 1], 1)),
-            })
-            .collect();
-        (cfg, addrs)
-    }
-
-    #[test]
-    fn backups_serve_only_when_no_primary_is_usable() {
-        let (cfg, addrs) = pool_cfg(&[("a", false), ("b", false), ("spare", true)]);
-        let pool = Pool::new(&cfg, &addrs);
-        let pick = |pool: &Pool| pool.select(&mut PickCtx::new(None)).map(|b| b.name.to_string());
-        for _ in 0..10 {
-            assert_ne!(pick(&pool).as_deref(), Some("spare"));
-        }
-        pool.backends()[0].set_healthy(false);
-        assert_eq!(pick(&pool).as_deref(), Some("b"));
-        pool.backends()[1].set_admin_state(AdminState::Drain);
-        assert_eq!(pick(&pool).as_deref(), Some("spare"));
-        pool.backends()[2].set_admin_state(AdminState::Maint);
-        assert_eq!(pick(&pool), None);
-    }
-
-    #[test]
-    fn in_flight_guard_counts_until_dropped() {
-        let (cfg, addrs) = pool_cfg(&[("a", false)]);
-        let pool = Pool::new(&cfg, &addrs);
-        let b = &pool.backends()[0];
-        let g1 = b.begin();
-        let g2 = b.begin();
-        assert_eq!(b.active(), 2);
-        drop(g1);
-        assert_eq!(b.active(), 1);
-        drop(g2);
-        assert_eq!(b.active(), 0);
-        assert_eq!(b.counters.sent.load(std::sync::atomic::Ordering::Relaxed), 2);
-    }
-}
+mod tests;

@@ -1,0 +1,175 @@
+//! One generation of a node's configuration, applied: pools with their
+//! backends and connection pools, and how each listener handles traffic.
+//! A reload builds the next generation from the previous one, keeping the
+//! state of everything that did not change.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+
+use crate::config::{Config, HostPort, ListenerConfig, PoolConfig, Protocol};
+use crate::dataplane::ListenerStats;
+use crate::dataplane::http::{HttpSite, Route, Upstream};
+use crate::dataplane::ratelimit::RateLimiter;
+use crate::dataplane::route::RouteMatch;
+use crate::dataplane::tcp::TcpSite;
+use crate::pool::Pool;
+
+/// What the admin API shows about a listener.
+pub struct ListenerInfo {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub protocol: Protocol,
+    pub tls: bool,
+    pub pool: String,
+    pub routes: usize,
+    pub stats: Arc<ListenerStats>,
+}
+
+pub struct Generation {
+    pub config: Arc<Config>,
+    /// Pools in config order, each with its HTTP connection pool.
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub listeners: Vec<ListenerInfo>,
+}
+
+impl Generation {
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.upstreams.iter().map(|u| &u.pool)
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools().find(|p| &*p.name == name)
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| &*u.pool.name == name)
+    }
+}
+
+/// Resolves a backend address; host names must resolve when applied.
+async fn resolve(addr: &HostPort) -> Result<SocketAddr> {
+    match addr {
+        HostPort::Ip(a) => Ok(*a),
+        HostPort::Name { host, port } => tokio::net::lookup_host((host.as_str(), *port))
+            .await
+            .with_context(|| format!("cannot resolve {addr}"))?
+            .next()
+            .ok_or_else(|| anyhow!("{addr} resolved to no address")),
+    }
+}
+
+async fn build_pool(pc: &PoolConfig, previous: Option<&Upstream>) -> Result<Arc<Upstream>> {
+    let mut addrs = Vec::with_capacity(pc.backends.len());
+    for b in &pc.backends {
+        addrs.push(
+            resolve(&b.address)
+                .await
+                .with_context(|| format!("pool {:?}, backend {:?}", pc.name, b.name))?,
+        );
+    }
+    let pool = Arc::new(Pool::new(pc, &addrs, previous.map(|u| &*u.pool)));
+    Ok(Arc::new(Upstream::new(pool, previous)))
+}
+
+/// Builds the pools of `config`, reusing what `previous` has of them.
+pub async fn build_upstreams(config: &Config, previous: Option<&Generation>) -> Result<Vec<Arc<Upstream>>> {
+    let mut out = Vec::with_capacity(config.pools.len());
+    for pc in &config.pools {
+        let prev = previous.and_then(|g| g.upstream(&pc.name));
+        out.push(build_pool(pc, prev.map(|u| &**u)).await?);
+    }
+    Ok(out)
+}
+
+fn find<'a>(upstreams: &'a [Arc<Upstream>], name: &str) -> Result<&'a Arc<Upstream>> {
+    upstreams
+        .iter()
+        .find(|u| &*u.pool.name == name)
+        .ok_or_else(|| anyhow!("pool {name:?} is not defined"))
+}
+
+/// A listener's rate limiter: the previous one while its settings are
+/// unchanged (clients keep their buckets across a reload).
+fn rate_limiter(l: &ListenerConfig, previous: Option<&Arc<RateLimiter>>) -> Option<Arc<RateLimiter>> {
+    let cfg = l.rate_limit.as_ref()?;
+    if let Some(prev) = previous.filter(|p| p.same_config(cfg)) {
+        return Some(Arc::clone(prev));
+    }
+    let limiter = Arc::new(RateLimiter::new(cfg));
+    spawn_sweeper(Arc::downgrade(&limiter));
+    Some(limiter)
+}
+
+/// Drops refilled buckets every few seconds for as long as the limiter
+/// is in use.
+fn spawn_sweeper(limiter: Weak<RateLimiter>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let Some(l) = limiter.upgrade() else { return };
+            l.sweep(Instant::now());
+        }
+    });
+}
+
+pub fn http_site(
+    l: &ListenerConfig,
+    upstreams: &[Arc<Upstream>],
+    previous_limiter: Option<&Arc<RateLimiter>>,
+) -> Result<HttpSite> {
+    let routes = l
+        .routes
+        .iter()
+        .map(|r| {
+            Ok(Route {
+                matcher: RouteMatch::new(r),
+                upstream: Arc::clone(find(upstreams, &r.pool)?),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(HttpSite {
+        listener: Arc::from(l.name.as_str()),
+        default: Arc::clone(find(upstreams, &l.pool)?),
+        routes,
+        rate_limit: rate_limiter(l, previous_limiter),
+        client_idle: l.idle_timeout().get(),
+        proto: if l.tls.is_some() { "https" } else { "http" },
+    })
+}
+
+pub fn tcp_site(
+    l: &ListenerConfig,
+    upstreams: &[Arc<Upstream>],
+    previous_limiter: Option<&Arc<RateLimiter>>,
+) -> Result<TcpSite> {
+    Ok(TcpSite {
+        listener: Arc::from(l.name.as_str()),
+        pool: Arc::clone(&find(upstreams, &l.pool)?.pool),
+        idle_timeout: l.idle_timeout().get(),
+        rate_limit: rate_limiter(l, previous_limiter),
+    })
+}
+
+/// Pool names per listener, for the admin API.
+pub fn listener_infos(config: &Config, stats: &HashMap<String, Arc<ListenerStats>>) -> Vec<ListenerInfo> {
+    config
+        .listeners
+        .iter()
+        .filter_map(|l| {
+            Some(ListenerInfo {
+                name: l.name.clone(),
+                bind: l.bind,
+                protocol: l.protocol,
+                tls: l.tls.is_some(),
+                pool: l.pool.clone(),
+                routes: l.routes.len(),
+                stats: Arc::clone(stats.get(&l.name)?),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,296 @@
+//! The node's listeners across reloads. A reload is planned first (every
+//! fallible step: building sites, loading certificates, binding new
+//! addresses) and then committed in one infallible step, so an invalid or
+//! unbindable config changes nothing.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::generation::{http_site, tcp_site};
+use crate::config::{Config, ListenerConfig, ListenerTls, Protocol};
+use crate::dataplane::ListenerStats;
+use crate::dataplane::http::{HttpProxy, HttpSite, Upstream};
+use crate::dataplane::listener::{self, HttpServing};
+use crate::dataplane::ratelimit::RateLimiter;
+use crate::dataplane::tcp::{TcpProxy, TcpSite};
+use crate::tls::{self, CertStore};
+
+/// What an accept loop serves; a change restarts the loop.
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    Http { tls: Option<ListenerTls> },
+    Tcp,
+}
+
+impl Kind {
+    fn of(l: &ListenerConfig) -> Self {
+        match l.protocol {
+            Protocol::Http => Self::Http { tls: l.tls.clone() },
+            Protocol::Tcp => Self::Tcp,
+        }
+    }
+}
+
+enum Proxy {
+    Http(Arc<HttpProxy>),
+    Tcp(Arc<TcpProxy>),
+}
+
+enum Site {
+    Http(HttpSite),
+    Tcp(TcpSite),
+}
+
+struct Slot {
+    name: String,
+    bind: SocketAddr,
+    kind: Kind,
+    socket: Arc<TcpListener>,
+    cancel: CancellationToken,
+    proxy: Proxy,
+    certs: Option<Arc<CertStore>>,
+    stats: Arc<ListenerStats>,
+}
+
+impl Slot {
+    fn rate_limiter(&self) -> Option<Arc<RateLimiter>> {
+        match &self.proxy {
+            Proxy::Http(p) => p.site.load().rate_limit.clone(),
+            Proxy::Tcp(p) => p.site.load().rate_limit.clone(),
+        }
+    }
+}
+
+/// One listener's part of a reload.
+enum Step {
+    /// Same address and kind: swap the site (and certificate) in place.
+    Update {
+        slot: usize,
+        site: Site,
+        cert: Option<CertifiedKey>,
+    },
+    /// New, or changed kind: a new accept loop, on the old socket when the
+    /// address is unchanged.
+    Start {
+        name: String,
+        bind: SocketAddr,
+        kind: Kind,
+        socket: Arc<TcpListener>,
+        site: Site,
+        certs: Option<Arc<CertStore>>,
+        stats: Arc<ListenerStats>,
+    },
+}
+
+pub struct Plan {
+    steps: Vec<Step>,
+}
+
+/// What a reload did to the listeners.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub updated: Vec<String>,
+    pub started: Vec<String>,
+    pub stopped: Vec<String>,
+}
+
+#[derive(Default)]
+pub struct Listeners {
+    slots: Vec<Slot>,
+}
+
+impl Listeners {
+    /// Prepares `config`'s listeners against the running ones.
+    pub fn plan(&self, config: &Config, upstreams: &[Arc<Upstream>]) -> Result<Plan> {
+        let mut steps = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let kind = Kind::of(l);
+            let same = self
+                .slots
+                .iter()
+                .position(|s| s.name == l.name && s.bind == l.bind && s.kind == kind);
+            let previous_limiter = self
+                .slots
+                .iter()
+                .find(|s| s.name == l.name)
+                .and_then(Slot::rate_limiter);
+            let site = match l.protocol {
+                Protocol::Http => Site::Http(http_site(l, upstreams, previous_limiter.as_ref())?),
+                Protocol::Tcp => Site::Tcp(tcp_site(l, upstreams, previous_limiter.as_ref())?),
+            };
+            if let Some(slot) = same {
+                let cert = match &l.tls {
+                    Some(t) => Some(
+                        tls::load_certified_key(&t.cert, &t.key).with_context(|| format!("listener {:?}", l.name))?,
+                    ),
+                    None => None,
+                };
+                steps.push(Step::Update { slot, site, cert });
+                continue;
+            }
+            let socket = match self.slots.iter().find(|s| s.bind == l.bind) {
+                Some(s) => Arc::clone(&s.socket),
+                None => Arc::new(
+                    listener::bind(l.bind)
+                        .with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.bind))?,
+                ),
+            };
+            let certs = match &l.tls {
+                Some(t) => Some(Arc::new(
+                    CertStore::load(&t.cert, &t.key).with_context(|| format!("listener {:?}", l.name))?,
+                )),
+                None => None,
+            };
+            let stats = self
+                .slots
+                .iter()
+                .find(|s| s.name == l.name)
+                .map_or_else(|| Arc::new(ListenerStats::default()), |s| Arc::clone(&s.stats));
+            steps.push(Step::Start {
+                name: l.name.clone(),
+                bind: l.bind,
+                kind,
+                socket,
+                site,
+                certs,
+                stats,
+            });
+        }
+        Ok(Plan { steps })
+    }
+
+    /// Applies a plan: cannot fail. Loops of listeners that are gone or
+    /// restarted stop accepting; their open connections carry on.
+    pub fn commit(&mut self, plan: Plan, root: &CancellationToken, tracker: &TaskTracker) -> Changes {
+        let mut changes = Changes::default();
+        let mut kept = vec![false; self.slots.len()];
+        let mut next = Vec::with_capacity(plan.steps.len());
+        let mut started = Vec::new();
+        for step in plan.steps {
+            match step {
+                Step::Update { slot, site, cert } => {
+                    kept[slot] = true;
+                    let s = &self.slots[slot];
+                    match (&s.proxy, site) {
+                        (Proxy::Http(p), Site::Http(site)) => p.site.store(Arc::new(site)),
+                        (Proxy::Tcp(p), Site::Tcp(site)) => p.site.store(Arc::new(site)),
+                        // The plan matched kinds; a mismatch cannot happen.
+                        _ => {}
+                    }
+                    if let (Some(store), Some(cert)) = (&s.certs, cert) {
+                        store.replace(cert);
+                    }
+                    changes.updated.push(s.name.clone());
+                }
+                Step::Start {
+                    name,
+                    bind,
+                    kind,
+                    socket,
+                    site,
+                    certs,
+                    stats,
+                } => started.push((name, bind, kind, socket, site, certs, stats)),
+            }
+        }
+        // Stop what is not kept before starting replacements, so one socket
+        // never has two loops for long.
+        let old = std::mem::take(&mut self.slots);
+        for (i, slot) in old.into_iter().enumerate() {
+            if kept[i] {
+                next.push(slot);
+            } else {
+                slot.cancel.cancel();
+                changes.stopped.push(slot.name);
+            }
+        }
+        for (name, bind, kind, socket, site, certs, stats) in started {
+            let cancel = root.child_token();
+            let proxy = spawn_loop(&kind, &socket, site, certs.as_ref(), &stats, &cancel, tracker);
+            tracing::info!(listener = %name, %bind, kind = ?kind, "listening");
+            changes.started.push(name.clone());
+            next.push(Slot {
+                name,
+                bind,
+                kind,
+                socket,
+                cancel,
+                proxy,
+                certs,
+                stats,
+            });
+        }
+        self.slots = next;
+        changes
+    }
+
+    pub fn stats(&self) -> HashMap<String, Arc<ListenerStats>> {
+        self.slots
+            .iter()
+            .map(|s| (s.name.clone(), Arc::clone(&s.stats)))
+            .collect()
+    }
+}
+
+fn spawn_loop(
+    kind: &Kind,
+    socket: &Arc<TcpListener>,
+    site: Site,
+    certs: Option<&Arc<CertStore>>,
+    stats: &Arc<ListenerStats>,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Proxy {
+    match site {
+        Site::Http(site) => {
+            let idle_timeout = site.client_idle;
+            let proxy = Arc::new(HttpProxy {
+                site: ArcSwap::from_pointee(site),
+                stats: Arc::clone(stats),
+            });
+            // The TLS config cannot fail to build for a certificate that
+            // loaded; if it ever does, serve nothing rather than plain text.
+            let tls = match (kind, certs) {
+                (Kind::Http { tls: Some(_) }, Some(store)) => match tls::server_config(Arc::clone(store)) {
+                    Ok(cfg) => Some(TlsAcceptor::from(cfg)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS setup failed; listener not started");
+                        return Proxy::Http(proxy);
+                    }
+                },
+                _ => None,
+            };
+            let serving = HttpServing { idle_timeout, tls };
+            tracker.spawn(listener::serve_http(
+                Arc::clone(socket),
+                Arc::clone(&proxy),
+                serving,
+                tracker.clone(),
+                cancel.clone(),
+            ));
+            Proxy::Http(proxy)
+        }
+        Site::Tcp(site) => {
+            let proxy = Arc::new(TcpProxy {
+                site: ArcSwap::from_pointee(site),
+                stats: Arc::clone(stats),
+            });
+            tracker.spawn(listener::serve_tcp(
+                Arc::clone(socket),
+                Arc::clone(&proxy),
+                tracker.clone(),
+                cancel.clone(),
+            ));
+            Proxy::Tcp(proxy)
+        }
+    }
+}

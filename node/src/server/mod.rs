@@ -1,0 +1,240 @@
+//! A running node: applies a validated config (pools, listeners, health
+//! checks, admin API), reloads it on SIGHUP without dropping connections,
+//! and shuts down gracefully.
+
+mod generation;
+mod listeners;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use shoal_proto::NodeId;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use generation::{Generation, ListenerInfo};
+pub use listeners::Changes;
+
+use crate::config::{self, Config};
+use crate::dataplane::listener;
+use crate::{admin, health};
+use listeners::Listeners;
+
+/// What the admin API works on: the node's identity and the current
+/// generation of its config.
+pub struct NodeState {
+    pub id: NodeId,
+    pub started: Instant,
+    pub current: ArcSwap<Generation>,
+    /// Bearer token admin writes must present, if configured.
+    pub admin_token: ArcSwapOption<String>,
+}
+
+pub struct RunningNode {
+    pub state: Arc<NodeState>,
+    pub admin_addr: SocketAddr,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    shutdown_timeout: Duration,
+    listeners: Mutex<Listeners>,
+    /// Cancels the current generation's health checks.
+    health: Mutex<CancellationToken>,
+    /// Serialises reloads.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+fn read_token(config: &Config) -> Result<Option<Arc<String>>> {
+    match &config.node.admin_token_file {
+        None => Ok(None),
+        Some(path) => {
+            let token = std::fs::read_to_string(path)
+                .with_context(|| format!("reading admin token file {}", path.display()))?;
+            Ok(Some(Arc::new(token.trim().to_string())))
+        }
+    }
+}
+
+fn start_health(applied: &Generation, root: &CancellationToken, tracker: &TaskTracker) -> CancellationToken {
+    let token = root.child_token();
+    for pool in applied.pools() {
+        health::spawn_checks(pool, tracker, &token);
+    }
+    token
+}
+
+impl RunningNode {
+    /// Binds every socket first (so a port conflict fails the start with
+    /// nothing half-running), then starts serving.
+    pub async fn start(config: Config) -> Result<Self> {
+        let upstreams = generation::build_upstreams(&config, None).await?;
+        let mut listeners = Listeners::default();
+        let plan = listeners.plan(&config, &upstreams)?;
+        let admin_sock = listener::bind(config.node.admin_addr)
+            .with_context(|| format!("admin API: cannot listen on {}", config.node.admin_addr))?;
+        let admin_addr = admin_sock.local_addr().context("admin socket address")?;
+        let admin_token = read_token(&config)?;
+
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        listeners.commit(plan, &cancel, &tracker);
+        let applied = Generation {
+            listeners: generation::listener_infos(&config, &listeners.stats()),
+            upstreams,
+            config: Arc::new(config),
+        };
+        let health = start_health(&applied, &cancel, &tracker);
+        warn_inactive(&applied.config);
+        let id = applied.config.node.id.clone();
+        let shutdown_timeout = applied.config.node.shutdown_timeout.get();
+        let state = Arc::new(NodeState {
+            id: id.clone(),
+            started: Instant::now(),
+            current: ArcSwap::from_pointee(applied),
+            admin_token: ArcSwapOption::new(admin_token),
+        });
+        tracker.spawn(admin::serve(
+            admin_sock,
+            Arc::clone(&state),
+            tracker.clone(),
+            cancel.clone(),
+        ));
+        tracing::info!(node = %id, admin = %admin_addr, "node started");
+        Ok(Self {
+            state,
+            admin_addr,
+            cancel,
+            tracker,
+            shutdown_timeout,
+            listeners: Mutex::new(listeners),
+            health: Mutex::new(health),
+            reloading: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Applies a new validated config. Established connections and requests
+    /// in flight continue; the next requests use the new config. Either all
+    /// of it applies or, on error, nothing does.
+    pub async fn reload(&self, config: Config) -> Result<Changes> {
+        let _serial = self.reloading.lock().await;
+        let old = self.state.current.load_full();
+        for what in restart_only_changes(&old.config, &config) {
+            tracing::warn!("reload: {what} changed; that takes effect only after a restart");
+        }
+        let upstreams = generation::build_upstreams(&config, Some(&old)).await?;
+        let admin_token = read_token(&config)?;
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let plan = listeners.plan(&config, &upstreams)?;
+        // Nothing below can fail.
+        let changes = listeners.commit(plan, &self.cancel, &self.tracker);
+        let applied = Generation {
+            listeners: generation::listener_infos(&config, &listeners.stats()),
+            upstreams,
+            config: Arc::new(config),
+        };
+        drop(listeners);
+        let health = start_health(&applied, &self.cancel, &self.tracker);
+        let old_health = std::mem::replace(&mut *self.health.lock().unwrap_or_else(|e| e.into_inner()), health);
+        old_health.cancel();
+        self.state.admin_token.store(admin_token);
+        warn_inactive(&applied.config);
+        self.state.current.store(Arc::new(applied));
+        Ok(changes)
+    }
+
+    /// Stops accepting, lets in-flight requests finish up to the configured
+    /// shutdown timeout, then returns. Returns whether everything finished.
+    pub async fn shutdown(self) -> bool {
+        tracing::info!(timeout = ?self.shutdown_timeout, "shutting down: no new connections, finishing in-flight work");
+        self.cancel.cancel();
+        self.tracker.close();
+        let finished = tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
+            .await
+            .is_ok();
+        if !finished {
+            tracing::warn!(timeout = ?self.shutdown_timeout, "shutdown timeout reached; closing remaining connections");
+        }
+        finished
+    }
+}
+
+/// Settings a running node cannot change in place.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.node.id != new.node.id {
+        changed.push("node.id");
+    }
+    if old.node.admin_addr != new.node.admin_addr {
+        changed.push("node.admin_addr");
+    }
+    if old.node.workers != new.node.workers {
+        changed.push("node.workers");
+    }
+    if old.node.shutdown_timeout != new.node.shutdown_timeout {
+        changed.push("node.shutdown_timeout");
+    }
+    if old.cluster != new.cluster {
+        changed.push("[cluster]");
+    }
+    if old.vips != new.vips {
+        changed.push("[[vip]]");
+    }
+    changed
+}
+
+/// Sections that parse and validate but whose features are not built yet.
+fn warn_inactive(config: &Config) {
+    if config.cluster.is_some() {
+        tracing::warn!("[cluster] is validated but not active in this version: the node runs standalone");
+    }
+    if !config.vips.is_empty() {
+        tracing::warn!("[[vip]] is validated but not active in this version: no VIP is managed");
+    }
+    for p in &config.pools {
+        if p.sticky.is_some() {
+            tracing::warn!(pool = %p.name, "sticky is validated but not active in this version");
+        }
+    }
+}
+
+/// Re-reads `path` and reloads; an invalid config is logged and the old
+/// one keeps serving.
+async fn reload_from(node: &RunningNode, path: &Path) {
+    tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload refused, the running config stays in service:\n{e}");
+            return;
+        }
+    };
+    match node.reload(config).await {
+        Ok(c) => tracing::info!(
+            updated = ?c.updated, started = ?c.started, stopped = ?c.stopped,
+            "reload applied"
+        ),
+        Err(e) => tracing::error!("reload refused, the running config stays in service: {e:#}"),
+    }
+}
+
+/// Runs a node until SIGTERM or SIGINT, then shuts down gracefully; SIGHUP
+/// reloads `path`.
+pub async fn run(config: Config, path: PathBuf) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let node = RunningNode::start(config).await?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload_from(&node, &path).await,
+        }
+    }
+    node.shutdown().await;
+    Ok(())
+}
