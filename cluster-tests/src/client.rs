@@ -109,7 +109,11 @@ impl KeepAlive {
         body: &[u8],
         close: bool,
     ) -> Result<HttpResponse> {
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: shoal-test\r\n");
+        let mut head = format!("{method} {path} HTTP/1.1\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            head.push_str("Host: shoal-test\r\n");
+        }
+
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }

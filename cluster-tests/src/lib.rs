@@ -3,6 +3,8 @@
 //! and poll for conditions with deadlines.
 
 pub mod client;
+pub mod config;
+
 pub mod procs;
 pub mod wait;
 

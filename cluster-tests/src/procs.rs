@@ -121,21 +121,26 @@ fn accepts(addr: SocketAddr) -> bool {
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
-    delay: String,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Backend {
     pub fn start(name: &str) -> Result<Self> {
-        Self::start_with_delay(name, "0s")
+        Self::start_with(name, &[])
     }
 
     pub fn start_with_delay(name: &str, delay: &str) -> Result<Self> {
+        Self::start_with(name, &["--delay", delay])
+    }
+
+    /// A backend with extra `shoal backend` flags (e.g. `--fail-with 500`).
+    pub fn start_with(name: &str, extra: &[&str]) -> Result<Self> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let mut b = Self {
             name: name.to_string(),
             addr,
-            delay: delay.to_string(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         b.restart()?;
@@ -146,15 +151,8 @@ impl Backend {
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
         let child = Command::new(shoal_bin()?)
-            .args([
-                "backend",
-                "--bind",
-                &self.addr.to_string(),
-                "--name",
-                &self.name,
-                "--delay",
-                &self.delay,
-            ])
+            .args(["backend", "--bind", &self.addr.to_string(), "--name", &self.name])
+            .args(&self.extra)
             .env("SHOAL_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -252,16 +250,34 @@ impl Node {
         serde_json::from_slice(&r.body).context("parsing /status")
     }
 
-    /// `healthy` of backend `backend` in pool `pool`, per `/status`.
-    pub fn backend_healthy(&self, pool: &str, backend: &str) -> Result<bool> {
+    /// Backend `backend` of pool `pool` as `/status` shows it.
+    pub fn backend_status(&self, pool: &str, backend: &str) -> Result<serde_json::Value> {
         let status = self.status()?;
-        let b = status["pools"]
+        status["pools"]
             .as_array()
             .and_then(|pools| pools.iter().find(|p| p["name"] == pool))
             .and_then(|p| p["backends"].as_array())
             .and_then(|bs| bs.iter().find(|b| b["name"] == backend))
-            .with_context(|| format!("no backend {pool}/{backend} in status"))?;
-        b["healthy"].as_bool().context("healthy is not a bool")
+            .cloned()
+            .with_context(|| format!("no backend {pool}/{backend} in status"))
+    }
+
+    /// `healthy` of backend `backend` in pool `pool`, per `/status`.
+    pub fn backend_healthy(&self, pool: &str, backend: &str) -> Result<bool> {
+        self.backend_status(pool, backend)?["healthy"]
+            .as_bool()
+            .context("healthy is not a bool")
+    }
+
+    /// Replaces the config file and sends SIGHUP.
+    pub fn reload(&self, config: &str) -> Result<()> {
+        fs::write(self.dir.path().join("shoal.toml"), config)?;
+        self.signal("HUP")
+    }
+
+    /// How many times `needle` occurs in the log so far.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
     }
 
     /// Sends a signal to the node (e.g. "TERM").

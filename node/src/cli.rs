@@ -50,6 +50,9 @@ pub enum Command {
         /// Delay before every response except /health, e.g. "20ms".
         #[arg(long, default_value = "0s")]
         delay: Dur,
+        /// Answer every request except /health with this HTTP status.
+        #[arg(long, value_parser = parse_status)]
+        fail_with: Option<http::StatusCode>,
     },
 }
 
@@ -82,7 +85,12 @@ pub fn main() -> ExitCode {
             };
             exit(runtime(None).and_then(|rt| rt.block_on(demo::run(ports))))
         }
-        Command::Backend { bind, name, delay } => exit(runtime(None).and_then(|rt| {
+        Command::Backend {
+            bind,
+            name,
+            delay,
+            fail_with,
+        } => exit(runtime(None).and_then(|rt| {
             rt.block_on(async {
                 let sock = listener::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;
                 tracing::info!(%bind, %name, "demo backend listening");
@@ -92,6 +100,7 @@ pub fn main() -> ExitCode {
                     demo::backend::DemoBackend {
                         name,
                         delay: delay.get(),
+                        fail_with,
                     },
                     cancel.clone(),
                 );
@@ -103,6 +112,13 @@ pub fn main() -> ExitCode {
             })
         })),
     }
+}
+
+fn parse_status(s: &str) -> Result<http::StatusCode, String> {
+    s.parse::<u16>()
+        .ok()
+        .and_then(|c| http::StatusCode::from_u16(c).ok())
+        .ok_or_else(|| format!("{s:?} is not an HTTP status code"))
 }
 
 fn check(path: &std::path::Path) -> ExitCode {

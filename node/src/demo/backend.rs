@@ -33,6 +33,9 @@ pub struct DemoBackend {
     pub name: String,
     /// Added before every response except `/health`.
     pub delay: Duration,
+    /// Answer every request except `/health` with this status (a backend
+    /// that is up but broken).
+    pub fail_with: Option<StatusCode>,
 }
 
 pub async fn serve(listener: TcpListener, backend: DemoBackend, cancel: CancellationToken) {
@@ -87,6 +90,10 @@ async fn respond(backend: &DemoBackend, req: Request<Incoming>, peer: SocketAddr
     if !backend.delay.is_zero() {
         tokio::time::sleep(backend.delay).await;
     }
+    if let Some(status) = backend.fail_with {
+        return finish(backend, full(status, format!("{} fails on purpose\n", backend.name)));
+    }
+
     let resp = match path.as_str() {
         "/echo" => {
             let mut resp = Response::new(req.into_body().boxed());

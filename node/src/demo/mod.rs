@@ -80,7 +80,9 @@ pub async fn run(ports: DemoPorts) -> Result<()> {
         let b = backend::DemoBackend {
             name: name.to_string(),
             delay: Duration::ZERO,
+            fail_with: None,
         };
+
         backends.push(tokio::spawn(backend::serve(sock, b, cancel.clone())));
     }
     let node = RunningNode::start(cfg).await.context("starting the demo node")?;
