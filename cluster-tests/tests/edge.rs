@@ -31,7 +31,9 @@ fn routes_pick_pools_by_path_host_and_header_first_match_wins() -> Result<()> {
         + &pool("shop", "", &[("shop-1", shop.addr)]);
     let node = Node::start(&cfg, admin)?;
     let mut conn = KeepAlive::open(http, None)?;
-    let cases: [(&str, &[(&str, &str)], &str); 6] = [
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case<'_>; 6] = [
+
         ("/", &[], "web-1"),
         ("/api/users", &[], "api-1"),
         ("/apixyz", &[], "web-1"),
