@@ -5,7 +5,21 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+# Tools the black-box tests call: curl (TLS and HTTP/2 checks).
+need_pkg() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "==> installing $2 (apt-get)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null \
+            || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }
+    else
+        echo "WARNING: $1 is missing and cannot be installed without root: tests that use it will fail"
+    fi
+}
+need_pkg curl curl
+
 started=$(date +%s)
+
 results=()
 failed=0
 
