@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-# Tools the black-box tests call: curl (TLS and HTTP/2 checks).
+# Tools the black-box tests call: curl and openssl (TLS and HTTP/2 checks).
 need_pkg() {
     command -v "$1" >/dev/null 2>&1 && return 0
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -17,6 +17,8 @@ need_pkg() {
     fi
 }
 need_pkg curl curl
+need_pkg openssl openssl
+
 
 started=$(date +%s)
 

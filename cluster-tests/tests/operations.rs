@@ -178,20 +178,24 @@ fn reload_removing_a_backend_loses_no_request() -> Result<()> {
     let clients: Vec<_> = (0..4)
         .map(|_| {
             let reloaded = Arc::clone(&reloaded);
-            std::thread::spawn(move || -> Result<(usize, usize)> {
+            std::thread::spawn(move || -> Result<(usize, usize, usize)> {
                 let mut conn = KeepAlive::open(http, None)?;
-                let (mut ok, mut to_c_after) = (0, 0);
+                let (mut ok, mut to_c_after, mut spanning) = (0, 0, 0);
                 for _ in 0..50 {
-                    let after = reloaded.load(Ordering::SeqCst);
-                    let r = conn.send("GET", "/drip?chunks=1", &[], b"", false)?;
+                    let before = reloaded.load(Ordering::SeqCst);
+                    // Each request takes ~30 ms, so some are in flight
+                    // while the reload happens.
+                    let r = conn.send("GET", "/drip?chunks=2&interval_ms=30", &[], b"", false)?;
                     anyhow::ensure!(r.status == 200, "status {}: {}", r.status, r.text());
                     ok += 1;
-                    if after && r.backend() == Some("c") {
+                    if before && r.backend() == Some("c") {
                         to_c_after += 1;
                     }
-                    std::thread::sleep(Duration::from_millis(5));
+                    if !before && reloaded.load(Ordering::SeqCst) {
+                        spanning += 1;
+                    }
                 }
-                Ok((ok, to_c_after))
+                Ok((ok, to_c_after, spanning))
             })
         })
         .collect();
@@ -203,13 +207,18 @@ fn reload_removing_a_backend_loses_no_request() -> Result<()> {
             .filter(|s| s["pools"][0]["backends"].as_array().is_some_and(|b| b.len() == 2))
     })?;
     reloaded.store(true, Ordering::SeqCst);
-    let mut total = 0;
+    let (mut total, mut spanning) = (0, 0);
     for cl in clients {
-        let (ok, to_c) = cl.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+        let (ok, to_c, across) = cl.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
         total += ok;
+        spanning += across;
         assert_eq!(to_c, 0, "a removed backend got requests after the reload");
     }
     assert_eq!(total, 200);
+    assert!(
+        spanning >= 1,
+        "no request was in flight across the reload: the test proved nothing"
+    );
     assert_eq!(
         node.status()?["listeners"][0]["accepted_connections"],
         4,
@@ -241,9 +250,10 @@ fn an_invalid_reload_keeps_the_old_config_serving() -> Result<()> {
     assert_eq!(served_by(http, 10)?, names(&["a"]));
     // A config that validates but cannot apply (a taken port) is refused
     // whole, too.
+    // It must not even apply part of itself (here a new weight).
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let extra = listener("more", taken.local_addr()?, "http", "web", "");
-    node.reload(&(good.clone() + &extra))?;
+    node.reload(&(good.replace("[[pool.backend]]", "[[pool.backend]]\nweight = 7") + &extra))?;
     wait_until(
         "the second refusal",
         Duration::from_secs(5),
@@ -251,6 +261,11 @@ fn an_invalid_reload_keeps_the_old_config_serving() -> Result<()> {
         || (node.log_count("reload refused") == 2).then_some(()),
     )?;
     assert_eq!(node.status()?["listeners"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        node.backend_status("web", "a")?["weight"],
+        1,
+        "a refused reload changed a weight"
+    );
     assert_eq!(served_by(http, 10)?, names(&["a"]));
     node.assert_no_panic();
     Ok(())

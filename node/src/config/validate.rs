@@ -503,11 +503,11 @@ fn validate_listeners(config: &Config, root: &KeyPath, base_dir: &Path, p: &mut 
         if let Some(rl) = &l.rate_limit {
             let rp = path.key("rate_limit");
             p.check(
-                rl.requests_per_second.is_finite() && rl.requests_per_second > 0.0 && rl.requests_per_second <= 1e6,
+                rl.requests_per_second.is_finite() && (0.001..=1e6).contains(&rl.requests_per_second),
                 || rp.key("requests_per_second"),
                 || {
                     format!(
-                        "requests_per_second must be above 0 and at most 1000000, got {}",
+                        "requests_per_second must be between 0.001 and 1000000, got {}",
                         rl.requests_per_second
                     )
                 },

@@ -299,3 +299,28 @@ impl Body for ResponseBody {
         }
     }
 }
+
+/// A response body that keeps its request counted as open on the client
+/// connection until the body is done, so an HTTP/2 connection streaming a
+/// slow response is not mistaken for an idle one.
+pub struct Tracked {
+    pub inner: ResponseBody,
+    pub open: super::idle::OpenRequest,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -19,9 +19,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::body::{BodySlot, RequestBody, RequestBodyError, ResponseBody};
+use super::body::{BodySlot, RequestBody, RequestBodyError, ResponseBody, Tracked};
 use super::copy;
 use super::headers;
+use super::idle::ConnActivity;
 use super::ratelimit::RateLimiter;
 use super::route::RouteMatch;
 use super::stats::ListenerStats;
@@ -205,7 +206,7 @@ impl HttpSite {
         let mut last_error = None;
         let mut no_backend = NoBackend::NoneUsable;
         for attempt in 0..=pool.retries {
-            let _retry = if attempt == 0 {
+            let retry = if attempt == 0 {
                 None
             } else {
                 match pool.budget.try_retry() {
@@ -220,6 +221,10 @@ impl HttpSite {
             let in_flight = match pool.acquire(&mut ctx).await {
                 Ok(g) => g,
                 Err(e) => {
+                    // No backend took the retry: it did not happen.
+                    if let Some(r) = retry {
+                        r.retract();
+                    }
                     no_backend = e;
                     break;
                 }
@@ -509,19 +514,22 @@ pub fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a 
         })
 }
 
-/// Adapts [`HttpProxy::handle`] to hyper's service interface.
+/// Adapts [`HttpProxy::handle`] to hyper's service interface, counting
+/// each request as open on the client connection until its body is done.
 pub fn service(
     proxy: Arc<HttpProxy>,
     client: SocketAddr,
+    activity: Arc<ConnActivity>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<ResponseBody>,
+    Response = Response<Tracked>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send,
+    Future = impl Future<Output = Result<Response<Tracked>, Infallible>> + Send,
 > + Clone {
     hyper::service::service_fn(move |req| {
         let proxy = Arc::clone(&proxy);
-        async move { Ok(proxy.handle(req, client).await) }
+        let open = activity.request();
+        async move { Ok(proxy.handle(req, client).await.map(|inner| Tracked { inner, open })) }
     })
 }
 

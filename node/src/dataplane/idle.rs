@@ -1,15 +1,20 @@
-//! Stall detection for streams: a timer armed when a stream has to wait and
-//! disarmed by progress. It allocates its `Sleep` only the first time a
-//! stream waits, so streams that never wait cost nothing.
+//! Stall and idleness detection: a timer armed when a stream has to wait
+//! and disarmed by progress (it allocates its `Sleep` only the first time a
+//! stream waits), and the activity of a client connection, so an idle one
+//! can be closed whatever protocol it speaks.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use crate::clock;
 
 pub struct IdleTimer {
     timeout: Duration,
@@ -50,30 +55,82 @@ impl IdleTimer {
     }
 }
 
-/// A client connection whose writes fail with `TimedOut` when the client
-/// stops reading for `timeout`, so a stalled reader cannot hold a
-/// connection and a backend's in-flight slot forever.
-pub struct WriteStall<T> {
-    inner: T,
-    timer: IdleTimer,
+/// Activity of one client connection: when bytes last moved, and how many
+/// requests are open on it (HTTP/2 multiplexes several).
+#[derive(Debug, Default)]
+pub struct ConnActivity {
+    last_ms: AtomicU64,
+    open_requests: AtomicU32,
 }
 
-impl<T> WriteStall<T> {
-    pub fn new(inner: T, timeout: Duration) -> Self {
-        Self {
-            inner,
-            timer: IdleTimer::new(timeout),
+impl ConnActivity {
+    pub fn touch(&self) {
+        self.last_ms.store(clock::now_ms(), Ordering::Relaxed);
+    }
+
+    /// Counts a request as open until the guard drops.
+    pub fn request(self: &Arc<Self>) -> OpenRequest {
+        self.open_requests.fetch_add(1, Ordering::Relaxed);
+        OpenRequest(Arc::clone(self))
+    }
+
+    /// Resolves once no request is open and no byte has moved for
+    /// `timeout`: the connection is idle.
+    pub async fn idle(&self, timeout: Duration) {
+        loop {
+            let since = clock::since_ms(self.last_ms.load(Ordering::Relaxed));
+            let busy = self.open_requests.load(Ordering::Relaxed) > 0;
+            if !busy && since >= timeout {
+                return;
+            }
+            let wait = if busy { timeout } else { timeout - since };
+            tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
         }
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for WriteStall<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+pub struct OpenRequest(Arc<ConnActivity>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.open_requests.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-impl<T: AsyncWrite + Unpin> WriteStall<T> {
+/// A client connection's socket: records activity, and fails writes with
+/// `TimedOut` when the client stops reading for `timeout`, so a stalled
+/// reader cannot hold a connection (and a backend's in-flight slot)
+/// forever.
+pub struct ClientIo<T> {
+    inner: T,
+    timer: IdleTimer,
+    activity: Arc<ConnActivity>,
+}
+
+impl<T> ClientIo<T> {
+    pub fn new(inner: T, timeout: Duration, activity: Arc<ConnActivity>) -> Self {
+        activity.touch();
+        Self {
+            inner,
+            timer: IdleTimer::new(timeout),
+            activity,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> ClientIo<T> {
     fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         if self.timer.poll_stalled(cx) {
             Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))
@@ -81,16 +138,19 @@ impl<T: AsyncWrite + Unpin> WriteStall<T> {
             Poll::Pending
         }
     }
+
+    fn progressed<R>(&mut self, ready: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        self.timer.progress();
+        self.activity.touch();
+        ready
+    }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for WriteStall<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.inner).poll_write(cx, buf) {
             Poll::Pending => self.stalled(cx).map(Err),
-            ready => {
-                self.timer.progress();
-                ready
-            }
+            ready => self.progressed(ready),
         }
     }
 
@@ -101,10 +161,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteStall<T> {
     ) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
             Poll::Pending => self.stalled(cx).map(Err),
-            ready => {
-                self.timer.progress();
-                ready
-            }
+            ready => self.progressed(ready),
         }
     }
 

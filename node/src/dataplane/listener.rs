@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::http::{HttpProxy, service};
-use super::idle::WriteStall;
+use super::idle::{ClientIo, ConnActivity};
 use super::tcp::TcpProxy;
 
 /// Binds a listening socket the way a proxy wants it: address reuse so a
@@ -32,6 +32,15 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     TcpListener::from_std(socket.into())
+}
+
+/// When an accept loop stops, and when its connections must wind down:
+/// a reload stops a loop but lets its connections live on; only shutdown
+/// ends them.
+#[derive(Clone)]
+pub struct Stop {
+    pub accepting: CancellationToken,
+    pub connections: CancellationToken,
 }
 
 /// Accepts until cancelled. Errors such as running out of file descriptors
@@ -73,24 +82,30 @@ pub async fn serve_http(
     proxy: Arc<HttpProxy>,
     serving: HttpServing,
     tracker: TaskTracker,
-    cancel: CancellationToken,
+    stop: Stop,
 ) {
     let name = Arc::clone(&proxy.site.load().listener);
-    accept_loop(&name, &listener, &cancel, |stream, peer| {
+    accept_loop(&name, &listener, &stop.accepting, |stream, peer| {
         let proxy = Arc::clone(&proxy);
         let serving = serving.clone();
-        let cancel = cancel.clone();
+        let shutdown = stop.connections.clone();
         tracker.spawn(async move {
             let _open = proxy.stats.open();
-            // A client that stops reading cannot hold the connection (and
-            // a backend's in-flight slot) longer than the idle timeout.
-            let stream = WriteStall::new(stream, serving.idle_timeout);
+            let activity = Arc::new(ConnActivity::default());
+            let conn = Conn {
+                proxy: &proxy,
+                peer,
+                idle: serving.idle_timeout,
+                activity: &activity,
+                shutdown: &shutdown,
+            };
+            let stream = ClientIo::new(stream, serving.idle_timeout, Arc::clone(&activity));
             let result = match &serving.tls {
-                None => serve_h1(stream, &proxy, peer, serving.idle_timeout, &cancel).await,
+                None => conn.serve_h1(stream).await,
                 Some(acceptor) => {
                     let handshake = tokio::time::timeout(serving.idle_timeout, acceptor.accept(stream)).await;
                     match handshake {
-                        Ok(Ok(tls)) => serve_auto(tls, &proxy, peer, serving.idle_timeout, &cancel).await,
+                        Ok(Ok(tls)) => conn.serve_auto(tls).await,
                         Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
                         Err(_) => Err("TLS handshake timed out".to_string()),
                     }
@@ -104,75 +119,80 @@ pub async fn serve_http(
     .await;
 }
 
-/// HTTP/1.1 only (plain-text listeners), with upgrades.
-async fn serve_h1<IO>(
-    io: IO,
-    proxy: &Arc<HttpProxy>,
+/// One client connection being served.
+struct Conn<'a> {
+    proxy: &'a Arc<HttpProxy>,
     peer: SocketAddr,
     idle: Duration,
-    cancel: &CancellationToken,
-) -> Result<(), String>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        // hyper starts this timer whenever it waits for a request head, so
-        // it is also the keep-alive idle timeout.
-        .header_read_timeout(idle)
-        .keep_alive(true);
-    let svc = service(Arc::clone(proxy), peer);
-    let mut conn = pin!(builder.serve_connection(TokioIo::new(io), svc).with_upgrades());
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = cancel.cancelled() => {
-            // Finish the request in flight, then close.
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    result.map_err(|e| e.to_string())
+    activity: &'a Arc<ConnActivity>,
+    shutdown: &'a CancellationToken,
 }
 
-/// HTTP/1.1 or HTTP/2, whichever the client speaks (TLS listeners).
-async fn serve_auto<IO>(
-    io: IO,
-    proxy: &Arc<HttpProxy>,
-    peer: SocketAddr,
-    idle: Duration,
-    cancel: &CancellationToken,
-) -> Result<(), String>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(idle)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let svc = service(Arc::clone(proxy), peer);
-    let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = cancel.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+impl Conn<'_> {
+    /// HTTP/1.1 only (plain-text listeners), with upgrades.
+    async fn serve_h1<IO>(&self, io: IO) -> Result<(), String>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            // hyper starts this timer whenever it waits for a request
+            // head: it bounds slow header senders too.
+            .header_read_timeout(self.idle)
+            .keep_alive(true);
+        let svc = service(Arc::clone(self.proxy), self.peer, Arc::clone(self.activity));
+        let mut conn = pin!(builder.serve_connection(TokioIo::new(io), svc).with_upgrades());
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            () = self.wind_down() => {
+                // Finish the request in flight, then close.
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        result.map_err(|e| e.to_string())
+    }
+
+    /// HTTP/1.1 or HTTP/2, whichever the client speaks (TLS listeners).
+    async fn serve_auto<IO>(&self, io: IO) -> Result<(), String>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.idle)
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new());
+        let svc = service(Arc::clone(self.proxy), self.peer, Arc::clone(self.activity));
+        let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            () = self.wind_down() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        result.map_err(|e| e.to_string())
+    }
+
+    /// Resolves when the connection should close gracefully: the node
+    /// shuts down, or no request has been open and no byte has moved for
+    /// the idle timeout (whatever the protocol: HTTP/2 has no idle timer
+    /// of its own, and a client may never send a first request).
+    async fn wind_down(&self) {
+        tokio::select! {
+            () = self.shutdown.cancelled() => {}
+            () = self.activity.idle(self.idle) => {}
         }
-    };
-    result.map_err(|e| e.to_string())
+    }
 }
 
-pub async fn serve_tcp(
-    listener: Arc<TcpListener>,
-    proxy: Arc<TcpProxy>,
-    tracker: TaskTracker,
-    cancel: CancellationToken,
-) {
+pub async fn serve_tcp(listener: Arc<TcpListener>, proxy: Arc<TcpProxy>, tracker: TaskTracker, stop: Stop) {
     let name = Arc::clone(&proxy.site.load().listener);
-    accept_loop(&name, &listener, &cancel, |stream, peer| {
+    accept_loop(&name, &listener, &stop.accepting, |stream, peer| {
         let proxy = Arc::clone(&proxy);
         tracker.spawn(async move {
             let _open = proxy.stats.open();

@@ -34,7 +34,8 @@ impl Bucket {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+            // Validated rates are ≥ 0.001/s, so this is at most 1000 s.
+            Err(Duration::try_from_secs_f64((1.0 - self.tokens) / rate).unwrap_or(Duration::MAX))
         }
     }
 
@@ -72,7 +73,7 @@ impl RateLimiter {
 
     /// Admits one request from `client`, or returns how long it must wait.
     pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
-        let client = client.to_canonical();
+        let client = client_key(client);
         if let Some(mut b) = self.buckets.get_mut(&client) {
             return b.take(now, self.rate, self.burst);
         }
@@ -94,6 +95,18 @@ impl RateLimiter {
 
     pub fn tracked(&self) -> usize {
         self.buckets.len()
+    }
+}
+
+/// The key a client is limited by: its IPv4 address, or its IPv6 /64 (one
+/// subscriber's allocation, which it can fill with addresses at will).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -151,6 +164,17 @@ mod tests {
         assert_eq!(l.sweep(t0 + Duration::from_secs(3)), 0);
         assert_eq!(l.check([9, 9, 9, 9].into(), t0 + Duration::from_secs(3)), Ok(()));
         assert_eq!(l.tracked(), 1);
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_client() {
+        let t0 = Instant::now();
+        let l = limiter(1.0, 1, 10);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap_or(IpAddr::from([0; 4]));
+        assert!(l.check(ip("2001:db8:1:2::1"), t0).is_ok());
+        assert!(l.check(ip("2001:db8:1:2:ffff::9"), t0).is_err(), "same /64");
+        assert!(l.check(ip("2001:db8:1:3::1"), t0).is_ok(), "another /64");
+        assert_eq!(l.tracked(), 2);
     }
 
     #[test]

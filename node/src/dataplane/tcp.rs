@@ -45,7 +45,7 @@ impl TcpProxy {
         let _counted = pool.budget.request();
         let mut no_backend = NoBackend::NoneUsable;
         for attempt in 0..=pool.retries {
-            let _retry = if attempt == 0 {
+            let retry = if attempt == 0 {
                 None
             } else {
                 match pool.budget.try_retry() {
@@ -60,6 +60,10 @@ impl TcpProxy {
             let in_flight = match pool.acquire(&mut ctx).await {
                 Ok(g) => g,
                 Err(e) => {
+                    // No backend took the retry: it did not happen.
+                    if let Some(r) = retry {
+                        r.retract();
+                    }
                     no_backend = e;
                     break;
                 }

@@ -287,6 +287,9 @@ impl Backend {
             self.counters.rejected.fetch_add(1, Ordering::Relaxed);
             return Err(Saturated);
         }
+        // A guard, not a plain decrement: the caller's future may be
+        // dropped mid-wait (client gone), and the queue must not leak.
+        let _queued = Queued(&self.pending);
         let waited = tokio::time::timeout(wait, async {
             loop {
                 let freed = self.slot_freed.notified();
@@ -297,7 +300,6 @@ impl Backend {
             }
         })
         .await;
-        self.pending.fetch_sub(1, Ordering::Relaxed);
         waited.map_err(|_| {
             self.counters.rejected.fetch_add(1, Ordering::Relaxed);
             Saturated
@@ -348,6 +350,16 @@ impl Candidate for Backend {
     }
     fn latency_us(&self) -> f64 {
         self.latency_ewma_us()
+    }
+}
+
+/// One place in a backend's waiting queue, given back however the wait
+/// ends.
+struct Queued<'a>(&'a AtomicU32);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

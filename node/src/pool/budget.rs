@@ -29,6 +29,10 @@ impl RetryBudget {
         }
     }
 
+    pub fn same_config(&self, cfg: &RetryBudgetConfig) -> bool {
+        self.percent == u64::from(cfg.percent) && self.min_retries == u64::from(cfg.min_retries)
+    }
+
     /// Counts a request in flight until the guard drops.
     pub fn request(&self) -> RequestGuard<'_> {
         self.active_requests.fetch_add(1, Ordering::Relaxed);
@@ -62,6 +66,14 @@ impl Drop for RequestGuard<'_> {
 }
 
 pub struct RetryGuard<'a>(&'a RetryBudget);
+
+impl RetryGuard<'_> {
+    /// The retry did not happen after all (no backend to take it): it no
+    /// longer counts as granted.
+    pub fn retract(self) {
+        self.0.granted.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 impl Drop for RetryGuard<'_> {
     fn drop(&mut self) {

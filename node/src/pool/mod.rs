@@ -26,16 +26,21 @@ struct Group {
 }
 
 impl Group {
-    fn new(algorithm: Algorithm, members: Vec<Arc<Backend>>) -> Self {
+    /// Builds from the new parameters, which kept backends do not carry yet
+    /// (they apply when the pool is activated).
+    fn new(algorithm: Algorithm, members: Vec<(Arc<Backend>, BackendParams)>) -> Self {
         let m: Vec<Member<'_>> = members
             .iter()
-            .map(|b| Member {
+            .map(|(b, p)| Member {
                 name: &b.name,
-                weight: b.configured_weight(),
+                weight: p.weight,
             })
             .collect();
         let balancer = Balancer::new(algorithm, &m);
-        Self { members, balancer }
+        Self {
+            members: members.into_iter().map(|(b, _)| b).collect(),
+            balancer,
+        }
     }
 
     fn pick(&self, ctx: &mut PickCtx) -> Option<&Arc<Backend>> {
@@ -68,11 +73,15 @@ pub struct Pool {
     pub response_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub health: Option<HealthConfig>,
-    pub budget: RetryBudget,
+    /// Shared with the previous generation while its settings are the
+    /// same, so its counters carry across reloads.
+    pub budget: Arc<RetryBudget>,
     outlier: Option<OutlierPolicy>,
     /// Serialises ejection decisions (rare) so the cap holds.
     eject_lock: Mutex<()>,
     backends: Vec<Arc<Backend>>,
+    /// Parameters to put into the backends when the pool goes live.
+    params: Vec<BackendParams>,
     primary: Group,
     backup: Group,
 }
@@ -82,8 +91,9 @@ impl Pool {
     /// backend (same order as `cfg.backends`). Backends of `previous` with
     /// the same name and address are kept, with their health, admin state,
     /// ejection and counters; new ones joining a running pool slow-start.
+    /// Nothing running changes until [`Pool::activate`].
     pub fn new(cfg: &PoolConfig, addrs: &[SocketAddr], previous: Option<&Pool>) -> Self {
-        let backends: Vec<Arc<Backend>> = cfg
+        let members: Vec<(Arc<Backend>, BackendParams)> = cfg
             .backends
             .iter()
             .zip(addrs)
@@ -98,11 +108,8 @@ impl Pool {
                 let kept = previous
                     .and_then(|p| p.backend(&b.name))
                     .filter(|old| old.addr == *addr);
-                match kept {
-                    Some(old) => {
-                        old.configure(params);
-                        Arc::clone(old)
-                    }
+                let backend = match kept {
+                    Some(old) => Arc::clone(old),
                     None => {
                         let fresh = Arc::new(Backend::new(&b.name, b.address.to_string(), *addr, params));
                         if previous.is_some() {
@@ -110,10 +117,15 @@ impl Pool {
                         }
                         fresh
                     }
-                }
+                };
+                (backend, params)
             })
             .collect();
-        let (backup, primary): (Vec<_>, Vec<_>) = backends.iter().cloned().partition(|b| b.is_backup());
+        let budget = match previous {
+            Some(p) if p.budget.same_config(&cfg.retry_budget) => Arc::clone(&p.budget),
+            _ => Arc::new(RetryBudget::new(&cfg.retry_budget)),
+        };
+        let (backup, primary): (Vec<_>, Vec<_>) = members.iter().cloned().partition(|(_, p)| p.backup);
         Self {
             name: Arc::from(cfg.name.as_str()),
             algorithm: cfg.algorithm,
@@ -123,12 +135,21 @@ impl Pool {
             response_timeout: cfg.response_timeout.get(),
             keepalive_timeout: cfg.keepalive_timeout.get(),
             health: cfg.health.clone(),
-            budget: RetryBudget::new(&cfg.retry_budget),
+            budget,
             outlier: cfg.outlier.as_ref().map(OutlierPolicy::from),
             eject_lock: Mutex::new(()),
             primary: Group::new(cfg.algorithm, primary),
             backup: Group::new(cfg.algorithm, backup),
-            backends,
+            params: members.iter().map(|(_, p)| *p).collect(),
+            backends: members.into_iter().map(|(b, _)| b).collect(),
+        }
+    }
+
+    /// Puts this pool's backend parameters (weights, limits, slow start)
+    /// into its backends: the step of a reload that cannot fail.
+    pub fn activate(&self) {
+        for (b, p) in self.backends.iter().zip(&self.params) {
+            b.configure(*p);
         }
     }
 

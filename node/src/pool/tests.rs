@@ -29,7 +29,9 @@ fn pool_cfg(extra: &str, backends: &[(&str, bool)]) -> (PoolConfig, Vec<SocketAd
 
 fn pool(extra: &str, backends: &[(&str, bool)]) -> Pool {
     let (cfg, addrs) = pool_cfg(extra, backends);
-    Pool::new(&cfg, &addrs, None)
+    let pool = Pool::new(&cfg, &addrs, None);
+    pool.activate();
+    pool
 }
 
 fn pick(pool: &Pool) -> Option<String> {
@@ -104,6 +106,20 @@ async fn circuit_breaker_queues_then_fails_fast() {
     assert_eq!(b.counters.rejected.load(Ordering::Relaxed), 1);
 
     drop((held_a, held_b));
+    // A queued wait abandoned mid-way (client gone) gives its place back.
+    let holders: Vec<_> = (0..2).filter_map(|_| b.try_begin()).collect();
+    assert_eq!(holders.len(), 2);
+    let abandoned = {
+        let b = Arc::clone(&b);
+        tokio::spawn(async move { b.begin(Duration::from_secs(60)).await.is_ok() })
+    };
+    while b.pending() == 0 {
+        tokio::task::yield_now().await;
+    }
+    abandoned.abort();
+    let _ = abandoned.await;
+    assert_eq!(b.pending(), 0, "an abandoned wait must leave the queue");
+    drop(holders);
 }
 
 #[tokio::test(start_paused = true)]
@@ -174,6 +190,7 @@ fn slow_start_ramps_a_returning_backend() {
 fn a_rebuilt_pool_keeps_the_state_of_unchanged_backends() {
     let (cfg, addrs) = pool_cfg("slow_start = \"1h\"", &[("a", false), ("b", false)]);
     let old = Pool::new(&cfg, &addrs, None);
+    old.activate();
     old.backends()[0].set_admin_state(AdminState::Drain);
     old.backends()[1].set_healthy(false);
     let (mut cfg2, mut addrs2) = pool_cfg("slow_start = \"1h\"", &[("b", false), ("a", false), ("new", false)]);
@@ -181,6 +198,9 @@ fn a_rebuilt_pool_keeps_the_state_of_unchanged_backends() {
     addrs2[0] = addrs[1];
     addrs2[1] = addrs[0];
     let new = Pool::new(&cfg2, &addrs2, Some(&old));
+    // Building changes nothing live: a's weight is still the old one.
+    assert_eq!(old.backends()[0].configured_weight(), 1);
+    new.activate();
     let a = new.backend("a").cloned();
     let b = new.backend("b").cloned();
     assert!(
@@ -198,5 +218,6 @@ fn a_rebuilt_pool_keeps_the_state_of_unchanged_backends() {
     let (cfg3, mut addrs3) = pool_cfg("", &[("a", false)]);
     addrs3[0] = SocketAddr::from(([127, 0, 0, 1], 9999));
     let moved = Pool::new(&cfg3, &addrs3, Some(&new));
+    moved.activate();
     assert_eq!(moved.backends()[0].admin_state(), AdminState::Ready);
 }

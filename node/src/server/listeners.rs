@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
@@ -19,22 +20,26 @@ use super::generation::{http_site, tcp_site};
 use crate::config::{Config, ListenerConfig, ListenerTls, Protocol};
 use crate::dataplane::ListenerStats;
 use crate::dataplane::http::{HttpProxy, HttpSite, Upstream};
-use crate::dataplane::listener::{self, HttpServing};
+use crate::dataplane::listener::{self, HttpServing, Stop};
 use crate::dataplane::ratelimit::RateLimiter;
 use crate::dataplane::tcp::{TcpProxy, TcpSite};
 use crate::tls::{self, CertStore};
 
-/// What an accept loop serves; a change restarts the loop.
+/// What an accept loop serves; a change restarts the loop (connections it
+/// accepted carry on with the settings they started with).
 #[derive(Debug, Clone, PartialEq)]
 enum Kind {
-    Http { tls: Option<ListenerTls> },
+    Http { tls: Option<ListenerTls>, idle: Duration },
     Tcp,
 }
 
 impl Kind {
     fn of(l: &ListenerConfig) -> Self {
         match l.protocol {
-            Protocol::Http => Self::Http { tls: l.tls.clone() },
+            Protocol::Http => Self::Http {
+                tls: l.tls.clone(),
+                idle: l.idle_timeout().get(),
+            },
             Protocol::Tcp => Self::Tcp,
         }
     }
@@ -214,8 +219,14 @@ impl Listeners {
             }
         }
         for (name, bind, kind, socket, site, certs, stats) in started {
-            let cancel = root.child_token();
-            let proxy = spawn_loop(&kind, &socket, site, certs.as_ref(), &stats, &cancel, tracker);
+            // The loop stops with its own token; its connections only at
+            // shutdown.
+            let stop = Stop {
+                accepting: root.child_token(),
+                connections: root.clone(),
+            };
+            let cancel = stop.accepting.clone();
+            let proxy = spawn_loop(&kind, &socket, site, certs.as_ref(), &stats, stop, tracker);
             tracing::info!(listener = %name, %bind, kind = ?kind, "listening");
             changes.started.push(name.clone());
             next.push(Slot {
@@ -247,7 +258,7 @@ fn spawn_loop(
     site: Site,
     certs: Option<&Arc<CertStore>>,
     stats: &Arc<ListenerStats>,
-    cancel: &CancellationToken,
+    stop: Stop,
     tracker: &TaskTracker,
 ) -> Proxy {
     match site {
@@ -260,7 +271,7 @@ fn spawn_loop(
             // The TLS config cannot fail to build for a certificate that
             // loaded; if it ever does, serve nothing rather than plain text.
             let tls = match (kind, certs) {
-                (Kind::Http { tls: Some(_) }, Some(store)) => match tls::server_config(Arc::clone(store)) {
+                (Kind::Http { tls: Some(_), .. }, Some(store)) => match tls::server_config(Arc::clone(store)) {
                     Ok(cfg) => Some(TlsAcceptor::from(cfg)),
                     Err(e) => {
                         tracing::error!(error = %e, "TLS setup failed; listener not started");
@@ -275,7 +286,7 @@ fn spawn_loop(
                 Arc::clone(&proxy),
                 serving,
                 tracker.clone(),
-                cancel.clone(),
+                stop,
             ));
             Proxy::Http(proxy)
         }
@@ -288,8 +299,9 @@ fn spawn_loop(
                 Arc::clone(socket),
                 Arc::clone(&proxy),
                 tracker.clone(),
-                cancel.clone(),
+                stop,
             ));
+
             Proxy::Tcp(proxy)
         }
     }

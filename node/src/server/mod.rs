@@ -71,6 +71,9 @@ impl RunningNode {
     /// nothing half-running), then starts serving.
     pub async fn start(config: Config) -> Result<Self> {
         let upstreams = generation::build_upstreams(&config, None).await?;
+        for u in &upstreams {
+            u.pool.activate();
+        }
         let mut listeners = Listeners::default();
         let plan = listeners.plan(&config, &upstreams)?;
         let admin_sock = listener::bind(config.node.admin_addr)
@@ -129,7 +132,11 @@ impl RunningNode {
         let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         let plan = listeners.plan(&config, &upstreams)?;
         // Nothing below can fail.
+        for u in &upstreams {
+            u.pool.activate();
+        }
         let changes = listeners.commit(plan, &self.cancel, &self.tracker);
+
         let applied = Generation {
             listeners: generation::listener_infos(&config, &listeners.stats()),
             upstreams,
