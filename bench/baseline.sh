@@ -25,8 +25,11 @@ need() {
 need wrk wrk
 need nginx nginx
 
-cargo build --release --quiet -p shoal-node --bin shoal
-shoal="${CARGO_TARGET_DIR:-$PWD/target}/release/shoal"
+# SHOAL_BIN runs another build (e.g. an older commit) for comparison.
+if [ -z "${SHOAL_BIN:-}" ]; then
+    cargo build --release --quiet -p shoal-node --bin shoal
+fi
+shoal="${SHOAL_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/shoal}"
 
 work=$(mktemp -d)
 pids=()
