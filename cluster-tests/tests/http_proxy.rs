@@ -8,26 +8,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use shoal_cluster_tests::client::{self, KeepAlive};
-use shoal_cluster_tests::{Backend, Node, free_port, get, request, wait_until};
-
-fn local() -> Result<SocketAddr> {
-    Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
-}
+use shoal_cluster_tests::config::{listener, local, node, pool};
+use shoal_cluster_tests::{Backend, Node, get, request, wait_until};
 
 /// A node with one HTTP listener on a pool of `backends` (name, address),
 /// plus `pool_extra` lines in the pool table.
 fn node_with(backends: &[(&str, SocketAddr)], pool_extra: &str) -> Result<(Node, SocketAddr)> {
     let (admin, http) = (local()?, local()?);
-    let mut cfg = format!(
-        "[node]\nid = \"lb1\"\nadmin_addr = \"{admin}\"\nshutdown_timeout = \"5s\"\n\n\
-         [[listener]]\nname = \"web\"\nbind = \"{http}\"\nprotocol = \"http\"\npool = \"web\"\n\n\
-         [[pool]]\nname = \"web\"\n{pool_extra}\n\n"
-    );
-    for (name, addr) in backends {
-        cfg.push_str(&format!(
-            "[[pool.backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n\n"
-        ));
-    }
+    let cfg = node(admin, "shutdown_timeout = \"5s\"")
+        + &listener("web", http, "http", "web", "")
+        + &pool("web", pool_extra, backends);
     Ok((Node::start(&cfg, admin)?, http))
 }
 
@@ -184,7 +174,7 @@ fn request_bodies_pass_through_intact() -> Result<()> {
 #[test]
 fn connect_failures_are_retried_on_another_backend() -> Result<()> {
     let live = Backend::start("live")?;
-    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let dead = local()?;
     // No health check: only the retry keeps clients from seeing the dead one.
     let (node, http) = node_with(&[("dead", dead), ("live", live.addr)], "retries = 2")?;
     for i in 0..40 {
@@ -206,7 +196,7 @@ fn connect_failures_are_retried_on_another_backend() -> Result<()> {
 
 #[test]
 fn backend_failures_give_502_and_504_with_a_reason() -> Result<()> {
-    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let dead = local()?;
     let (node, http) = node_with(&[("dead", dead)], "retries = 0")?;
     let r = get(http, "/")?;
     assert_eq!(r.status, 502);
@@ -348,12 +338,9 @@ fn a_backend_stalling_mid_response_is_cut_after_response_timeout() -> Result<()>
 fn a_client_that_stops_reading_is_cut_after_idle_timeout() -> Result<()> {
     let b = Backend::start("a")?;
     let (admin, http) = (local()?, local()?);
-    let cfg = format!(
-        "[node]\nid = \"lb1\"\nadmin_addr = \"{admin}\"\n\n\
-         [[listener]]\nname = \"web\"\nbind = \"{http}\"\nprotocol = \"http\"\npool = \"web\"\nidle_timeout = \"1s\"\n\n\
-         [[pool]]\nname = \"web\"\n\n[[pool.backend]]\nname = \"a\"\naddress = \"{}\"\n",
-        b.addr
-    );
+    let cfg = node(admin, "")
+        + &listener("web", http, "http", "web", "idle_timeout = \"1s\"")
+        + &pool("web", "", &[("a", b.addr)]);
     let node = Node::start(&cfg, admin)?;
     let mut s = client::connect(http, None)?;
     // Ask for far more than socket buffers hold, and never read.
@@ -388,12 +375,9 @@ fn a_client_that_stops_reading_is_cut_after_idle_timeout() -> Result<()> {
 fn slow_uploads_are_bounded_by_the_client_idle_timeout_not_blamed_on_the_backend() -> Result<()> {
     let b = Backend::start("a")?;
     let (admin, http) = (local()?, local()?);
-    let cfg = format!(
-        "[node]\nid = \"lb1\"\nadmin_addr = \"{admin}\"\n\n\
-         [[listener]]\nname = \"web\"\nbind = \"{http}\"\nprotocol = \"http\"\npool = \"web\"\nidle_timeout = \"1s\"\n\n\
-         [[pool]]\nname = \"web\"\nresponse_timeout = \"300ms\"\n\n[[pool.backend]]\nname = \"a\"\naddress = \"{}\"\n",
-        b.addr
-    );
+    let cfg = node(admin, "")
+        + &listener("web", http, "http", "web", "idle_timeout = \"1s\"")
+        + &pool("web", "response_timeout = \"300ms\"", &[("a", b.addr)]);
     let node = Node::start(&cfg, admin)?;
     // An upload taking 3 × 400 ms is fine: each pause is under the 1 s idle
     // timeout, and the 300 ms response timeout starts after the upload.

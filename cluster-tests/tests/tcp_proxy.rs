@@ -7,24 +7,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use shoal_cluster_tests::client;
-use shoal_cluster_tests::{Backend, Node, free_port, tcp_get};
-
-fn local() -> Result<SocketAddr> {
-    Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
-}
+use shoal_cluster_tests::config::{listener, local, node, pool};
+use shoal_cluster_tests::{Backend, Node, tcp_get};
 
 fn node_with(backends: &[(&str, SocketAddr)], listener_extra: &str) -> Result<(Node, SocketAddr)> {
     let (admin, tcp) = (local()?, local()?);
-    let mut cfg = format!(
-        "[node]\nid = \"lb1\"\nadmin_addr = \"{admin}\"\n\n\
-         [[listener]]\nname = \"raw\"\nbind = \"{tcp}\"\nprotocol = \"tcp\"\npool = \"p\"\n{listener_extra}\n\n\
-         [[pool]]\nname = \"p\"\nretries = 2\nconnect_timeout = \"500ms\"\n\n"
-    );
-    for (name, addr) in backends {
-        cfg.push_str(&format!(
-            "[[pool.backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n\n"
-        ));
-    }
+    let cfg = node(admin, "")
+        + &listener("raw", tcp, "tcp", "p", listener_extra)
+        + &pool("p", "retries = 2\nconnect_timeout = \"500ms\"", backends);
     Ok((Node::start(&cfg, admin)?, tcp))
 }
 

@@ -28,7 +28,7 @@ use super::route::RouteMatch;
 use super::stats::ListenerStats;
 use crate::balance::{PickCtx, hash_bytes, hash_ip};
 use crate::config::HashKey;
-use crate::pool::{InFlight, NoBackend, Outcome, Pool};
+use crate::pool::{InFlight, NoAttempt, NoBackend, Outcome, Pool};
 
 pub type HttpClient = Client<HttpConnector, RequestBody>;
 
@@ -206,25 +206,11 @@ impl HttpSite {
         let mut last_error = None;
         let mut no_backend = NoBackend::NoneUsable;
         for attempt in 0..=pool.retries {
-            let retry = if attempt == 0 {
-                None
-            } else {
-                match pool.budget.try_retry() {
-                    Some(granted) => Some(granted),
-                    None => {
-                        tracing::warn!(listener = %self.listener, pool = %pool.name, "retry budget exhausted: not retrying");
-                        break;
-                    }
-                }
-            };
             // The sticky-table lookup (affinity issue) goes before this pick.
-            let in_flight = match pool.acquire(&mut ctx).await {
-                Ok(g) => g,
-                Err(e) => {
-                    // No backend took the retry: it did not happen.
-                    if let Some(r) = retry {
-                        r.retract();
-                    }
+            let (in_flight, _retry) = match pool.next_attempt(&mut ctx, attempt).await {
+                Ok(a) => a,
+                Err(NoAttempt::Budget) => break,
+                Err(NoAttempt::NoBackend(e)) => {
                     no_backend = e;
                     break;
                 }

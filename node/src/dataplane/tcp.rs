@@ -14,7 +14,7 @@ use super::copy::{self, CopyError};
 use super::ratelimit::RateLimiter;
 use super::stats::ListenerStats;
 use crate::balance::{PickCtx, hash_ip};
-use crate::pool::{NoBackend, Outcome, Pool};
+use crate::pool::{NoAttempt, NoBackend, Outcome, Pool};
 
 /// A TCP listener's settings; replaced whole on reload.
 pub struct TcpSite {
@@ -45,25 +45,11 @@ impl TcpProxy {
         let _counted = pool.budget.request();
         let mut no_backend = NoBackend::NoneUsable;
         for attempt in 0..=pool.retries {
-            let retry = if attempt == 0 {
-                None
-            } else {
-                match pool.budget.try_retry() {
-                    Some(granted) => Some(granted),
-                    None => {
-                        tracing::warn!(listener = %site.listener, pool = %pool.name, "retry budget exhausted: not retrying");
-                        break;
-                    }
-                }
-            };
             // The sticky-table lookup (affinity issue) goes before this pick.
-            let in_flight = match pool.acquire(&mut ctx).await {
-                Ok(g) => g,
-                Err(e) => {
-                    // No backend took the retry: it did not happen.
-                    if let Some(r) = retry {
-                        r.retract();
-                    }
+            let (in_flight, _retry) = match pool.next_attempt(&mut ctx, attempt).await {
+                Ok(a) => a,
+                Err(NoAttempt::Budget) => break,
+                Err(NoAttempt::NoBackend(e)) => {
                     no_backend = e;
                     break;
                 }

@@ -55,6 +55,14 @@ pub enum Outcome {
     Failure,
 }
 
+/// Why a request gets no (further) attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoAttempt {
+    /// A retry the pool's retry budget does not allow.
+    Budget,
+    NoBackend(NoBackend),
+}
+
 /// Why no backend could take a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoBackend {
@@ -192,6 +200,37 @@ impl Pool {
                     saw_saturated = true;
                     ctx.exclude(backend.id);
                 }
+            }
+        }
+    }
+
+    /// Attempt number `attempt` (0 = first) of a request: a retry must fit
+    /// the retry budget, then a backend slot is taken. The retry guard
+    /// counts the retry in flight until dropped.
+    pub async fn next_attempt(
+        &self,
+        ctx: &mut PickCtx,
+        attempt: u32,
+    ) -> Result<(InFlight, Option<RetryGuard<'_>>), NoAttempt> {
+        let retry = if attempt == 0 {
+            None
+        } else {
+            match self.budget.try_retry() {
+                Some(granted) => Some(granted),
+                None => {
+                    tracing::warn!(pool = %self.name, "retry budget exhausted: not retrying");
+                    return Err(NoAttempt::Budget);
+                }
+            }
+        };
+        match self.acquire(ctx).await {
+            Ok(in_flight) => Ok((in_flight, retry)),
+            Err(e) => {
+                // No backend took the retry: it did not happen.
+                if let Some(r) = retry {
+                    r.retract();
+                }
+                Err(NoAttempt::NoBackend(e))
             }
         }
     }
