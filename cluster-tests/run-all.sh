@@ -5,7 +5,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-# Tools the black-box tests call: curl and openssl (TLS and HTTP/2 checks).
+# Tools the black-box tests call: curl and openssl (TLS and HTTP/2 checks),
+# chromium (the dashboard is checked in a real headless browser).
 need_pkg() {
     command -v "$1" >/dev/null 2>&1 && return 0
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -18,6 +19,7 @@ need_pkg() {
 }
 need_pkg curl curl
 need_pkg openssl openssl
+need_pkg chromium chromium
 
 
 started=$(date +%s)

@@ -2,9 +2,29 @@
 
 use std::net::SocketAddr;
 
-/// The `[node]` table. `extra` is appended inside it.
+/// The `[node]` table of node "lb1". `extra` is appended inside it.
 pub fn node(admin: SocketAddr, extra: &str) -> String {
-    format!("[node]\nid = \"lb1\"\nadmin_addr = \"{admin}\"\n{extra}\n\n")
+    node_named("lb1", admin, extra)
+}
+
+/// The `[node]` table of node `id`.
+pub fn node_named(id: &str, admin: SocketAddr, extra: &str) -> String {
+    format!("[node]\nid = \"{id}\"\nadmin_addr = \"{admin}\"\n{extra}\n\n")
+}
+
+/// A `[cluster]` table named "edge".
+pub fn cluster(
+    gossip: SocketAddr,
+    replication: SocketAddr,
+    seeds: &[SocketAddr],
+    key: Option<&std::path::Path>,
+) -> String {
+    let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+    let key = key.map_or(String::new(), |k| format!("gossip_key_file = \"{}\"\n", k.display()));
+    format!(
+        "[cluster]\nname = \"edge\"\ngossip_addr = \"{gossip}\"\nreplication_addr = \"{replication}\"\nseeds = [{}]\n{key}\n",
+        seeds.join(", ")
+    )
 }
 
 /// A `[[listener]]`; `extra` lines (e.g. `idle_timeout = "1s"`, or

@@ -2,6 +2,7 @@
 //! backends as real processes on loopback, talk to them over real sockets,
 //! and poll for conditions with deadlines.
 
+pub mod browser;
 pub mod client;
 pub mod config;
 

@@ -292,6 +292,14 @@ impl Node {
         Ok(())
     }
 
+    /// SIGKILL: the node vanishes without a word to its peers.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Waits for the process to exit on its own.
     pub fn wait_exit(&mut self, deadline: Duration) -> Result<ExitStatus> {
         let child = self.child.as_mut().context("node is not running")?;

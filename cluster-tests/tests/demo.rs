@@ -11,10 +11,10 @@ use shoal_cluster_tests::client::KeepAlive;
 use shoal_cluster_tests::{free_ports, shoal_bin, tcp_get, wait_until};
 
 #[test]
-fn demo_serves_balanced_traffic_and_stops_on_ctrl_c() -> Result<()> {
+fn demo_runs_a_two_node_cluster_serves_balanced_traffic_and_stops_on_ctrl_c() -> Result<()> {
     // The demo's default ports (8080, 9901, ...) may be in use on a
     // developer's machine; --port-base moves all six together.
-    let base = free_ports(6)?;
+    let base = free_ports(13)?;
     let mut child = Command::new(shoal_bin()?)
         .args(["demo", "--port-base", &base.to_string()])
         .env("SHOAL_LOG", "warn")
@@ -51,6 +51,20 @@ fn demo_serves_balanced_traffic_and_stops_on_ctrl_c() -> Result<()> {
         assert_eq!(counts, want);
         let r = tcp_get(SocketAddr::from(([127, 0, 0, 1], base + 1)), None, "/")?;
         assert_eq!(r.status, 200);
+        // The second node serves too, and the two form a cluster.
+        let second = SocketAddr::from(([127, 0, 0, 1], base + 6));
+        assert_eq!(shoal_cluster_tests::get(second, "/")?.status, 200);
+        let admin2 = SocketAddr::from(([127, 0, 0, 1], base + 8));
+        wait_until(
+            "the two demo nodes to see each other",
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            || {
+                let r = shoal_cluster_tests::get(admin2, "/status").ok()?;
+                let s: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+                (s["peers"][0]["id"] == "demo-1" && s["peers"][0]["state"] == "alive").then_some(())
+            },
+        )?;
         Ok(())
     })();
     let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();

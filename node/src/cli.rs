@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -34,10 +35,28 @@ pub enum Command {
     },
     /// A local node with three demo backends, printing URLs to try.
     Demo {
-        /// Use six consecutive ports from this one (HTTP, TCP, admin, three
-        /// backends) instead of 8080, 8081, 9901 and 9001-9003.
+        /// Use 13 consecutive ports from this one instead of the defaults
+        /// (8080-8083, 9901-9902, 9001-9003, and 7946-7947, 7956-7957 UDP).
         #[arg(long)]
         port_base: Option<u16>,
+    },
+    /// The cluster as a node sees it: peers, VIPs, backends × node health.
+    Status {
+        /// The node's admin address.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// Print the raw /status JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a cluster CA, node certificates and the gossip key into DIR
+    /// (existing files are kept; the CA is reused).
+    Certs {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node ids, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
     },
     /// A demo HTTP backend that names itself in every response.
     Backend {
@@ -72,13 +91,23 @@ pub fn main() -> ExitCode {
             let workers = cfg.node.workers;
             exit(runtime(workers).and_then(|rt| rt.block_on(server::run(cfg, config))))
         }
+        Command::Certs { dir, nodes } => certs(&dir, &nodes),
+        Command::Status { admin, json } => exit(runtime(Some(1)).and_then(|rt| {
+            let status = rt.block_on(fetch_status(&admin))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", crate::admin::table::render(&status));
+            }
+            Ok(())
+        })),
         Command::Demo { port_base } => {
             let ports = match port_base {
                 None => demo::DemoPorts::DEFAULT,
                 Some(base) => match demo::DemoPorts::from_base(base) {
                     Some(p) => p,
                     None => {
-                        eprintln!("error: --port-base {base} leaves no room for six ports");
+                        eprintln!("error: --port-base {base} leaves no room for the demo's ports");
                         return ExitCode::from(EXIT_INVALID_CONFIG);
                     }
                 },
@@ -112,6 +141,55 @@ pub fn main() -> ExitCode {
             })
         })),
     }
+}
+
+fn certs(dir: &std::path::Path, nodes: &[String]) -> ExitCode {
+    let mut ids = Vec::new();
+    for n in nodes {
+        match shoal_proto::NodeId::new(n.clone()) {
+            Ok(id) => ids.push(id),
+            Err(e) => {
+                eprintln!("error: {n:?}: {e}");
+                return ExitCode::from(EXIT_INVALID_CONFIG);
+            }
+        }
+    }
+    match crate::certs::generate(dir, &ids) {
+        Ok(out) => {
+            for p in &out.created {
+                println!("created {}", p.display());
+            }
+            for p in &out.kept {
+                println!("kept    {}", p.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// GETs `/status` from a node's admin address.
+async fn fetch_status(admin: &str) -> Result<serde_json::Value> {
+    use http_body_util::{BodyExt, Empty};
+    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(admin))
+        .await
+        .with_context(|| format!("connecting to {admin} timed out"))?
+        .with_context(|| format!("cannot connect to the admin address {admin} (is the node running? try --admin)"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::get("/status")
+        .header(http::header::HOST, admin)
+        .body(Empty::<bytes::Bytes>::new())?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .context("the node did not answer within 5s")??;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(status.is_success(), "{admin} answered {status}");
+    serde_json::from_slice(&body).context("the node's /status is not JSON")
 }
 
 fn parse_status(s: &str) -> Result<http::StatusCode, String> {

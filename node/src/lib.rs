@@ -3,8 +3,10 @@
 
 pub mod admin;
 pub mod balance;
+pub mod certs;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod dataplane;
 pub mod demo;

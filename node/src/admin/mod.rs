@@ -1,6 +1,7 @@
 //! The admin HTTP server on `node.admin_addr`.
 //!
-//! - `GET /status`: the node as JSON (see `status.rs`); `GET /healthz`.
+//! - `GET /`: the dashboard; `GET /status`: the node as JSON (see
+//!   `status.rs`); `GET /metrics`: Prometheus text; `GET /healthz`.
 //! - `GET /pools/{pool}/backends/{backend}`: one backend as JSON.
 //! - `PUT /pools/{pool}/backends/{backend}/state` with
 //!   `{"state": "ready" | "drain" | "maint"}`.
@@ -8,7 +9,9 @@
 //! With `node.admin_token_file`, writes need `Authorization: Bearer TOKEN`;
 //! reads stay open (the admin address defaults to loopback).
 
+pub mod metrics;
 pub mod status;
+pub mod table;
 
 use std::convert::Infallible;
 use std::pin::pin;
@@ -28,6 +31,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::pool::AdminState;
 use crate::server::NodeState;
+
+/// The dashboard: one self-contained page that polls `/status`.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Largest admin request body accepted.
 const MAX_BODY: usize = 4096;
@@ -76,6 +82,22 @@ async fn route(state: &NodeState, req: Request<Incoming>) -> Response<Full<Bytes
     let read = method == Method::GET || method == Method::HEAD;
     match segments.as_slice() {
         ["status"] if read => json(StatusCode::OK, &status::build(state)),
+        ["metrics"] if read => {
+            let mut resp = text(StatusCode::OK, &metrics::render(state));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
+        [""] if read => {
+            let mut resp = text(StatusCode::OK, DASHBOARD);
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            resp
+        }
         ["healthz"] if read => text(StatusCode::OK, "ok\n"),
         ["pools", pool, "backends", backend] if read => get_backend(state, pool, backend),
         ["pools", pool, "backends", backend, "state"] if method == Method::PUT => {
@@ -88,7 +110,7 @@ async fn route(state: &NodeState, req: Request<Incoming>) -> Response<Full<Bytes
                 Err(resp) => resp,
             }
         }
-        ["status"] | ["healthz"] | ["pools", _, "backends", _] => not_allowed("GET, HEAD"),
+        ["status"] | ["healthz"] | ["metrics"] | [""] | ["pools", _, "backends", _] => not_allowed("GET, HEAD"),
         ["pools", _, "backends", _, "state"] => not_allowed("PUT"),
         _ => text(StatusCode::NOT_FOUND, "not found; try /status\n"),
     }
@@ -116,7 +138,11 @@ struct ErrorBody<'a> {
 fn get_backend(state: &NodeState, pool: &str, backend: &str) -> Response<Full<Bytes>> {
     let current = state.current.load();
     match current.pool(pool).and_then(|p| p.backend(backend)) {
-        Some(b) => json(StatusCode::OK, &status::backend(state.id.as_str(), b)),
+        Some(b) => {
+            let view = state.cluster.as_ref().map(|c| c.view());
+            let peers = view.as_ref().and_then(|v| v.backend(pool, backend));
+            json(StatusCode::OK, &status::backend(state.id.as_str(), b, peers))
+        }
         None => error(
             StatusCode::NOT_FOUND,
             &format!("no backend {backend:?} in pool {pool:?}"),

@@ -7,11 +7,14 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 use crate::balance::Candidate;
+use crate::cluster::BackendCluster;
 use crate::server::NodeState;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub node: NodeInfo,
+    /// Absent for a standalone node.
+    pub cluster: Option<ClusterInfo>,
     pub peers: Vec<Peer>,
     pub vips: Vec<Vip>,
     pub listeners: Vec<Listener>,
@@ -32,6 +35,26 @@ pub struct Peer {
     pub state: &'static str,
     pub gossip_addr: String,
     pub last_seen_ms: u64,
+    /// Announced a graceful leave (state is then "dead").
+    pub left: bool,
+    pub admin_addr: Option<String>,
+    pub replication_addr: Option<String>,
+    pub config_fingerprint: Option<String>,
+    /// Whether its pools and backends are the same as this node's.
+    pub config_matches: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClusterInfo {
+    pub name: String,
+    pub config_fingerprint: String,
+    pub peers_alive: usize,
+    pub gossip_sent: u64,
+    pub gossip_received: u64,
+    /// Datagrams dropped for a missing or wrong authentication tag.
+    pub gossip_rejected: u64,
+    /// Things an operator should look at.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -114,14 +137,48 @@ pub fn build(state: &NodeState) -> Status {
     let id = state.id.to_string();
     let current = state.current.load_full();
     let config = &current.config;
+    let view = state.cluster.as_ref().map(|c| c.view()).unwrap_or_default();
     Status {
         node: NodeInfo {
             id: id.clone(),
             version: env!("CARGO_PKG_VERSION"),
             uptime_s: state.started.elapsed().as_secs(),
         },
-        // Filled by the cluster issue (gossip membership).
-        peers: Vec::new(),
+        cluster: state.cluster.as_ref().map(|c| ClusterInfo {
+            name: c.name.clone(),
+            config_fingerprint: current.fingerprint.clone(),
+            peers_alive: view.alive_peers(),
+            gossip_sent: c.stats.sent.load(Ordering::Relaxed),
+            gossip_received: c.stats.received.load(Ordering::Relaxed),
+            gossip_rejected: c.stats.rejected.load(Ordering::Relaxed),
+            warnings: view
+                .peers
+                .iter()
+                .filter(|p| p.alive && p.fingerprint.as_deref().is_some_and(|f| f != current.fingerprint))
+                .map(|p| {
+                    format!(
+                        "{} runs different pools or backends (config fingerprint {})",
+                        p.id,
+                        p.fingerprint.as_deref().unwrap_or("?")
+                    )
+                })
+                .collect(),
+        }),
+        peers: view
+            .peers
+            .iter()
+            .map(|p| Peer {
+                id: p.id.clone(),
+                state: if p.alive { "alive" } else { "dead" },
+                gossip_addr: p.gossip_addr.to_string(),
+                last_seen_ms: p.last_seen.as_millis() as u64,
+                left: p.left,
+                admin_addr: p.admin_addr.clone(),
+                replication_addr: p.replication_addr.clone(),
+                config_fingerprint: p.fingerprint.clone(),
+                config_matches: p.fingerprint.as_deref() == Some(current.fingerprint.as_str()),
+            })
+            .collect(),
         vips: config
             .vips
             .iter()
@@ -162,7 +219,11 @@ pub fn build(state: &NodeState) -> Status {
                 algorithm: p.algorithm.as_str(),
                 retries_granted: p.budget.granted.load(Ordering::Relaxed),
                 retries_denied: p.budget.denied.load(Ordering::Relaxed),
-                backends: p.backends().iter().map(|b| backend(&id, b)).collect(),
+                backends: p
+                    .backends()
+                    .iter()
+                    .map(|b| backend(&id, b, view.backend(&p.name, &b.name)))
+                    .collect(),
             })
             .collect(),
         affinity: Affinity {
@@ -173,7 +234,11 @@ pub fn build(state: &NodeState) -> Status {
 }
 
 /// One backend as the status (and the admin API) show it.
-pub fn backend(node: &str, b: &crate::pool::Backend) -> Backend {
+/// One backend as the status (and the admin API) show it; `peers` is what
+/// live peers report about it.
+pub fn backend(node: &str, b: &crate::pool::Backend, peers: Option<&BackendCluster>) -> Backend {
+    let mut health_by_node = peers.map(|p| p.health_by_node.clone()).unwrap_or_default();
+    health_by_node.insert(node.to_string(), b.is_healthy());
     Backend {
         name: b.name.to_string(),
         address: b.configured.clone(),
@@ -186,8 +251,8 @@ pub fn backend(node: &str, b: &crate::pool::Backend) -> Backend {
         state: b.admin_state().as_str(),
         active_connections: b.active(),
         pending: b.pending(),
-        cluster_connections: b.active() + b.cluster_load(),
-        health_by_node: BTreeMap::from([(node.to_string(), b.is_healthy())]),
+        cluster_connections: b.active() + peers.map_or(0, |p| p.peer_connections),
+        health_by_node,
         requests: b.counters.sent.load(Ordering::Relaxed),
         connect_failures: b.counters.connect_failures.load(Ordering::Relaxed),
         failures: b.counters.failures.load(Ordering::Relaxed),

@@ -64,6 +64,13 @@ pub struct ClusterConfig {
     pub tls: Option<ClusterTls>,
     #[serde(default)]
     pub gossip_key_file: Option<PathBuf>,
+    /// Time between gossip rounds; failure detection scales with it.
+    #[serde(default = "default_gossip_interval")]
+    pub gossip_interval: Dur,
+}
+
+fn default_gossip_interval() -> Dur {
+    Dur::from_millis(100)
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -127,8 +127,21 @@ fn validate_cluster(c: &ClusterConfig, path: &KeyPath, base_dir: &Path, p: &mut 
         check_file(&tls.key, base_dir, tls_path.key("key"), p);
     }
     if let Some(key_file) = &c.gossip_key_file {
-        check_file(key_file, base_dir, path.key("gossip_key_file"), p);
+        let full = base_dir.join(key_file);
+        if let Err(e) = crate::cluster::auth::GossipKey::load(&full) {
+            p.add(path.key("gossip_key_file"), e.to_string());
+        }
     }
+    p.check(
+        (Duration::from_millis(10)..=Duration::from_secs(10)).contains(&c.gossip_interval.get()),
+        || path.key("gossip_interval"),
+        || {
+            format!(
+                "gossip_interval must be between 10ms and 10s, got {}",
+                c.gossip_interval
+            )
+        },
+    );
 }
 
 fn check_file(file: &Path, base_dir: &Path, path: KeyPath, p: &mut Problems) {

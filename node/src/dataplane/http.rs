@@ -109,6 +109,7 @@ enum AttemptError {
 
 impl HttpProxy {
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ResponseBody> {
+        let arrived = Instant::now();
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let site = self.site.load_full();
         let request_id = headers::request_id(req.headers());
@@ -121,6 +122,7 @@ impl HttpProxy {
         };
         resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id);
         self.stats.count_status(resp.status());
+        self.stats.latency.observe(arrived.elapsed());
         resp
     }
 }

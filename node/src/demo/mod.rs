@@ -1,47 +1,88 @@
-//! `shoal demo`: a node and three demo backends on loopback, to try Shoal
-//! with nothing but curl.
+//! `shoal demo`: a two-node cluster and three demo backends on loopback, to
+//! try Shoal with nothing but curl and a browser.
 
 pub mod backend;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use shoal_proto::NodeId;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, HostPort, Protocol};
+use crate::config::{self, ClusterConfig, Dur, HostPort, Protocol};
 use crate::dataplane::listener;
 use crate::server::RunningNode;
 
-/// The demo's config; also a worked example of the config format.
+/// The demo's node config; also a worked example of the config format.
 pub const DEMO_CONFIG: &str = include_str!("demo.toml");
+
+/// One demo node's ports.
+#[derive(Debug, Clone, Copy)]
+pub struct NodePorts {
+    pub http: u16,
+    pub tcp: u16,
+    pub admin: u16,
+    pub gossip: u16,
+    pub replication: u16,
+}
 
 /// Where the demo listens.
 #[derive(Debug, Clone, Copy)]
 pub struct DemoPorts {
-    pub http: u16,
-    pub tcp: u16,
-    pub admin: u16,
+    pub nodes: [NodePorts; 2],
     pub backends: [u16; 3],
 }
 
+/// Ports used from `--port-base`.
+pub const PORTS_USED: u16 = 13;
+
 impl DemoPorts {
-    /// The ports of the built-in config (8080, 8081, 9901, 9001-9003).
+    /// The documented ports: node 1 on 8080 (HTTP), 8081 (TCP), 9901
+    /// (admin); node 2 on 8082, 8083, 9902; backends on 9001-9003.
     pub const DEFAULT: Self = Self {
-        http: 8080,
-        tcp: 8081,
-        admin: 9901,
+        nodes: [
+            NodePorts {
+                http: 8080,
+                tcp: 8081,
+                admin: 9901,
+                gossip: 7946,
+                replication: 7947,
+            },
+            NodePorts {
+                http: 8082,
+                tcp: 8083,
+                admin: 9902,
+                gossip: 7956,
+                replication: 7957,
+            },
+        ],
         backends: [9001, 9002, 9003],
     };
 
-    /// Six consecutive ports from `base`: HTTP, TCP, admin, three backends.
+    /// Thirteen consecutive ports from `base`: node 1's HTTP, TCP, admin,
+    /// three backends, node 2's HTTP, TCP, admin, then the gossip and
+    /// replication (UDP) ports of both nodes.
     pub fn from_base(base: u16) -> Option<Self> {
         let at = |k: u16| base.checked_add(k).filter(|p| *p != 0);
         Some(Self {
-            http: at(0)?,
-            tcp: at(1)?,
-            admin: at(2)?,
+            nodes: [
+                NodePorts {
+                    http: at(0)?,
+                    tcp: at(1)?,
+                    admin: at(2)?,
+                    gossip: at(9)?,
+                    replication: at(10)?,
+                },
+                NodePorts {
+                    http: at(6)?,
+                    tcp: at(7)?,
+                    admin: at(8)?,
+                    gossip: at(11)?,
+                    replication: at(12)?,
+                },
+            ],
             backends: [at(3)?, at(4)?, at(5)?],
         })
     }
@@ -49,32 +90,66 @@ impl DemoPorts {
 
 const BACKEND_NAMES: [&str; 3] = ["demo-a", "demo-b", "demo-c"];
 
-/// The demo config moved to `ports`.
-fn demo_config(ports: DemoPorts) -> Result<config::Config> {
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Node `index`'s config (0 or 1) at `ports`, gossiping with the other
+/// node using the key in `secrets`.
+fn demo_config(ports: DemoPorts, index: usize, secrets: &Path) -> Result<config::Config> {
     let mut cfg = config::parse(DEMO_CONFIG, "demo.toml", Path::new(".")).context("the built-in demo config")?;
-    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    cfg.node.admin_addr = loopback(ports.admin);
+    let me = ports.nodes[index];
+    let other = ports.nodes[1 - index];
+    cfg.node.id = NodeId::new(format!("demo-{}", index + 1)).context("demo node id")?;
+    cfg.node.admin_addr = loopback(me.admin);
     for l in &mut cfg.listeners {
-        l.bind = loopback(if l.protocol == Protocol::Http {
-            ports.http
-        } else {
-            ports.tcp
-        });
+        l.bind = loopback(if l.protocol == Protocol::Http { me.http } else { me.tcp });
     }
     for pool in &mut cfg.pools {
         for (b, port) in pool.backends.iter_mut().zip(ports.backends) {
             b.address = HostPort::Ip(loopback(port));
         }
     }
+    cfg.cluster = Some(ClusterConfig {
+        name: "demo".to_string(),
+        gossip_addr: loopback(me.gossip),
+        replication_addr: loopback(me.replication),
+        seeds: vec![loopback(other.gossip)],
+        tls: None,
+        gossip_key_file: Some(secrets.join("gossip.key")),
+        gossip_interval: Dur::from_millis(100),
+    });
     Ok(cfg)
 }
 
+/// A private directory for the demo's keys, removed when the demo ends.
+struct Secrets(PathBuf);
+
+impl Secrets {
+    fn create() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("shoal-demo-{}", std::process::id()));
+        let nodes = [NodeId::new("demo-1"), NodeId::new("demo-2")]
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .context("demo node ids")?;
+        crate::certs::generate(&dir, &nodes).context("creating the demo's keys")?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Secrets {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub async fn run(ports: DemoPorts) -> Result<()> {
-    let cfg = demo_config(ports)?;
+    let secrets = Secrets::create()?;
+    let configs = [demo_config(ports, 0, &secrets.0)?, demo_config(ports, 1, &secrets.0)?];
     let cancel = CancellationToken::new();
     let mut backends = Vec::new();
     for (name, port) in BACKEND_NAMES.into_iter().zip(ports.backends) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = loopback(port);
         let sock = listener::bind(addr)
             .with_context(|| format!("demo backend {name}: cannot listen on {addr} (is another demo running?)"))?;
         let b = backend::DemoBackend {
@@ -82,24 +157,30 @@ pub async fn run(ports: DemoPorts) -> Result<()> {
             delay: Duration::ZERO,
             fail_with: None,
         };
-
         backends.push(tokio::spawn(backend::serve(sock, b, cancel.clone())));
     }
-    let node = RunningNode::start(cfg).await.context("starting the demo node")?;
+    let [c1, c2] = configs;
+    let node1 = RunningNode::start(c1).await.context("starting demo node 1")?;
+    let node2 = RunningNode::start(c2).await.context("starting demo node 2")?;
+    let [n1, n2] = ports.nodes;
     println!(
-        "Shoal demo is running: one node, three backends (demo-a, demo-b, demo-c, weights 1:2:3).\n\
-         \n  HTTP   curl http://127.0.0.1:{}/        weighted round robin, health-checked\
-         \n  TCP    curl http://127.0.0.1:{}/        maglev over raw TCP (same client, same backend)\
-         \n  Status curl http://127.0.0.1:{}/status  the node's view of pools and backends\
+        "Shoal demo is running: a cluster of two nodes (demo-1, demo-2) in front of three backends\n\
+         (demo-a, demo-b, demo-c, weights 1:2:3).\n\
+         \n  HTTP       curl http://127.0.0.1:{}/      (demo-1)   curl http://127.0.0.1:{}/   (demo-2)\
+         \n  TCP        curl http://127.0.0.1:{}/      maglev over raw TCP: the same client always reaches the same backend\
+         \n  Dashboard  http://127.0.0.1:{}/           the cluster at a glance (peers, backend health per node)\
+         \n  Status     curl http://127.0.0.1:{}/status    or: shoal status --admin 127.0.0.1:{}\
          \n\nPress Ctrl-C to stop.",
-        ports.http, ports.tcp, ports.admin
+        n1.http, n2.http, n1.tcp, n1.admin, n1.admin, n2.admin
     );
     wait_for_signal().await?;
-    node.shutdown().await;
+    // Both nodes leave together, then stop.
+    tokio::join!(node1.shutdown(), node2.shutdown());
     cancel.cancel();
     for b in backends {
         let _ = b.await;
     }
+    drop(secrets);
     Ok(())
 }
 
@@ -119,15 +200,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn demo_config_is_valid_and_moves_with_the_ports() -> Result<()> {
-        let cfg = demo_config(DemoPorts::DEFAULT)?;
+    fn demo_configs_are_valid_and_move_with_the_ports() -> Result<()> {
+        let dir = std::path::Path::new("/nonexistent");
+        let cfg = demo_config(DemoPorts::DEFAULT, 0, dir)?;
         assert_eq!(cfg.node.admin_addr.port(), 9901);
-        let moved = demo_config(DemoPorts::from_base(20_000).context("base in range")?)?;
-        assert_eq!(moved.node.admin_addr.port(), 20_002);
+        let moved = demo_config(DemoPorts::from_base(20_000).context("base in range")?, 1, dir)?;
+        assert_eq!(moved.node.id.as_str(), "demo-2");
+        assert_eq!(moved.node.admin_addr.port(), 20_008);
         let binds: Vec<u16> = moved.listeners.iter().map(|l| l.bind.port()).collect();
-        assert_eq!(binds, vec![20_000, 20_001]);
+        assert_eq!(binds, vec![20_006, 20_007]);
         assert_eq!(moved.pools[0].backends[2].address.port(), 20_005);
-        assert!(DemoPorts::from_base(65_533).is_none());
+        let cluster = moved.cluster.context("cluster")?;
+        assert_eq!((cluster.gossip_addr.port(), cluster.seeds[0].port()), (20_011, 20_009));
+        assert!(DemoPorts::from_base(65_530).is_none());
         Ok(())
     }
 }

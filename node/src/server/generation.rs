@@ -31,6 +31,9 @@ pub struct ListenerInfo {
 
 pub struct Generation {
     pub config: Arc<Config>,
+    /// Hash of the pools and backends, so nodes can tell when they
+    /// disagree.
+    pub fingerprint: String,
     /// Pools in config order, each with its HTTP connection pool.
     pub upstreams: Vec<Arc<Upstream>>,
     pub listeners: Vec<ListenerInfo>,
@@ -48,6 +51,19 @@ impl Generation {
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.iter().find(|u| &*u.pool.name == name)
     }
+}
+
+/// A short hash of what must agree across a cluster: pools, algorithms and
+/// backends (names, addresses, weights, roles).
+pub fn fingerprint(config: &Config) -> String {
+    let mut canonical = String::new();
+    for p in &config.pools {
+        canonical.push_str(&format!("pool {} {}\n", p.name, p.algorithm));
+        for b in &p.backends {
+            canonical.push_str(&format!("  {} {} {} {}\n", b.name, b.address, b.weight, b.backup));
+        }
+    }
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(canonical.as_bytes()))
 }
 
 /// Resolves a backend address; host names must resolve when applied.

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 pub use generation::{Generation, ListenerInfo};
 pub use listeners::Changes;
 
+use crate::cluster::Cluster;
 use crate::config::{self, Config};
 use crate::dataplane::listener;
 use crate::{admin, health};
@@ -32,6 +33,8 @@ pub struct NodeState {
     pub current: ArcSwap<Generation>,
     /// Bearer token admin writes must present, if configured.
     pub admin_token: ArcSwapOption<String>,
+    /// Gossip membership, when `[cluster]` is configured.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 pub struct RunningNode {
@@ -83,10 +86,15 @@ impl RunningNode {
 
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let cluster = match &config.cluster {
+            Some(c) => Some(Cluster::join(c, &config.node, admin_addr, &cancel).await?),
+            None => None,
+        };
         listeners.commit(plan, &cancel, &tracker);
         let applied = Generation {
             listeners: generation::listener_infos(&config, &listeners.stats()),
             upstreams,
+            fingerprint: generation::fingerprint(&config),
             config: Arc::new(config),
         };
         let health = start_health(&applied, &cancel, &tracker);
@@ -98,7 +106,11 @@ impl RunningNode {
             started: Instant::now(),
             current: ArcSwap::from_pointee(applied),
             admin_token: ArcSwapOption::new(admin_token),
+            cluster,
         });
+        if let Some(c) = &state.cluster {
+            c.run(Arc::clone(&state));
+        }
         tracker.spawn(admin::serve(
             admin_sock,
             Arc::clone(&state),
@@ -140,6 +152,7 @@ impl RunningNode {
         let applied = Generation {
             listeners: generation::listener_infos(&config, &listeners.stats()),
             upstreams,
+            fingerprint: generation::fingerprint(&config),
             config: Arc::new(config),
         };
         drop(listeners);
@@ -155,6 +168,10 @@ impl RunningNode {
     /// Stops accepting, lets in-flight requests finish up to the configured
     /// shutdown timeout, then returns. Returns whether everything finished.
     pub async fn shutdown(self) -> bool {
+        // Peers stop counting this node before it stops serving.
+        if let Some(c) = &self.state.cluster {
+            c.leave().await;
+        }
         tracing::info!(timeout = ?self.shutdown_timeout, "shutting down: no new connections, finishing in-flight work");
         self.cancel.cancel();
         self.tracker.close();
@@ -163,6 +180,9 @@ impl RunningNode {
             .is_ok();
         if !finished {
             tracing::warn!(timeout = ?self.shutdown_timeout, "shutdown timeout reached; closing remaining connections");
+        }
+        if let Some(c) = &self.state.cluster {
+            c.stop().await;
         }
         finished
     }
@@ -194,9 +214,6 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
 
 /// Sections that parse and validate but whose features are not built yet.
 fn warn_inactive(config: &Config) {
-    if config.cluster.is_some() {
-        tracing::warn!("[cluster] is validated but not active in this version: the node runs standalone");
-    }
     if !config.vips.is_empty() {
         tracing::warn!("[[vip]] is validated but not active in this version: no VIP is managed");
     }

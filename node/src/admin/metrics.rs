@@ -1,0 +1,262 @@
+//! `GET /metrics`: the node's counters in the Prometheus text format.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use crate::balance::Candidate;
+use crate::server::NodeState;
+
+/// Label values are our own names (restricted charset) or addresses; still,
+/// escape as the format requires.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+struct Out(String);
+
+impl Out {
+    fn help(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", esc(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+pub fn render(state: &NodeState) -> String {
+    let mut o = Out(String::with_capacity(8192));
+    let current = state.current.load_full();
+    let view = state.cluster.as_ref().map(|c| c.view()).unwrap_or_default();
+
+    o.help("shoal_uptime_seconds", "gauge", "Seconds since the node started.");
+    o.sample("shoal_uptime_seconds", &[], state.started.elapsed().as_secs());
+
+    let listeners = &current.listeners;
+    o.help(
+        "shoal_listener_connections_total",
+        "counter",
+        "Client connections accepted.",
+    );
+    for l in listeners {
+        o.sample(
+            "shoal_listener_connections_total",
+            &[("listener", &l.name)],
+            l.stats.accepted.load(Ordering::Relaxed),
+        );
+    }
+    o.help(
+        "shoal_listener_active_connections",
+        "gauge",
+        "Client connections open now.",
+    );
+    for l in listeners {
+        o.sample(
+            "shoal_listener_active_connections",
+            &[("listener", &l.name)],
+            l.stats.active.load(Ordering::Relaxed),
+        );
+    }
+    o.help("shoal_requests_total", "counter", "HTTP requests received.");
+    for l in listeners {
+        o.sample(
+            "shoal_requests_total",
+            &[("listener", &l.name)],
+            l.stats.requests.load(Ordering::Relaxed),
+        );
+    }
+    o.help(
+        "shoal_responses_total",
+        "counter",
+        "HTTP responses sent, by status class.",
+    );
+    for l in listeners {
+        for (class, n) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().zip(&l.stats.responses) {
+            o.sample(
+                "shoal_responses_total",
+                &[("listener", &l.name), ("class", class)],
+                n.load(Ordering::Relaxed),
+            );
+        }
+    }
+    o.help(
+        "shoal_rate_limited_total",
+        "counter",
+        "Requests or connections refused by the rate limit.",
+    );
+    for l in listeners {
+        o.sample(
+            "shoal_rate_limited_total",
+            &[("listener", &l.name)],
+            l.stats.rate_limited.load(Ordering::Relaxed),
+        );
+    }
+    o.help(
+        "shoal_unserved_connections_total",
+        "counter",
+        "TCP connections closed for want of a backend.",
+    );
+    for l in listeners {
+        o.sample(
+            "shoal_unserved_connections_total",
+            &[("listener", &l.name)],
+            l.stats.unserved.load(Ordering::Relaxed),
+        );
+    }
+    o.help(
+        "shoal_request_duration_seconds",
+        "histogram",
+        "Time from a request's arrival to its response headers.",
+    );
+    for l in listeners {
+        let h = &l.stats.latency;
+        for (le, n) in h.cumulative() {
+            let le = if le.is_infinite() {
+                "+Inf".to_string()
+            } else {
+                le.to_string()
+            };
+            o.sample(
+                "shoal_request_duration_seconds_bucket",
+                &[("listener", &l.name), ("le", &le)],
+                n,
+            );
+        }
+        o.sample(
+            "shoal_request_duration_seconds_sum",
+            &[("listener", &l.name)],
+            h.sum_seconds(),
+        );
+        o.sample(
+            "shoal_request_duration_seconds_count",
+            &[("listener", &l.name)],
+            h.count(),
+        );
+    }
+
+    type Getter = fn(&crate::pool::Backend) -> u64;
+    let per_backend: [(&str, &str, &str, Getter); 9] = [
+        (
+            "shoal_backend_active_connections",
+            "gauge",
+            "Connections or in-flight requests on this node.",
+            |b| b.active(),
+        ),
+        (
+            "shoal_backend_cluster_connections",
+            "gauge",
+            "The same, summed over live cluster nodes.",
+            |b| b.active() + b.cluster_load(),
+        ),
+        (
+            "shoal_backend_healthy",
+            "gauge",
+            "1 if this node's health checks pass.",
+            |b| u64::from(b.is_healthy()),
+        ),
+        ("shoal_backend_usable", "gauge", "1 if eligible for new traffic.", |b| {
+            u64::from(b.usable())
+        }),
+        (
+            "shoal_backend_ejected",
+            "gauge",
+            "1 while ejected by passive health.",
+            |b| u64::from(b.is_ejected()),
+        ),
+        (
+            "shoal_backend_requests_total",
+            "counter",
+            "Requests or connections sent.",
+            |b| b.counters.sent.load(Ordering::Relaxed),
+        ),
+        (
+            "shoal_backend_connect_failures_total",
+            "counter",
+            "Failed connection attempts.",
+            |b| b.counters.connect_failures.load(Ordering::Relaxed),
+        ),
+        (
+            "shoal_backend_failures_total",
+            "counter",
+            "Requests failed after connecting.",
+            |b| b.counters.failures.load(Ordering::Relaxed),
+        ),
+        (
+            "shoal_backend_rejected_total",
+            "counter",
+            "Refused at the connection limits.",
+            |b| b.counters.rejected.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, get) in per_backend {
+        o.help(name, kind, help);
+        for pool in current.pools() {
+            for b in pool.backends() {
+                o.sample(name, &[("pool", &pool.name), ("backend", &b.name)], get(b));
+            }
+        }
+    }
+    o.help(
+        "shoal_pool_retries_total",
+        "counter",
+        "Retries granted, and denied by the retry budget.",
+    );
+    for pool in current.pools() {
+        o.sample(
+            "shoal_pool_retries_total",
+            &[("pool", &pool.name), ("result", "granted")],
+            pool.budget.granted.load(Ordering::Relaxed),
+        );
+        o.sample(
+            "shoal_pool_retries_total",
+            &[("pool", &pool.name), ("result", "denied")],
+            pool.budget.denied.load(Ordering::Relaxed),
+        );
+    }
+    if let Some(c) = &state.cluster {
+        o.help("shoal_peers", "gauge", "Other cluster nodes, by state.");
+        let alive = view.alive_peers();
+        o.sample("shoal_peers", &[("state", "alive")], alive);
+        o.sample("shoal_peers", &[("state", "dead")], view.peers.len() - alive);
+        o.help(
+            "shoal_gossip_messages_total",
+            "counter",
+            "Gossip datagrams sent, received, and rejected (bad tag).",
+        );
+        for (dir, n) in [
+            ("sent", &c.stats.sent),
+            ("received", &c.stats.received),
+            ("rejected", &c.stats.rejected),
+        ] {
+            o.sample(
+                "shoal_gossip_messages_total",
+                &[("direction", dir)],
+                n.load(Ordering::Relaxed),
+            );
+        }
+    }
+    o.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut o = Out(String::new());
+        o.sample("m", &[("a", "x\"y\\z")], 1);
+        assert_eq!(o.0, "m{a=\"x\\\"y\\\\z\"} 1\n");
+    }
+}

@@ -1,0 +1,53 @@
+//! What a node publishes in gossip, and how: short keys, compact values.
+//! Pool and backend names are restricted to `A-Z a-z 0-9 - _ .`, so the
+//! separators below are unambiguous.
+
+pub const ADMIN: &str = "admin";
+pub const REPLICATION: &str = "repl";
+pub const FINGERPRINT: &str = "fp";
+/// Set just before a graceful leave: peers stop counting the node at once.
+pub const LEAVING: &str = "leaving";
+const BACKEND_PREFIX: &str = "b:";
+
+/// `b:POOL/BACKEND`.
+pub fn backend_key(pool: &str, backend: &str) -> String {
+    format!("{BACKEND_PREFIX}{pool}/{backend}")
+}
+
+/// (pool, backend) of a backend key.
+pub fn parse_backend_key(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix(BACKEND_PREFIX)?.split_once('/')
+}
+
+/// `H:N`: health verdict (1/0) and active connections.
+pub fn backend_value(healthy: bool, active: u64) -> String {
+    format!("{}:{active}", u8::from(healthy))
+}
+
+pub fn parse_backend_value(value: &str) -> Option<(bool, u64)> {
+    let (h, n) = value.split_once(':')?;
+    let healthy = match h {
+        "1" => true,
+        "0" => false,
+        _ => return None,
+    };
+    Some((healthy, n.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_garbage() {
+        let k = backend_key("web", "web-1");
+        assert_eq!(k, "b:web/web-1");
+        assert_eq!(parse_backend_key(&k), Some(("web", "web-1")));
+        assert_eq!(parse_backend_key("admin"), None);
+        assert_eq!(parse_backend_value(&backend_value(true, 12)), Some((true, 12)));
+        assert_eq!(parse_backend_value(&backend_value(false, 0)), Some((false, 0)));
+        for bad in ["", "1", "2:3", "1:-4", "1:x", ":"] {
+            assert_eq!(parse_backend_value(bad), None, "{bad:?}");
+        }
+    }
+}
