@@ -97,7 +97,9 @@ fn reserve(dir: &Path, port: u16) -> Result<Option<fs::File>> {
     if lock.try_lock().is_err() {
         return Ok(None);
     }
-    Ok(TcpListener::bind(("127.0.0.1", port)).is_ok().then_some(lock))
+    // Gossip and replication use the same numbers over UDP.
+    let free = TcpListener::bind(("127.0.0.1", port)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+    Ok(free.then_some(lock))
 }
 
 /// Randomness without a dependency: the std hasher is seeded randomly.

@@ -145,9 +145,11 @@ fn three_nodes_find_each_other_and_share_connection_counts() -> Result<()> {
     let b = web1(&c.nodes[1]).context("web-1")?;
     assert_eq!(b["active_connections"], 0, "node 2 holds none itself");
     let health = b["health_by_node"].as_object().context("health_by_node")?;
-    assert_eq!(health.len(), 3, "every node's verdict is shown: {health:?}");
-    // Node 2's least_conn sees them: a new connection through node 2 goes
-    // to the backend with fewer cluster-wide connections.
+    let all_up: serde_json::Map<String, Value> = ["lb1", "lb2", "lb3"]
+        .iter()
+        .map(|n| (n.to_string(), Value::Bool(true)))
+        .collect();
+    assert_eq!(*health, all_up, "every node's verdict is shown");
     drop(held);
     wait_until(
         "the connections to close everywhere",
@@ -223,6 +225,116 @@ fn a_killed_node_is_dead_within_two_seconds_and_a_restarted_one_rejoins() -> Res
         || (peer_state(&restarted, "lb1").as_deref() == Some("alive")).then_some(()),
     )?;
     c.nodes[0].assert_no_panic();
+    Ok(())
+}
+
+/// Which backend each of `n` connections through `tcp` reached, holding
+/// them open; the demo backend names itself in its greeting.
+fn hold_connections(tcp: SocketAddr, n: usize) -> Result<(Vec<TcpStream>, Vec<String>)> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut held = Vec::new();
+    let mut names = Vec::new();
+    for _ in 0..n {
+        let mut s = TcpStream::connect(tcp)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        // A keep-alive request: the connection stays open (and counted)
+        // after the answer.
+        write!(s, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut reader = BufReader::new(s.try_clone()?);
+        let mut line = String::new();
+        let name = loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                anyhow::bail!("connection closed");
+            }
+            if let Some(v) = line.strip_prefix("x-backend: ") {
+                break v.trim().to_string();
+            }
+        };
+        names.push(name);
+        held.push(s);
+    }
+    Ok((held, names))
+}
+
+#[test]
+fn balancing_uses_the_whole_clusters_connection_counts() -> Result<()> {
+    let c = TestCluster::start(2)?;
+    c.converge()?;
+    // Node 1 puts 8 long-lived connections on web-1 (web-2 drained there;
+    // admin states are per node).
+    let drain = request_state(c.nodes[0].admin, "web-2", "drain")?;
+    assert_eq!(drain, 200);
+    let (_held1, names1) = hold_connections(c.addrs[0].tcp, 8)?;
+    assert!(names1.iter().all(|n| n == "web-1"), "{names1:?}");
+    wait_until(
+        "node 2 to see them",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || web1(&c.nodes[1]).filter(|b| b["cluster_connections"] == 8),
+    )?;
+    // Node 2 has no connection of its own: local-only least_conn would
+    // split 4/4; cluster-aware, all 8 go to the idle backend.
+    let (_held2, names2) = hold_connections(c.addrs[1].tcp, 8)?;
+    assert!(
+        names2.iter().all(|n| n == "web-2"),
+        "node 2 ignored node 1's load: {names2:?}"
+    );
+    Ok(())
+}
+
+fn request_state(admin: SocketAddr, backend: &str, state: &str) -> Result<u16> {
+    let body = format!("{{\"state\":\"{state}\"}}");
+    let r = shoal_cluster_tests::request(
+        admin,
+        None,
+        "PUT",
+        &format!("/pools/web/backends/{backend}/state"),
+        &[],
+        body.as_bytes(),
+    )?;
+    Ok(r.status)
+}
+
+#[test]
+fn one_nodes_view_of_a_backend_is_shown_by_all() -> Result<()> {
+    // Node 3 checks a path that fails: it sees both backends down while
+    // nodes 1 and 2 see them up (a partial failure, as when one node
+    // cannot reach a backend). Health config is not part of the pools'
+    // fingerprint, so the nodes still agree.
+    let mut c = TestCluster::start(2)?;
+    let a3 = addrs()?;
+    c.addrs.push(a3);
+    let failing = "algorithm = \"least_conn\"\n\
+                   health = { kind = \"http\", path = \"/status/503\", interval = \"100ms\", timeout = \"100ms\", rise = 1, fall = 1 }";
+    let b: Vec<(&str, SocketAddr)> = c.backends.iter().map(|b| (b.name.as_str(), b.addr)).collect();
+    let cfg3 = node_named("lb3", a3.admin, "")
+        + &cluster(a3.gossip, a3.repl, &[c.addrs[0].gossip], Some(&c.key))
+        + &listener("raw", a3.tcp, "tcp", "web", "")
+        + &listener("web", a3.http, "http", "web", "")
+        + &pool("web", failing, &b);
+    c.nodes.push(Node::start(&cfg3, a3.admin)?);
+    c.converge()?;
+    wait_until(
+        "node 1 to show lb3's verdict",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || web1(&c.nodes[0]).filter(|b| b["health_by_node"]["lb3"] == false),
+    )?;
+    let b = web1(&c.nodes[0]).context("web-1")?;
+    assert_eq!(b["health_by_node"]["lb1"], true);
+    assert_eq!(b["health_by_node"]["lb2"], true);
+    // Each node routes by its own verdict: node 1 serves, node 3 cannot.
+    assert_eq!(get(c.addrs[0].http, "/")?.status, 200);
+    assert_eq!(get(a3.http, "/")?.status, 503);
+    let (code, out, _) = run_shoal(&["status", "--admin", &c.nodes[1].admin.to_string()])?;
+    assert_eq!(code, 0);
+    let row = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("web-1"))
+        .unwrap_or_default();
+    let last: Vec<&str> = row.split_whitespace().rev().take(3).collect();
+    assert_eq!(last, ["DOWN", "up", "up"], "health columns lb1 lb2 lb3: {out}");
     Ok(())
 }
 
@@ -423,6 +535,18 @@ fn the_dashboard_renders_the_cluster_and_updates_when_a_node_dies() -> Result<()
         "(() => { const e = document.querySelector('li[data-event-node=\"lb3\"]'); return e ? e.dataset.from + '>' + e.dataset.to : null })()",
     )?;
     assert_eq!(change, "alive>dead", "the page recorded the change it saw");
+    // A dead node's verdicts no longer count: its column empties.
+    wait_until(
+        "lb3's health cell to clear",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || {
+            let v = browser
+                .eval("document.querySelector('td[data-backend=\"web-1\"][data-node=\"lb3\"]').textContent")
+                .ok()?;
+            (v == "-").then_some(())
+        },
+    )?;
     let shot = c._dir.path().join("dashboard.png");
     browser.screenshot(&shot)?;
     assert!(std::fs::metadata(&shot)?.len() > 10_000, "a real screenshot");

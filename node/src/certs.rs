@@ -29,7 +29,19 @@ const GOSSIP_KEY: &str = "gossip.key";
 const CA_YEARS: i32 = 10;
 const NODE_YEARS: i32 = 5;
 
+/// Node ids whose files would collide with the CA's or the gossip key.
+const RESERVED: [&str; 2] = ["ca", "gossip"];
+
 pub fn generate(dir: &Path, nodes: &[NodeId]) -> Result<Outcome> {
+    for node in nodes {
+        if RESERVED.contains(&node.as_str()) {
+            bail!("node id {node:?} is reserved: its files would clash with {CA_CERT}/{CA_KEY} or {GOSSIP_KEY}");
+        }
+        // Node ids are DNS labels by construction; check against the name
+        // rules the replication's mutual TLS will verify with.
+        rustls_pki_types::ServerName::try_from(node.to_string())
+            .with_context(|| format!("node id {node:?} is not a usable certificate name"))?;
+    }
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut out = Outcome::default();
     let year = current_year();
@@ -66,9 +78,16 @@ pub fn generate(dir: &Path, nodes: &[NodeId]) -> Result<Outcome> {
     };
     for node in nodes {
         let (cert_path, key_path) = (dir.join(format!("{node}.pem")), dir.join(format!("{node}.key")));
-        if cert_path.exists() && key_path.exists() {
-            out.kept.extend([cert_path, key_path]);
-            continue;
+        match (cert_path.exists(), key_path.exists()) {
+            (true, true) => {
+                out.kept.extend([cert_path, key_path]);
+                continue;
+            }
+            (false, false) => {}
+            _ => bail!(
+                "{} has only one of {node}.pem and {node}.key: restore the other, or remove both to make new ones",
+                dir.display()
+            ),
         }
         let key = KeyPair::generate().with_context(|| format!("generating the key of {node}"))?;
         let mut params = CertificateParams::new(vec![node.to_string()]).with_context(|| format!("node name {node}"))?;
@@ -176,6 +195,28 @@ mod tests {
         // lb3 is signed by the same CA: the chain verifies.
         verify_chain(dir.path(), "lb3")?;
         verify_chain(dir.path(), "lb1")?;
+        Ok(())
+    }
+
+    #[test]
+    fn reserved_names_and_half_pairs_are_refused() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        for reserved in ["ca", "gossip"] {
+            let err = generate(dir.path(), &ids(&[reserved]))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("is reserved"), "{err}");
+        }
+        generate(dir.path(), &ids(&["lb1"]))?;
+        fs::remove_file(dir.path().join("lb1.key"))?;
+        let before = fs::read(dir.path().join("lb1.pem"))?;
+        let err = generate(dir.path(), &ids(&["lb1"]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("only one of lb1.pem and lb1.key"), "{err}");
+        assert_eq!(fs::read(dir.path().join("lb1.pem"))?, before, "nothing was overwritten");
         Ok(())
     }
 

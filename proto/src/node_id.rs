@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 pub const MAX_NODE_ID_LEN: usize = 63;
 
 /// A validated node id: 1–63 characters of `a-z`, `0-9`, `-`, `_`, starting
-/// with a letter or digit.
+/// with a letter and not ending with `-` or `_`, so it is always a valid DNS
+/// name for a certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct NodeId(String);
@@ -21,8 +22,10 @@ pub enum NodeIdError {
     Empty,
     #[error("node id is {0} characters long; at most {MAX_NODE_ID_LEN} are allowed")]
     TooLong(usize),
-    #[error("node id must start with a lowercase letter or digit, not {0:?}")]
+    #[error("node id must start with a lowercase letter, not {0:?}")]
     BadStart(char),
+    #[error("node id must not end with {0:?}")]
+    BadEnd(char),
     #[error("node id may contain only a-z, 0-9, '-' and '_', found {0:?}")]
     BadChar(char),
 }
@@ -46,8 +49,11 @@ fn validate(id: &str) -> Result<(), NodeIdError> {
     if len > MAX_NODE_ID_LEN {
         return Err(NodeIdError::TooLong(len));
     }
-    if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+    if !first.is_ascii_lowercase() {
         return Err(NodeIdError::BadStart(first));
+    }
+    if let Some(last @ ('-' | '_')) = id.chars().last() {
+        return Err(NodeIdError::BadEnd(last));
     }
     match chars.find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_')) {
         Some(bad) => Err(NodeIdError::BadChar(bad)),
@@ -80,7 +86,7 @@ mod tests {
 
     #[test]
     fn accepts_typical_ids() {
-        for id in ["lb1", "edge-a", "0node", "a_b-c9"] {
+        for id in ["lb1", "edge-a", "a", "a_b-c9"] {
             assert_eq!(NodeId::new(id).map(|n| n.to_string()), Ok(id.to_string()));
         }
     }
@@ -90,6 +96,8 @@ mod tests {
         assert_eq!(NodeId::new(""), Err(NodeIdError::Empty));
         assert_eq!(NodeId::new("-lb"), Err(NodeIdError::BadStart('-')));
         assert_eq!(NodeId::new("Lb1"), Err(NodeIdError::BadStart('L')));
+        assert_eq!(NodeId::new("1"), Err(NodeIdError::BadStart('1')));
+        assert_eq!(NodeId::new("lb-"), Err(NodeIdError::BadEnd('-')));
         assert_eq!(NodeId::new("lb 1"), Err(NodeIdError::BadChar(' ')));
         assert_eq!(NodeId::new("lb.1"), Err(NodeIdError::BadChar('.')));
         assert_eq!(NodeId::new("a".repeat(64)), Err(NodeIdError::TooLong(64)));

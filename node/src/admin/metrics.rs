@@ -157,7 +157,7 @@ pub fn render(state: &NodeState) -> String {
             "shoal_backend_cluster_connections",
             "gauge",
             "The same, summed over live cluster nodes.",
-            |b| b.active() + b.cluster_load(),
+            |b| b.active().saturating_add(b.cluster_load()),
         ),
         (
             "shoal_backend_healthy",

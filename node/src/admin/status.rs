@@ -251,7 +251,7 @@ pub fn backend(node: &str, b: &crate::pool::Backend, peers: Option<&BackendClust
         state: b.admin_state().as_str(),
         active_connections: b.active(),
         pending: b.pending(),
-        cluster_connections: b.active() + peers.map_or(0, |p| p.peer_connections),
+        cluster_connections: b.active().saturating_add(peers.map_or(0, |p| p.peer_connections)),
         health_by_node,
         requests: b.counters.sent.load(Ordering::Relaxed),
         connect_failures: b.counters.connect_failures.load(Ordering::Relaxed),

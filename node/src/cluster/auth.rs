@@ -1,11 +1,16 @@
 //! Gossip authentication. chitchat serialises its messages privately, so
 //! the transport here sees envelopes, not bytes: it lets an inner chitchat
-//! UDP socket serialise each outgoing message to a loopback "tap", appends
-//! an HMAC-SHA256 tag (truncated to 16 bytes) and sends it on the real
-//! socket; incoming datagrams are checked and only then injected into the
-//! inner socket to be decoded. A datagram without a valid tag never reaches
-//! chitchat, so a node with another key can neither join nor inject state.
+//! UDP socket serialise each outgoing message to a loopback "tap", then
+//! appends the sender's boot id, a message counter and an HMAC-SHA256 tag
+//! (truncated to 16 bytes) over them, the message and the sender's address,
+//! and sends it on the real socket. Incoming datagrams are checked (tag,
+//! with the address they really came from; counter not seen before) and
+//! only then injected into an inner socket to be decoded. A datagram
+//! without a valid tag never reaches chitchat, so a node with another key
+//! can neither join nor inject state, and a captured datagram cannot be
+//! replayed, nor reflected from another address.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,8 +26,10 @@ use tokio::net::UdpSocket;
 
 /// Bytes of the HMAC-SHA256 tag kept on the wire.
 pub const TAG_LEN: usize = 16;
+/// Boot id, counter and tag after the message.
+pub const TRAILER_LEN: usize = 8 + 8 + TAG_LEN;
 /// Largest UDP payload; chitchat may fill it, and a message that leaves no
-/// room for the tag cannot be sent authenticated.
+/// room for the trailer cannot be sent authenticated.
 const MAX_DATAGRAM: usize = 65_507;
 /// Shortest key accepted, in bytes.
 const MIN_KEY_BYTES: usize = 16;
@@ -41,6 +48,14 @@ pub enum KeyError {
     },
     #[error("gossip key {} must be at least {MIN_KEY_BYTES} bytes written as hex digits (`shoal certs` writes one)", path.display())]
     Format { path: PathBuf },
+}
+
+/// An authenticated datagram's parts.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Opened<'a> {
+    pub body: &'a [u8],
+    pub boot: u64,
+    pub counter: u64,
 }
 
 impl GossipKey {
@@ -62,28 +77,113 @@ impl GossipKey {
         Self(hmac::Key::new(hmac::HMAC_SHA256, bytes))
     }
 
-    fn tag(&self, body: &[u8]) -> [u8; TAG_LEN] {
-        let full = hmac::sign(&self.0, body);
+    /// The tag over the sender's address and everything before the tag.
+    fn tag(&self, source: SocketAddr, signed: &[u8]) -> [u8; TAG_LEN] {
+        let mut ctx = hmac::Context::with_key(&self.0);
+        match source {
+            SocketAddr::V4(a) => {
+                ctx.update(&[4]);
+                ctx.update(&a.ip().octets());
+            }
+            SocketAddr::V6(a) => {
+                ctx.update(&[6]);
+                ctx.update(&a.ip().octets());
+            }
+        }
+        ctx.update(&source.port().to_be_bytes());
+        ctx.update(signed);
+        let full = ctx.sign();
         let mut tag = [0u8; TAG_LEN];
         tag.copy_from_slice(&full.as_ref()[..TAG_LEN]);
         tag
     }
 
-    /// Appends the tag to `body`.
-    pub fn seal(&self, body: &mut Vec<u8>) {
-        let tag = self.tag(body);
+    /// Appends boot id, counter and tag to `body`, sent from `source`.
+    pub fn seal(&self, source: SocketAddr, boot: u64, counter: u64, body: &mut Vec<u8>) {
+        body.extend_from_slice(&boot.to_le_bytes());
+        body.extend_from_slice(&counter.to_le_bytes());
+        let tag = self.tag(source, body);
         body.extend_from_slice(&tag);
     }
 
-    /// The body of a sealed datagram, if its tag is valid.
-    pub fn open<'a>(&self, datagram: &'a [u8]) -> Option<&'a [u8]> {
-        let split = datagram.len().checked_sub(TAG_LEN)?;
-        let (body, tag) = datagram.split_at(split);
-        // ring compares in constant time; verify the truncated tag by
-        // recomputing it and comparing without an early exit.
-        let want = self.tag(body);
+    /// The parts of a datagram received from `source`, if its tag is valid.
+    pub fn open<'a>(&self, source: SocketAddr, datagram: &'a [u8]) -> Option<Opened<'a>> {
+        let tag_at = datagram.len().checked_sub(TAG_LEN)?;
+        let body_len = tag_at.checked_sub(16)?;
+        let (signed, tag) = datagram.split_at(tag_at);
+        let want = self.tag(source, signed);
+        // Compare without an early exit.
         let diff = want.iter().zip(tag).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        (diff == 0).then_some(body)
+        if diff != 0 {
+            return None;
+        }
+        let word = |at: usize| -> Option<u64> { Some(u64::from_le_bytes(signed.get(at..at + 8)?.try_into().ok()?)) };
+        Some(Opened {
+            body: &signed[..body_len],
+            boot: word(body_len)?,
+            counter: word(body_len + 8)?,
+        })
+    }
+}
+
+/// Remembers, per sender boot, which counters were seen: the highest, and
+/// the 64 below it. Older or repeated counters are replays. Bounded: beyond
+/// `cap` senders the least recently heard is forgotten.
+pub struct ReplayGuard {
+    windows: HashMap<u64, Window>,
+    cap: usize,
+    clock: u64,
+}
+
+struct Window {
+    max: u64,
+    /// Bit i set: counter `max - i` was seen.
+    seen: u64,
+    used: u64,
+}
+
+impl ReplayGuard {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            windows: HashMap::new(),
+            cap: cap.max(1),
+            clock: 0,
+        }
+    }
+
+    /// Whether (boot, counter) is new; records it if so.
+    pub fn accept(&mut self, boot: u64, counter: u64) -> bool {
+        self.clock += 1;
+        let clock = self.clock;
+        if let Some(w) = self.windows.get_mut(&boot) {
+            w.used = clock;
+            if counter > w.max {
+                let shift = counter - w.max;
+                w.seen = if shift >= 64 { 1 } else { (w.seen << shift) | 1 };
+                w.max = counter;
+                return true;
+            }
+            let age = w.max - counter;
+            if age >= 64 || w.seen & (1 << age) != 0 {
+                return false;
+            }
+            w.seen |= 1 << age;
+            return true;
+        }
+        if self.windows.len() >= self.cap
+            && let Some(oldest) = self.windows.iter().min_by_key(|(_, w)| w.used).map(|(b, _)| *b)
+        {
+            self.windows.remove(&oldest);
+        }
+        self.windows.insert(
+            boot,
+            Window {
+                max: counter,
+                seen: 1,
+                used: clock,
+            },
+        );
+        true
     }
 }
 
@@ -126,10 +226,13 @@ impl Transport for AuthTransport {
             .await
             .context("binding the gossip tap socket")?;
         let tap_addr = tap.local_addr()?;
-        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
         let receiver = Receiver::open(Arc::clone(&real), self.key.clone(), Arc::clone(&self.stats), tx).await?;
         let recv_task = tokio::spawn(receiver.run());
         Ok(Box::new(AuthSocket {
+            boot: fastrand::u64(..),
+            counter: 0,
+            source: real.local_addr().context("gossip socket address")?,
             key: self.key.clone(),
             stats: Arc::clone(&self.stats),
             real,
@@ -149,6 +252,11 @@ impl Transport for AuthTransport {
 /// (which nothing cancels mid-message) and hands decoded messages over a
 /// channel, so a cancelled `recv` loses nothing and mixes nothing up.
 struct AuthSocket {
+    /// Identifies this run of the node in every datagram it sends.
+    boot: u64,
+    counter: u64,
+    /// The address datagrams leave from, covered by their tags.
+    source: SocketAddr,
     key: GossipKey,
     stats: Arc<GossipStats>,
     real: Arc<UdpSocket>,
@@ -171,6 +279,32 @@ impl Drop for AuthSocket {
 /// How long a loopback hop may take before the datagram is given up.
 const LOOPBACK_WAIT: Duration = Duration::from_millis(200);
 
+impl AuthSocket {
+    /// The serialised message from the tap.
+    async fn read_serialized(&mut self) -> anyhow::Result<usize> {
+        loop {
+            let (n, from) = tokio::time::timeout(LOOPBACK_WAIT, self.tap.recv_from(&mut self.buf))
+                .await
+                .context("gossip serialisation did not come back through loopback")??;
+            // Anything else on loopback is not ours to forward.
+            if from == self.serializer_addr {
+                return Ok(n);
+            }
+        }
+    }
+
+    async fn rebuild(&mut self) -> anyhow::Result<()> {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        self.serializer = ChitchatUdp::open(loopback).await?;
+        self.serializer_addr = self.serializer.local_addr()?;
+        self.tap = UdpSocket::bind(loopback)
+            .await
+            .context("binding the gossip tap socket")?;
+        self.tap_addr = self.tap.local_addr()?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Socket for AuthSocket {
     fn local_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -178,24 +312,23 @@ impl Socket for AuthSocket {
     }
 
     async fn send(&mut self, to: SocketAddr, envelope: ChitchatEnvelope) -> anyhow::Result<SendOutcome> {
-        // A send cancelled earlier may have left its bytes in the tap.
-        while self.tap.try_recv_from(&mut self.buf).is_ok() {}
         self.serializer.send(self.tap_addr, envelope).await?;
-        let n = loop {
-            let (n, from) = tokio::time::timeout(LOOPBACK_WAIT, self.tap.recv_from(&mut self.buf))
-                .await
-                .context("gossip serialisation did not come back through loopback")??;
-            // Anything else on loopback is not ours to forward.
-            if from == self.serializer_addr {
-                break n;
+        let n = match self.read_serialized().await {
+            Ok(n) => n,
+            Err(e) => {
+                // A late datagram would pair every later message with the
+                // wrong destination: start over with fresh sockets.
+                self.rebuild().await?;
+                return Err(e);
             }
         };
-        if n + TAG_LEN > MAX_DATAGRAM {
+        if n + TRAILER_LEN > MAX_DATAGRAM {
             tracing::warn!(bytes = n, "gossip message too large to authenticate; dropped");
             return Ok(SendOutcome { num_bytes_sent: 0 });
         }
         let mut datagram = self.buf[..n].to_vec();
-        self.key.seal(&mut datagram);
+        self.counter += 1;
+        self.key.seal(self.source, self.boot, self.counter, &mut datagram);
         let sent = match self.real.send_to(&datagram, to).await {
             Ok(sent) => sent,
             // A peer that is down refuses; that is gossip's normal weather.
@@ -214,6 +347,9 @@ impl Socket for AuthSocket {
 /// Checks tags and decodes: one datagram at a time, in its own task.
 struct Receiver {
     key: GossipKey,
+    replays: ReplayGuard,
+    /// When rejections were last logged, and how many since.
+    rejected_log: (Option<std::time::Instant>, u64),
     stats: Arc<GossipStats>,
     real: Arc<UdpSocket>,
     decoder: ChitchatUdp,
@@ -237,6 +373,8 @@ impl Receiver {
         let injector_addr = injector.local_addr()?;
         Ok(Self {
             key,
+            replays: ReplayGuard::new(4096),
+            rejected_log: (None, 0),
             stats,
             real,
             decoder,
@@ -245,6 +383,30 @@ impl Receiver {
             injector_addr,
             out,
         })
+    }
+
+    async fn rebuild(&mut self) -> anyhow::Result<()> {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        self.decoder = ChitchatUdp::open(loopback).await?;
+        self.decoder_addr = self.decoder.local_addr()?;
+        self.injector = UdpSocket::bind(loopback).await.context("binding the gossip injector")?;
+        self.injector_addr = self.injector.local_addr()?;
+        Ok(())
+    }
+
+    /// Counts a dropped datagram; logs at most every ten seconds, so a
+    /// flood cannot flood the log.
+    fn rejected(&mut self, from: SocketAddr, bytes: usize, why: &str) {
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        self.rejected_log.1 += 1;
+        let due = self
+            .rejected_log
+            .0
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
+        if due {
+            tracing::warn!(%from, bytes, dropped = self.rejected_log.1, "gossip datagram {why}: dropped");
+            self.rejected_log = (Some(std::time::Instant::now()), 0);
+        }
     }
 
     async fn run(mut self) {
@@ -265,16 +427,15 @@ impl Receiver {
                     continue;
                 }
             };
-            let Some(body) = self.key.open(&buf[..n]) else {
-                let total = self.stats.rejected.fetch_add(1, Ordering::Relaxed) + 1;
-                // The first few, then every thousandth: a flood must not
-                // flood the log too.
-                if total <= 5 || total.is_multiple_of(1000) {
-                    tracing::warn!(%from, bytes = n, total, "gossip datagram without a valid tag dropped");
-                }
+            let Some(opened) = self.key.open(from, &buf[..n]) else {
+                self.rejected(from, n, "without a valid tag");
                 continue;
             };
-            if self.injector.send_to(body, self.decoder_addr).await.is_err() {
+            if !self.replays.accept(opened.boot, opened.counter) {
+                self.rejected(from, n, "replayed");
+                continue;
+            }
+            if self.injector.send_to(opened.body, self.decoder_addr).await.is_err() {
                 continue;
             }
             // The decoder skips payloads it cannot parse; the timeout keeps
@@ -286,7 +447,15 @@ impl Receiver {
                     Ok(Err(_)) | Err(_) => break None,
                 }
             };
-            let Some(envelope) = envelope else { continue };
+            let Some(envelope) = envelope else {
+                // A late decode would pair every later message with the
+                // wrong sender: start over with fresh sockets.
+                if let Err(e) = self.rebuild().await {
+                    tracing::error!(error = %e, "cannot rebuild the gossip decoder; gossip receive stops");
+                    return;
+                }
+                continue;
+            };
             self.stats.received.fetch_add(1, Ordering::Relaxed);
             let outcome = RecvOutcome {
                 from_addr: from,
@@ -305,20 +474,52 @@ impl Receiver {
 mod tests {
     use super::*;
 
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], port))
+    }
+
     #[test]
-    fn sealed_datagrams_open_only_with_the_same_key() {
+    fn sealed_datagrams_open_only_with_the_same_key_and_source() {
         let k1 = GossipKey::from_bytes(&[7u8; 32]);
         let k2 = GossipKey::from_bytes(&[8u8; 32]);
         let mut d = b"chitchat bytes".to_vec();
-        k1.seal(&mut d);
-        assert_eq!(d.len(), 14 + TAG_LEN);
-        assert_eq!(k1.open(&d), Some(&b"chitchat bytes"[..]));
-        assert_eq!(k2.open(&d), None);
+        k1.seal(addr(7946), 42, 9, &mut d);
+        assert_eq!(d.len(), 14 + TRAILER_LEN);
+        let opened = k1.open(addr(7946), &d);
+        assert_eq!(
+            opened,
+            Some(Opened {
+                body: b"chitchat bytes",
+                boot: 42,
+                counter: 9
+            })
+        );
+        assert_eq!(k2.open(addr(7946), &d), None, "another key");
+        assert_eq!(k1.open(addr(7947), &d), None, "replayed from another address");
         let mut tampered = d.clone();
         tampered[0] ^= 1;
-        assert_eq!(k1.open(&tampered), None);
-        assert_eq!(k1.open(&d[..5]), None, "shorter than a tag");
-        assert_eq!(k1.open(&[]), None);
+        assert_eq!(k1.open(addr(7946), &tampered), None);
+        let mut counter_bumped = d.clone();
+        counter_bumped[14 + 8] ^= 1;
+        assert_eq!(k1.open(addr(7946), &counter_bumped), None);
+        assert_eq!(k1.open(addr(7946), &d[..20]), None, "shorter than a trailer");
+        assert_eq!(k1.open(addr(7946), &[]), None);
+    }
+
+    #[test]
+    fn replays_and_old_counters_are_refused() {
+        let mut g = ReplayGuard::new(2);
+        assert!(g.accept(1, 10));
+        assert!(!g.accept(1, 10), "an exact replay");
+        assert!(g.accept(1, 8), "a little late is fine once");
+        assert!(!g.accept(1, 8));
+        assert!(g.accept(1, 100));
+        assert!(!g.accept(1, 30), "older than the 64-message window");
+        assert!(g.accept(1, 40));
+        assert!(g.accept(2, 1));
+        // A third sender evicts the least recently heard (boot 1).
+        assert!(g.accept(3, 1));
+        assert!(g.accept(1, 100), "forgotten, so accepted again (bounded memory)");
     }
 
     #[test]
@@ -383,6 +584,11 @@ mod tests {
         assert_eq!(got.from_addr, a.local_addr()?);
         assert_eq!(b_stats.rejected.load(Ordering::Relaxed), 2);
         assert_eq!(b_stats.received.load(Ordering::Relaxed), 1);
+        // Messages keep flowing, each once.
+        a.send(b_addr, envelope()).await?;
+        let again = tokio::time::timeout(Duration::from_secs(5), b.recv()).await??;
+        assert_eq!(again.from_addr, a.local_addr()?);
+        assert_eq!(b_stats.received.load(Ordering::Relaxed), 2);
         Ok(())
     }
 }

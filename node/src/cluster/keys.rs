@@ -24,6 +24,10 @@ pub fn backend_value(healthy: bool, active: u64) -> String {
     format!("{}:{active}", u8::from(healthy))
 }
 
+/// Largest connection count believed from a peer: beyond it a value is a
+/// bug or a lie, and summing such values must not overflow.
+pub const MAX_PEER_CONNECTIONS: u64 = 100_000_000;
+
 pub fn parse_backend_value(value: &str) -> Option<(bool, u64)> {
     let (h, n) = value.split_once(':')?;
     let healthy = match h {
@@ -31,7 +35,8 @@ pub fn parse_backend_value(value: &str) -> Option<(bool, u64)> {
         "0" => false,
         _ => return None,
     };
-    Some((healthy, n.parse().ok()?))
+    let n: u64 = n.parse().ok()?;
+    Some((healthy, n.min(MAX_PEER_CONNECTIONS)))
 }
 
 #[cfg(test)]
@@ -46,6 +51,10 @@ mod tests {
         assert_eq!(parse_backend_key("admin"), None);
         assert_eq!(parse_backend_value(&backend_value(true, 12)), Some((true, 12)));
         assert_eq!(parse_backend_value(&backend_value(false, 0)), Some((false, 0)));
+        assert_eq!(
+            parse_backend_value("1:18446744073709551615"),
+            Some((true, MAX_PEER_CONNECTIONS))
+        );
         for bad in ["", "1", "2:3", "1:-4", "1:x", ":"] {
             assert_eq!(parse_backend_value(bad), None, "{bad:?}");
         }

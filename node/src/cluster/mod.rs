@@ -41,6 +41,7 @@ impl Cluster {
         cfg: &ClusterConfig,
         node: &NodeConfig,
         admin_addr: SocketAddr,
+        fingerprint: &str,
         parent: &CancellationToken,
     ) -> Result<Arc<Self>> {
         // A fresh generation per start: peers tell a restarted node from
@@ -62,10 +63,12 @@ impl Cluster {
                 // killed node is dead in well under 2 s.
                 initial_interval: interval,
                 max_interval: interval * 20,
-                dead_node_grace_period: Duration::from_secs(3600),
+                // Dead generations (a crash-looping node makes many) are
+                // forgotten after ten minutes.
+                dead_node_grace_period: Duration::from_secs(600),
                 ..FailureDetectorConfig::default()
             },
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            marked_for_deletion_grace_period: Duration::from_secs(600),
             catchup_callback: None,
             extra_liveness_predicate: Some(Box::new(|s| s.get(keys::LEAVING).is_none())),
             protocol_version: ProtocolVersion::V0,
@@ -73,6 +76,9 @@ impl Cluster {
         let initial = vec![
             (keys::ADMIN.to_string(), admin_addr.to_string()),
             (keys::REPLICATION.to_string(), cfg.replication_addr.to_string()),
+            // From the first message, so peers never see this node without
+            // one (and flag it as different).
+            (keys::FINGERPRINT.to_string(), fingerprint.to_string()),
         ];
         let stats = Arc::new(GossipStats::default());
         let handle = match &cfg.gossip_key_file {
@@ -132,6 +138,7 @@ impl Cluster {
         let mut published: HashMap<String, String> = HashMap::new();
         let mut last_seen = view::LastSeen::default();
         let mut members = Members::default();
+        let mut cache = SnapshotCache::new();
         loop {
             tokio::select! {
                 () = self.cancel.cancelled() => return,
@@ -151,7 +158,7 @@ impl Cluster {
                     for k in published.keys().filter(|k| !wanted.contains_key(*k)) {
                         me.delete(k);
                     }
-                    snapshot(c)
+                    snapshot(c, &wanted, &mut cache)
                 })
                 .await;
             published = wanted;
@@ -178,21 +185,68 @@ fn local_values(generation: &Generation) -> HashMap<String, String> {
     values
 }
 
-fn snapshot(c: &chitchat::Chitchat) -> Vec<view::PeerSnapshot> {
-    let me = c.self_chitchat_id().clone();
+/// Peers' values as last copied, by node generation, with the version
+/// they were copied at: a node whose state did not change is not copied
+/// again, so a round under the chitchat lock costs little.
+type SnapshotCache = HashMap<ChitchatId, (u64, Arc<HashMap<String, String>>)>;
+
+/// One snapshot per node id (its live generation over a dead one, else the
+/// newest), keeping only the keys this node uses: addresses, fingerprint,
+/// leave flag, and its own backends' keys. A peer publishing anything else
+/// costs nothing here.
+fn snapshot(
+    c: &chitchat::Chitchat,
+    local: &HashMap<String, String>,
+    cache: &mut SnapshotCache,
+) -> Vec<view::PeerSnapshot> {
+    let me = c.self_chitchat_id();
     let live: HashSet<&ChitchatId> = c.live_nodes().collect();
-    c.node_states()
-        .iter()
-        .filter(|(id, _)| **id != me)
-        .map(|(id, st)| view::PeerSnapshot {
+    let mut chosen: HashMap<&str, &ChitchatId> = HashMap::new();
+    for id in c.node_states().keys().filter(|id| *id != me) {
+        let better = match chosen.get(&*id.node_id) {
+            None => true,
+            Some(prev) => view::prefer(
+                live.contains(id),
+                id.generation_id,
+                live.contains(prev),
+                prev.generation_id,
+            ),
+        };
+        if better {
+            chosen.insert(&id.node_id, id);
+        }
+    }
+    let wanted = |k: &str| {
+        matches!(k, keys::ADMIN | keys::REPLICATION | keys::FINGERPRINT | keys::LEAVING) || local.contains_key(k)
+    };
+    let mut out = Vec::with_capacity(chosen.len());
+    for id in chosen.values() {
+        let Some(st) = c.node_state(id) else { continue };
+        let version = st.max_version();
+        let values = match cache.get(*id) {
+            Some((v, values)) if *v == version => Arc::clone(values),
+            _ => {
+                let fresh: HashMap<String, String> = st
+                    .key_values()
+                    .filter(|(k, _)| wanted(k))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                let fresh = Arc::new(fresh);
+                cache.insert((*id).clone(), (version, Arc::clone(&fresh)));
+                fresh
+            }
+        };
+        out.push(view::PeerSnapshot {
             id: id.node_id.to_string(),
             generation: id.generation_id,
             gossip_addr: id.gossip_advertise_addr,
-            live: live.contains(id),
+            live: live.contains(*id),
             heartbeat: u64::from(st.heartbeat()),
-            values: st.key_values().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        })
-        .collect()
+            values,
+        });
+    }
+    cache.retain(|id, _| chosen.values().any(|c| *c == id));
+    out
 }
 
 /// Live peers' connections feed this node's load-aware balancers.

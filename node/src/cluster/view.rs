@@ -17,7 +17,15 @@ pub struct PeerSnapshot {
     /// Alive by the failure detector (and not leaving).
     pub live: bool,
     pub heartbeat: u64,
-    pub values: HashMap<String, String>,
+    /// Shared with the snapshot cache: unchanged nodes cost no copy.
+    pub values: std::sync::Arc<HashMap<String, String>>,
+}
+
+/// Which of two generations of one node id to show: a live one over a
+/// dead one (a clock step back can give a restarted node a lower
+/// generation), else the newer.
+pub fn prefer(live: bool, generation: u64, than_live: bool, than_generation: u64) -> bool {
+    (live, generation) > (than_live, than_generation)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -70,7 +78,7 @@ pub fn build(snapshots: &[PeerSnapshot], last_seen: &mut LastSeen, now: Instant)
     let mut newest: BTreeMap<&str, &PeerSnapshot> = BTreeMap::new();
     for s in snapshots {
         match newest.get(s.id.as_str()) {
-            Some(prev) if prev.generation >= s.generation => {}
+            Some(prev) if !prefer(s.live, s.generation, prev.live, prev.generation) => {}
             _ => {
                 newest.insert(&s.id, s);
             }
@@ -102,7 +110,7 @@ pub fn build(snapshots: &[PeerSnapshot], last_seen: &mut LastSeen, now: Instant)
         if !alive {
             continue;
         }
-        for (k, v) in &s.values {
+        for (k, v) in s.values.iter() {
             let (Some((pool, backend)), Some((healthy, conns))) =
                 (keys::parse_backend_key(k), keys::parse_backend_value(v))
             else {
@@ -129,7 +137,7 @@ mod tests {
             gossip_addr: SocketAddr::from(([127, 0, 0, 1], 7946)),
             live,
             heartbeat,
-            values: values.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            values: std::sync::Arc::new(values.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
         }
     }
 
@@ -202,6 +210,32 @@ mod tests {
         assert_eq!(v.peers.len(), 1);
         assert!(v.peers[0].alive);
         assert_eq!(v.backend("web", "a").map(|b| b.peer_connections), Some(2));
+    }
+
+    #[test]
+    fn a_live_generation_wins_over_a_newer_dead_one() {
+        let v = build(
+            &[snap("lb2", 9, false, 1, &[]), snap("lb2", 5, true, 1, &[])],
+            &mut LastSeen::default(),
+            Instant::now(),
+        );
+        assert!(v.peers[0].alive);
+    }
+
+    #[test]
+    fn huge_counts_from_peers_do_not_overflow() {
+        let v = build(
+            &[
+                snap("lb2", 1, true, 1, &[("b:web/a", "1:18446744073709551615")]),
+                snap("lb3", 1, true, 1, &[("b:web/a", "1:18446744073709551615")]),
+            ],
+            &mut LastSeen::default(),
+            Instant::now(),
+        );
+        assert_eq!(
+            v.backend("web", "a").map(|b| b.peer_connections),
+            Some(2 * keys::MAX_PEER_CONNECTIONS)
+        );
     }
 
     #[test]

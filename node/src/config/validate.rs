@@ -96,7 +96,7 @@ fn validate_cluster(c: &ClusterConfig, path: &KeyPath, base_dir: &Path, p: &mut 
         || path.key("name"),
         || {
             format!(
-                "cluster name {:?} must be 1-63 characters of a-z, 0-9, '-', '_'",
+                "cluster name {:?} must be 1-63 characters of a-z, 0-9, '-', '_', starting with a letter",
                 c.name
             )
         },

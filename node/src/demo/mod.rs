@@ -4,7 +4,7 @@
 pub mod backend;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -122,30 +122,27 @@ fn demo_config(ports: DemoPorts, index: usize, secrets: &Path) -> Result<config:
     Ok(cfg)
 }
 
-/// A private directory for the demo's keys, removed when the demo ends.
-struct Secrets(PathBuf);
-
-impl Secrets {
-    fn create() -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("shoal-demo-{}", std::process::id()));
-        let nodes = [NodeId::new("demo-1"), NodeId::new("demo-2")]
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()
-            .context("demo node ids")?;
-        crate::certs::generate(&dir, &nodes).context("creating the demo's keys")?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for Secrets {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh private directory (mode 0700, random name) for the demo's keys,
+/// removed when the demo ends.
+fn secrets() -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("shoal-demo-")
+        .tempdir()
+        .context("creating a directory for the demo's keys")?;
+    let nodes = [NodeId::new("demo-1"), NodeId::new("demo-2")]
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .context("demo node ids")?;
+    crate::certs::generate(dir.path(), &nodes).context("creating the demo's keys")?;
+    Ok(dir)
 }
 
 pub async fn run(ports: DemoPorts) -> Result<()> {
-    let secrets = Secrets::create()?;
-    let configs = [demo_config(ports, 0, &secrets.0)?, demo_config(ports, 1, &secrets.0)?];
+    let secrets = secrets()?;
+    let configs = [
+        demo_config(ports, 0, secrets.path())?,
+        demo_config(ports, 1, secrets.path())?,
+    ];
     let cancel = CancellationToken::new();
     let mut backends = Vec::new();
     for (name, port) in BACKEND_NAMES.into_iter().zip(ports.backends) {

@@ -346,7 +346,7 @@ impl Candidate for Backend {
         self.effective_weight()
     }
     fn load(&self) -> u64 {
-        self.active() + self.cluster_load()
+        self.active().saturating_add(self.cluster_load())
     }
     fn latency_us(&self) -> f64 {
         self.latency_ewma_us()

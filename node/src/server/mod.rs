@@ -41,6 +41,7 @@ pub struct RunningNode {
     pub state: Arc<NodeState>,
     pub admin_addr: SocketAddr,
     cancel: CancellationToken,
+    admin_cancel: CancellationToken,
     tracker: TaskTracker,
     shutdown_timeout: Duration,
     listeners: Mutex<Listeners>,
@@ -87,7 +88,9 @@ impl RunningNode {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let cluster = match &config.cluster {
-            Some(c) => Some(Cluster::join(c, &config.node, admin_addr, &cancel).await?),
+            Some(c) => {
+                Some(Cluster::join(c, &config.node, admin_addr, &generation::fingerprint(&config), &cancel).await?)
+            }
             None => None,
         };
         listeners.commit(plan, &cancel, &tracker);
@@ -111,17 +114,21 @@ impl RunningNode {
         if let Some(c) = &state.cluster {
             c.run(Arc::clone(&state));
         }
-        tracker.spawn(admin::serve(
+        // The admin API outlives the data plane's drain (operators watch
+        // it), so it has its own token and tasks, ended last.
+        let admin_cancel = CancellationToken::new();
+        tokio::spawn(admin::serve(
             admin_sock,
             Arc::clone(&state),
-            tracker.clone(),
-            cancel.clone(),
+            TaskTracker::new(),
+            admin_cancel.clone(),
         ));
         tracing::info!(node = %id, admin = %admin_addr, "node started");
         Ok(Self {
             state,
             admin_addr,
             cancel,
+            admin_cancel,
             tracker,
             shutdown_timeout,
             listeners: Mutex::new(listeners),
@@ -184,6 +191,7 @@ impl RunningNode {
         if let Some(c) = &self.state.cluster {
             c.stop().await;
         }
+        self.admin_cancel.cancel();
         finished
     }
 }
