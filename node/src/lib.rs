@@ -2,6 +2,7 @@
 //! the admin API and the CLI. The binary `shoal` is a thin wrapper.
 
 pub mod admin;
+pub mod affinity;
 pub mod balance;
 pub mod certs;
 pub mod cli;

@@ -4,7 +4,9 @@
 //! layout here; for now the crate holds the identity rules that config
 //! validation, gossip and certificates must agree on.
 
+pub mod hlc;
 pub mod node_id;
+pub mod replication;
 
 pub use node_id::{NodeId, NodeIdError};
 

@@ -224,6 +224,53 @@ pub fn render(state: &NodeState) -> String {
             pool.budget.denied.load(Ordering::Relaxed),
         );
     }
+    o.help("shoal_sticky_entries", "gauge", "Sticky bindings in the table.");
+    o.sample("shoal_sticky_entries", &[], state.affinity.len());
+    o.help(
+        "shoal_replication_entries_total",
+        "counter",
+        "Sticky entries sent, received, applied, ignored and evicted.",
+    );
+    let t = &state.affinity.stats;
+    let r = state.replication.as_deref();
+    let rs = |f: fn(&crate::affinity::replication::ReplicationStats) -> &std::sync::atomic::AtomicU64| {
+        r.map_or(0, |r| f(&r.stats).load(Ordering::Relaxed))
+    };
+    for (what, n) in [
+        ("sent", rs(|s| &s.entries_sent)),
+        ("received", rs(|s| &s.entries_received)),
+        ("applied", t.applied.load(Ordering::Relaxed)),
+        ("ignored", t.ignored.load(Ordering::Relaxed)),
+        ("evicted", t.evicted.load(Ordering::Relaxed)),
+    ] {
+        o.sample("shoal_replication_entries_total", &[("result", what)], n);
+    }
+    o.help(
+        "shoal_replication_rejected_total",
+        "counter",
+        "Replication connections or frames refused.",
+    );
+    o.sample("shoal_replication_rejected_total", &[], rs(|s| &s.rejected));
+    o.help(
+        "shoal_replication_resyncs_total",
+        "counter",
+        "Full resyncs after a peer fell behind.",
+    );
+    o.sample("shoal_replication_resyncs_total", &[], rs(|s| &s.resyncs));
+    if let Some(r) = r {
+        o.help(
+            "shoal_replication_lag_seconds",
+            "gauge",
+            "Age of the oldest unacknowledged batch, per peer.",
+        );
+        for (peer, link) in r.links() {
+            o.sample(
+                "shoal_replication_lag_seconds",
+                &[("peer", &peer)],
+                link.lag.as_secs_f64(),
+            );
+        }
+    }
     if let Some(c) = &state.cluster {
         o.help("shoal_peers", "gauge", "Other cluster nodes, by state.");
         let alive = view.alive_peers();

@@ -121,6 +121,19 @@ pub struct Backend {
 #[derive(Debug, Serialize)]
 pub struct Affinity {
     pub entries: u64,
+    /// Whether bindings replicate to peers (a `[cluster]` with `tls`).
+    pub replicated: bool,
+    pub entries_sent: u64,
+    pub entries_received: u64,
+    /// Remote entries applied (newer than ours) and ignored (older or
+    /// expired).
+    pub entries_applied: u64,
+    pub entries_ignored: u64,
+    pub evicted: u64,
+    /// Replication connections or frames refused.
+    pub rejected: u64,
+    pub resyncs: u64,
+    /// This node's push to each peer.
     pub peers: Vec<AffinityPeer>,
 }
 
@@ -128,7 +141,11 @@ pub struct Affinity {
 pub struct AffinityPeer {
     pub id: String,
     pub connected: bool,
+    /// Age of the oldest batch the peer has not acknowledged.
     pub lag_ms: u64,
+    /// Since the last full snapshot was sent; absent if never.
+    pub last_full_sync_ms: Option<u64>,
+    pub last_error: Option<String>,
 }
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -226,10 +243,7 @@ pub fn build(state: &NodeState) -> Status {
                     .collect(),
             })
             .collect(),
-        affinity: Affinity {
-            entries: 0,
-            peers: Vec::new(),
-        },
+        affinity: affinity(state),
     }
 }
 
@@ -259,5 +273,36 @@ pub fn backend(node: &str, b: &crate::pool::Backend, peers: Option<&BackendClust
         ejections: b.counters.ejections.load(Ordering::Relaxed),
         rejected: b.counters.rejected.load(Ordering::Relaxed),
         latency_ewma_ms: (b.latency_ewma_us() / 10.0).round() / 100.0,
+    }
+}
+
+fn affinity(state: &NodeState) -> Affinity {
+    let t = &state.affinity;
+    let r = state.replication.as_deref();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut peers: Vec<AffinityPeer> = r
+        .map(|r| r.links())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(id, l)| AffinityPeer {
+            id,
+            connected: l.connected,
+            lag_ms: l.lag.as_millis() as u64,
+            last_full_sync_ms: l.last_full_sync.map(|at| at.elapsed().as_millis() as u64),
+            last_error: l.last_error,
+        })
+        .collect();
+    peers.sort_by(|a, b| a.id.cmp(&b.id));
+    Affinity {
+        entries: t.len() as u64,
+        replicated: r.is_some(),
+        entries_sent: r.map_or(0, |r| load(&r.stats.entries_sent)),
+        entries_received: r.map_or(0, |r| load(&r.stats.entries_received)),
+        entries_applied: load(&t.stats.applied),
+        entries_ignored: load(&t.stats.ignored),
+        evicted: load(&t.stats.evicted),
+        rejected: r.map_or(0, |r| load(&r.stats.rejected)),
+        resyncs: r.map_or(0, |r| load(&r.stats.resyncs)),
+        peers,
     }
 }

@@ -31,6 +31,8 @@ pub fn prefer(live: bool, generation: u64, than_live: bool, than_generation: u64
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeerView {
     pub id: String,
+    /// Changes when the node restarts.
+    pub generation: u64,
     pub alive: bool,
     /// Announced a graceful leave.
     pub left: bool,
@@ -98,6 +100,7 @@ pub fn build(snapshots: &[PeerSnapshot], last_seen: &mut LastSeen, now: Instant)
         let alive = s.live && !left;
         peers.push(PeerView {
             id: s.id.clone(),
+            generation: s.generation,
             alive,
             left,
             gossip_addr: s.gossip_addr,

@@ -26,9 +26,11 @@ use super::idle::ConnActivity;
 use super::ratelimit::RateLimiter;
 use super::route::RouteMatch;
 use super::stats::ListenerStats;
+use crate::affinity::{AffinityTable, Sticky, now_unix_ms};
 use crate::balance::{PickCtx, hash_bytes, hash_ip};
 use crate::config::HashKey;
-use crate::pool::{InFlight, NoAttempt, NoBackend, Outcome, Pool};
+use crate::config::StickyMode;
+use crate::pool::{Backend, InFlight, NoAttempt, NoBackend, Outcome, Pool};
 
 pub type HttpClient = Client<HttpConnector, RequestBody>;
 
@@ -86,6 +88,8 @@ pub struct HttpSite {
     pub client_idle: Duration,
     /// "http" or "https", for X-Forwarded-Proto.
     pub proto: &'static str,
+    /// Sticky bindings (node-wide, replicated).
+    pub affinity: Arc<AffinityTable>,
 }
 
 /// The request-handling half of an HTTP listener.
@@ -202,6 +206,20 @@ impl HttpSite {
         }
         headers::set_forwarding(&mut parts.headers, client.ip(), self.proto, request_id);
         let idempotent = is_idempotent(&parts.method);
+        let sticky = pool.sticky.as_ref().map(|s| {
+            let key = s.request_key(&parts.headers, client.ip());
+            let now = now_unix_ms();
+            let bound = key.as_deref().and_then(|k| {
+                let name = if s.uses_table() {
+                    self.affinity.lookup(&pool.name, k, now)?
+                } else {
+                    Arc::clone(s.backend_for_token(k)?)
+                };
+                pool.backend(&name).cloned()
+            });
+            (s, key, bound, now)
+        });
+        let preferred = sticky.as_ref().and_then(|(_, _, bound, _)| bound.clone());
         let body = BodySlot::new(body);
         let _counted = pool.budget.request();
         let mut ctx = PickCtx::new(hash);
@@ -209,7 +227,7 @@ impl HttpSite {
         let mut no_backend = NoBackend::NoneUsable;
         for attempt in 0..=pool.retries {
             // The sticky-table lookup (affinity issue) goes before this pick.
-            let (in_flight, _retry) = match pool.next_attempt(&mut ctx, attempt).await {
+            let (in_flight, _retry) = match pool.next_attempt(&mut ctx, attempt, preferred.as_ref()).await {
                 Ok(a) => a,
                 Err(NoAttempt::Budget) => break,
                 Err(NoAttempt::NoBackend(e)) => {
@@ -222,7 +240,12 @@ impl HttpSite {
                 .attempt(&upstream, in_flight, &parts, &path, &body, &mut client_upgrade)
                 .await
             {
-                Ok(resp) => return resp,
+                Ok(mut resp) => {
+                    if let Some((s, key, bound, now)) = &sticky {
+                        self.stick(pool, s, key.as_deref(), bound.as_ref(), &backend, &mut resp, *now);
+                    }
+                    return resp;
+                }
                 Err(AttemptError::ClientBody(why)) => {
                     tracing::debug!(listener = %self.listener, error = %why, "client request body failed");
                     return local(StatusCode::BAD_REQUEST, &why);
@@ -281,6 +304,50 @@ impl HttpSite {
                 StatusCode::BAD_GATEWAY,
                 &format!("backend {:?} failed before responding", &*b.name),
             ),
+        }
+    }
+
+    /// Records the session's binding after `backend` answered.
+    #[allow(clippy::too_many_arguments)]
+    fn stick(
+        &self,
+        pool: &Pool,
+        s: &Sticky,
+        key: Option<&[u8]>,
+        bound: Option<&Arc<Backend>>,
+        backend: &Arc<Backend>,
+        resp: &mut Response<ResponseBody>,
+        now: u64,
+    ) {
+        let same = bound.is_some_and(|b| Arc::ptr_eq(b, backend));
+        match s.mode {
+            StickyMode::InsertCookie => {
+                if !same && let Some(cookie) = s.set_cookie(&pool.name, &backend.name) {
+                    resp.headers_mut().append(header::SET_COOKIE, cookie);
+                }
+            }
+            StickyMode::LearnCookie => match s.learned(resp.headers()) {
+                Some(Some(value)) => self.affinity.bind(&pool.name, value, &backend.name, s.ttl, now),
+                Some(None) => {
+                    if let Some(k) = key {
+                        self.affinity.unbind(&pool.name, k, s.ttl, now);
+                    }
+                }
+                None => {
+                    if let (Some(k), true) = (key, same) {
+                        self.affinity.touch(&pool.name, k, s.ttl, now);
+                    }
+                }
+            },
+            StickyMode::Header | StickyMode::SourceIp => {
+                if let Some(k) = key {
+                    if same {
+                        self.affinity.touch(&pool.name, k, s.ttl, now);
+                    } else {
+                        self.affinity.bind(&pool.name, k, &backend.name, s.ttl, now);
+                    }
+                }
+            }
         }
     }
 

@@ -13,6 +13,8 @@ use tokio::net::TcpStream;
 use super::copy::{self, CopyError};
 use super::ratelimit::RateLimiter;
 use super::stats::ListenerStats;
+use crate::affinity::sticky::ip_key;
+use crate::affinity::{AffinityTable, now_unix_ms};
 use crate::balance::{PickCtx, hash_ip};
 use crate::pool::{NoAttempt, NoBackend, Outcome, Pool};
 
@@ -22,6 +24,8 @@ pub struct TcpSite {
     pub pool: Arc<Pool>,
     pub idle_timeout: Duration,
     pub rate_limit: Option<Arc<RateLimiter>>,
+    /// Sticky bindings (node-wide, replicated); TCP pools stick by source IP.
+    pub affinity: Arc<AffinityTable>,
 }
 
 pub struct TcpProxy {
@@ -43,10 +47,15 @@ impl TcpProxy {
         let hash = pool.needs_hash().then(|| hash_ip(peer.ip()));
         let mut ctx = PickCtx::new(hash);
         let _counted = pool.budget.request();
+        let sticky = pool.sticky.as_ref().map(|s| (s, ip_key(peer.ip()), now_unix_ms()));
+        let preferred = sticky.as_ref().and_then(|(_, key, now)| {
+            let name = site.affinity.lookup(&pool.name, key, *now)?;
+            pool.backend(&name).cloned()
+        });
         let mut no_backend = NoBackend::NoneUsable;
         for attempt in 0..=pool.retries {
             // The sticky-table lookup (affinity issue) goes before this pick.
-            let (in_flight, _retry) = match pool.next_attempt(&mut ctx, attempt).await {
+            let (in_flight, _retry) = match pool.next_attempt(&mut ctx, attempt, preferred.as_ref()).await {
                 Ok(a) => a,
                 Err(NoAttempt::Budget) => break,
                 Err(NoAttempt::NoBackend(e)) => {
@@ -72,6 +81,13 @@ impl TcpProxy {
                 }
             };
             pool.report(&backend, Outcome::Success);
+            if let Some((s, key, now)) = &sticky {
+                if preferred.as_ref().is_some_and(|p| Arc::ptr_eq(p, &backend)) {
+                    site.affinity.touch(&pool.name, key, s.ttl, *now);
+                } else {
+                    site.affinity.bind(&pool.name, key, &backend.name, s.ttl, *now);
+                }
+            }
             let _ = stream.set_nodelay(true);
             // The first response time is what L4 sees of a backend's
             // latency (for least_response_time).

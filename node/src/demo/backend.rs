@@ -2,7 +2,8 @@
 //! backends of `shoal demo`). Every response names the backend in an
 //! `X-Backend` header and in the body, so balancing is visible with curl.
 //!
-//! Paths: `/health` (200), `/echo` (streams the request body back), `/sink`
+//! Paths: `/health` (200), `/session` (sets a new `sid` session cookie),
+//! `/echo` (streams the request body back), `/sink`
 //! (reads the whole body, then answers with its size),
 
 //! `/headers` (the request headers as received), `/status/{code}`,
@@ -107,6 +108,16 @@ async fn respond(backend: &DemoBackend, req: Request<Incoming>, peer: SocketAddr
             Ok(body) => full(StatusCode::OK, format!("received {} bytes\n", body.to_bytes().len())),
             Err(e) => full(StatusCode::BAD_REQUEST, format!("reading the body failed: {e}\n")),
         },
+        "/session" => {
+            // A new session, as an application's login would make: the
+            // cookie names this backend, so stickiness is easy to check.
+            let sid = format!("{}-{:016x}", backend.name, fastrand::u64(..));
+            let mut resp = full(StatusCode::OK, format!("session {sid} on {}\n", backend.name));
+            if let Ok(v) = HeaderValue::from_str(&format!("sid={sid}; Path=/; HttpOnly")) {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            resp
+        }
         "/headers" => {
             let mut text = String::new();
             for (k, v) in req.headers() {

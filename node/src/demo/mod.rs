@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use shoal_proto::NodeId;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, ClusterConfig, Dur, HostPort, Protocol};
+use crate::config::{self, ClusterConfig, ClusterTls, Dur, HostPort, Protocol};
 use crate::dataplane::listener;
 use crate::server::RunningNode;
 
@@ -115,7 +115,11 @@ fn demo_config(ports: DemoPorts, index: usize, secrets: &Path) -> Result<config:
         gossip_addr: loopback(me.gossip),
         replication_addr: loopback(me.replication),
         seeds: vec![loopback(other.gossip)],
-        tls: None,
+        tls: Some(ClusterTls {
+            ca: secrets.join("ca.pem"),
+            cert: secrets.join(format!("demo-{}.pem", index + 1)),
+            key: secrets.join(format!("demo-{}.key", index + 1)),
+        }),
         gossip_key_file: Some(secrets.join("gossip.key")),
         gossip_interval: Dur::from_millis(100),
     });

@@ -16,6 +16,7 @@ pub use budget::{RequestGuard, RetryBudget, RetryGuard};
 pub use outlier::{EjectionHistory, OutlierPolicy};
 pub use ramp::WEIGHT_SCALE;
 
+use crate::affinity::Sticky;
 use crate::balance::{Balancer, Member, PickCtx};
 use crate::config::{Algorithm, HashKey, HealthConfig, PoolConfig};
 
@@ -81,6 +82,7 @@ pub struct Pool {
     pub response_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub health: Option<HealthConfig>,
+    pub sticky: Option<Sticky>,
     /// Shared with the previous generation while its settings are the
     /// same, so its counters carry across reloads.
     pub budget: Arc<RetryBudget>,
@@ -134,6 +136,8 @@ impl Pool {
             _ => Arc::new(RetryBudget::new(&cfg.retry_budget)),
         };
         let (backup, primary): (Vec<_>, Vec<_>) = members.iter().cloned().partition(|(_, p)| p.backup);
+        let names: Vec<Arc<str>> = members.iter().map(|(b, _)| Arc::clone(&b.name)).collect();
+        let sticky = cfg.sticky.as_ref().map(|s| Sticky::new(s, &cfg.name, &names));
         Self {
             name: Arc::from(cfg.name.as_str()),
             algorithm: cfg.algorithm,
@@ -143,6 +147,7 @@ impl Pool {
             response_timeout: cfg.response_timeout.get(),
             keepalive_timeout: cfg.keepalive_timeout.get(),
             health: cfg.health.clone(),
+            sticky,
             budget,
             outlier: cfg.outlier.as_ref().map(OutlierPolicy::from),
             eject_lock: Mutex::new(()),
@@ -182,9 +187,19 @@ impl Pool {
 
     /// Chooses a backend and takes a slot on it, waiting up to the connect
     /// timeout in its queue when it is at its limit. A backend whose queue
-    /// is full is skipped for another.
-    pub async fn acquire(&self, ctx: &mut PickCtx) -> Result<InFlight, NoBackend> {
+    /// is full is skipped for another. `preferred` (a sticky binding) wins
+    /// when it is usable and not yet tried.
+    pub async fn acquire(&self, ctx: &mut PickCtx, preferred: Option<&Arc<Backend>>) -> Result<InFlight, NoBackend> {
         let mut saw_saturated = false;
+        if let Some(b) = preferred.filter(|b| ctx.allows(*b)) {
+            match b.begin(self.connect_timeout).await {
+                Ok(guard) => return Ok(guard),
+                Err(Saturated) => {
+                    saw_saturated = true;
+                    ctx.exclude(b.id);
+                }
+            }
+        }
         loop {
             let Some(backend) = self.select(ctx).cloned() else {
                 let saturated = saw_saturated || self.backends.iter().any(|b| blocked_only_by_limits(b));
@@ -211,6 +226,7 @@ impl Pool {
         &self,
         ctx: &mut PickCtx,
         attempt: u32,
+        preferred: Option<&Arc<Backend>>,
     ) -> Result<(InFlight, Option<RetryGuard<'_>>), NoAttempt> {
         let retry = if attempt == 0 {
             None
@@ -223,7 +239,7 @@ impl Pool {
                 }
             }
         };
-        match self.acquire(ctx).await {
+        match self.acquire(ctx, preferred).await {
             Ok(in_flight) => Ok((in_flight, retry)),
             Err(e) => {
                 // No backend took the retry: it did not happen.

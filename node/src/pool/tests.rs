@@ -73,8 +73,8 @@ async fn circuit_breaker_queues_then_fails_fast() {
         &[("a", false)],
     );
     let b = Arc::clone(&pool.backends()[0]);
-    let g1 = pool.acquire(&mut PickCtx::new(None)).await;
-    let g2 = pool.acquire(&mut PickCtx::new(None)).await;
+    let g1 = pool.acquire(&mut PickCtx::new(None), None).await;
+    let g2 = pool.acquire(&mut PickCtx::new(None), None).await;
     assert!(g1.is_ok() && g2.is_ok());
     assert!(b.try_begin().is_none(), "at the limit");
     // A third request waits in the queue; the queue is then full, so the
@@ -88,7 +88,7 @@ async fn circuit_breaker_queues_then_fails_fast() {
     }
     assert!(b.saturated());
     assert_eq!(
-        pool.acquire(&mut PickCtx::new(None)).await.err(),
+        pool.acquire(&mut PickCtx::new(None), None).await.err(),
         Some(NoBackend::Saturated)
     );
     // Freeing a slot lets the queued request through.

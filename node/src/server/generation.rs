@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 
+use crate::affinity::AffinityTable;
 use crate::config::{Config, HostPort, ListenerConfig, PoolConfig, Protocol};
 use crate::dataplane::ListenerStats;
 use crate::dataplane::http::{HttpSite, Route, Upstream};
@@ -137,6 +138,7 @@ pub fn http_site(
     l: &ListenerConfig,
     upstreams: &[Arc<Upstream>],
     previous_limiter: Option<&Arc<RateLimiter>>,
+    affinity: &Arc<AffinityTable>,
 ) -> Result<HttpSite> {
     let routes = l
         .routes
@@ -155,6 +157,7 @@ pub fn http_site(
         rate_limit: rate_limiter(l, previous_limiter),
         client_idle: l.idle_timeout().get(),
         proto: if l.tls.is_some() { "https" } else { "http" },
+        affinity: Arc::clone(affinity),
     })
 }
 
@@ -162,13 +165,25 @@ pub fn tcp_site(
     l: &ListenerConfig,
     upstreams: &[Arc<Upstream>],
     previous_limiter: Option<&Arc<RateLimiter>>,
+    affinity: &Arc<AffinityTable>,
 ) -> Result<TcpSite> {
     Ok(TcpSite {
         listener: Arc::from(l.name.as_str()),
         pool: Arc::clone(&find(upstreams, &l.pool)?.pool),
         idle_timeout: l.idle_timeout().get(),
         rate_limit: rate_limiter(l, previous_limiter),
+        affinity: Arc::clone(affinity),
     })
+}
+
+/// The sticky table's bound: the largest `max_entries` of the sticky pools.
+pub fn sticky_capacity(config: &Config) -> u64 {
+    config
+        .pools
+        .iter()
+        .filter_map(|p| p.sticky.as_ref().map(|s| s.max_entries))
+        .max()
+        .unwrap_or(1_000_000)
 }
 
 /// Pool names per listener, for the admin API.

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::generation::{http_site, tcp_site};
+use crate::affinity::AffinityTable;
 use crate::config::{Config, ListenerConfig, ListenerTls, Protocol};
 use crate::dataplane::ListenerStats;
 use crate::dataplane::http::{HttpProxy, HttpSite, Upstream};
@@ -115,7 +116,7 @@ pub struct Listeners {
 
 impl Listeners {
     /// Prepares `config`'s listeners against the running ones.
-    pub fn plan(&self, config: &Config, upstreams: &[Arc<Upstream>]) -> Result<Plan> {
+    pub fn plan(&self, config: &Config, upstreams: &[Arc<Upstream>], affinity: &Arc<AffinityTable>) -> Result<Plan> {
         let mut steps = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             let kind = Kind::of(l);
@@ -129,8 +130,8 @@ impl Listeners {
                 .find(|s| s.name == l.name)
                 .and_then(Slot::rate_limiter);
             let site = match l.protocol {
-                Protocol::Http => Site::Http(http_site(l, upstreams, previous_limiter.as_ref())?),
-                Protocol::Tcp => Site::Tcp(tcp_site(l, upstreams, previous_limiter.as_ref())?),
+                Protocol::Http => Site::Http(http_site(l, upstreams, previous_limiter.as_ref(), affinity)?),
+                Protocol::Tcp => Site::Tcp(tcp_site(l, upstreams, previous_limiter.as_ref(), affinity)?),
             };
             if let Some(slot) = same {
                 let cert = match &l.tls {

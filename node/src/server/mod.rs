@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 pub use generation::{Generation, ListenerInfo};
 pub use listeners::Changes;
 
+use crate::affinity::{AffinityTable, Replication};
 use crate::cluster::Cluster;
 use crate::config::{self, Config};
 use crate::dataplane::listener;
@@ -35,6 +36,26 @@ pub struct NodeState {
     pub admin_token: ArcSwapOption<String>,
     /// Gossip membership, when `[cluster]` is configured.
     pub cluster: Option<Arc<Cluster>>,
+    /// Sticky bindings of every pool.
+    pub affinity: Arc<AffinityTable>,
+    /// Their replication to peers, when `[cluster]` has `tls`.
+    pub replication: Option<Arc<Replication>>,
+}
+
+/// Drops expired sticky bindings every few seconds.
+fn spawn_sweeper(table: &Arc<AffinityTable>, cancel: &CancellationToken) {
+    let table = Arc::clone(table);
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            table.sweep(crate::affinity::now_unix_ms());
+        }
+    });
 }
 
 pub struct RunningNode {
@@ -78,8 +99,12 @@ impl RunningNode {
         for u in &upstreams {
             u.pool.activate();
         }
+        let affinity = Arc::new(AffinityTable::new(
+            config.node.id.as_str(),
+            generation::sticky_capacity(&config),
+        ));
         let mut listeners = Listeners::default();
-        let plan = listeners.plan(&config, &upstreams)?;
+        let plan = listeners.plan(&config, &upstreams, &affinity)?;
         let admin_sock = listener::bind(config.node.admin_addr)
             .with_context(|| format!("admin API: cannot listen on {}", config.node.admin_addr))?;
         let admin_addr = admin_sock.local_addr().context("admin socket address")?;
@@ -93,6 +118,27 @@ impl RunningNode {
             }
             None => None,
         };
+        let replication = match (&config.cluster, &cluster) {
+            (Some(cc), Some(c)) => match &cc.tls {
+                Some(files) => Some(
+                    Replication::start(
+                        cc.replication_addr,
+                        files,
+                        Arc::clone(c),
+                        config.node.id.as_str(),
+                        Arc::clone(&affinity),
+                        &cancel,
+                    )
+                    .context("starting sticky-table replication")?,
+                ),
+                None => {
+                    tracing::warn!("[cluster] has no tls: the sticky table is NOT replicated to peers");
+                    None
+                }
+            },
+            _ => None,
+        };
+        spawn_sweeper(&affinity, &cancel);
         listeners.commit(plan, &cancel, &tracker);
         let applied = Generation {
             listeners: generation::listener_infos(&config, &listeners.stats()),
@@ -110,6 +156,8 @@ impl RunningNode {
             current: ArcSwap::from_pointee(applied),
             admin_token: ArcSwapOption::new(admin_token),
             cluster,
+            affinity,
+            replication,
         });
         if let Some(c) = &state.cluster {
             c.run(Arc::clone(&state));
@@ -149,11 +197,14 @@ impl RunningNode {
         let upstreams = generation::build_upstreams(&config, Some(&old)).await?;
         let admin_token = read_token(&config)?;
         let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        let plan = listeners.plan(&config, &upstreams)?;
+        let plan = listeners.plan(&config, &upstreams, &self.state.affinity)?;
         // Nothing below can fail.
         for u in &upstreams {
             u.pool.activate();
         }
+        self.state
+            .affinity
+            .set_max_entries(generation::sticky_capacity(&config));
         let changes = listeners.commit(plan, &self.cancel, &self.tracker);
 
         let applied = Generation {
@@ -187,6 +238,9 @@ impl RunningNode {
             .is_ok();
         if !finished {
             tracing::warn!(timeout = ?self.shutdown_timeout, "shutdown timeout reached; closing remaining connections");
+        }
+        if let Some(r) = &self.state.replication {
+            r.stop();
         }
         if let Some(c) = &self.state.cluster {
             c.stop().await;
@@ -224,11 +278,6 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
 fn warn_inactive(config: &Config) {
     if !config.vips.is_empty() {
         tracing::warn!("[[vip]] is validated but not active in this version: no VIP is managed");
-    }
-    for p in &config.pools {
-        if p.sticky.is_some() {
-            tracing::warn!(pool = %p.name, "sticky is validated but not active in this version");
-        }
     }
 }
 
