@@ -4,6 +4,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use crate::balance::Candidate;
+use crate::dataplane::stats::Histogram;
 use crate::server::NodeState;
 
 /// Label values are our own names (restricted charset) or addresses; still,
@@ -32,6 +33,23 @@ impl Out {
             self.0.push('}');
         }
         let _ = writeln!(self.0, " {value}");
+    }
+
+    /// `_bucket`, `_sum` and `_count` samples of one histogram.
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
+        let bucket = format!("{name}_bucket");
+        for (le, n) in h.cumulative() {
+            let le = if le.is_infinite() {
+                "+Inf".to_string()
+            } else {
+                le.to_string()
+            };
+            let mut with_le = labels.to_vec();
+            with_le.push(("le", &le));
+            self.sample(&bucket, &with_le, n);
+        }
+        self.sample(&format!("{name}_sum"), labels, h.sum_seconds());
+        self.sample(&format!("{name}_count"), labels, h.count());
     }
 }
 
@@ -120,28 +138,10 @@ pub fn render(state: &NodeState) -> String {
         "Time from a request's arrival to its response headers.",
     );
     for l in listeners {
-        let h = &l.stats.latency;
-        for (le, n) in h.cumulative() {
-            let le = if le.is_infinite() {
-                "+Inf".to_string()
-            } else {
-                le.to_string()
-            };
-            o.sample(
-                "shoal_request_duration_seconds_bucket",
-                &[("listener", &l.name), ("le", &le)],
-                n,
-            );
-        }
-        o.sample(
-            "shoal_request_duration_seconds_sum",
+        o.histogram(
+            "shoal_request_duration_seconds",
             &[("listener", &l.name)],
-            h.sum_seconds(),
-        );
-        o.sample(
-            "shoal_request_duration_seconds_count",
-            &[("listener", &l.name)],
-            h.count(),
+            &l.stats.latency,
         );
     }
 
@@ -258,6 +258,12 @@ pub fn render(state: &NodeState) -> String {
     );
     o.sample("shoal_replication_resyncs_total", &[], rs(|s| &s.resyncs));
     if let Some(r) = r {
+        o.help(
+            "shoal_replication_delay_seconds",
+            "histogram",
+            "From a live sticky write on a peer to its application here.",
+        );
+        o.histogram("shoal_replication_delay_seconds", &[], &r.stats.delay);
         o.help(
             "shoal_replication_lag_seconds",
             "gauge",

@@ -133,6 +133,10 @@ pub struct Affinity {
     /// Replication connections or frames refused.
     pub rejected: u64,
     pub resyncs: u64,
+    /// Upper bounds of the buckets holding the median and 99th percentile
+    /// of live replication delay (write on a peer to applied here).
+    pub delay_p50_ms: Option<f64>,
+    pub delay_p99_ms: Option<f64>,
     /// This node's push to each peer.
     pub peers: Vec<AffinityPeer>,
 }
@@ -303,6 +307,12 @@ fn affinity(state: &NodeState) -> Affinity {
         evicted: load(&t.stats.evicted),
         rejected: r.map_or(0, |r| load(&r.stats.rejected)),
         resyncs: r.map_or(0, |r| load(&r.stats.resyncs)),
+        delay_p50_ms: r
+            .and_then(|r| r.stats.delay.quantile_upper_bound(0.5))
+            .map(|s| s * 1000.0),
+        delay_p99_ms: r
+            .and_then(|r| r.stats.delay.quantile_upper_bound(0.99))
+            .map(|s| s * 1000.0),
         peers,
     }
 }

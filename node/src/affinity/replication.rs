@@ -1,6 +1,6 @@
 //! Sticky-table replication over QUIC with mutual TLS from the cluster CA.
 //!
-//! Each node dials every live peer (learned from gossip) and pushes to it:
+//! Each node dials every peer it learns from gossip and pushes to it:
 //! first a full snapshot of its table, then its local writes as they
 //! happen, batched. The peer applies (newest version wins) and acknowledges
 //! each batch, which gives the sender its lag. A peer that falls behind
@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::table::AffinityTable;
 use crate::cluster::Cluster;
 use crate::config::ClusterTls;
+use crate::dataplane::stats::Histogram;
 use crate::tls;
 
 /// Entries per frame: large enough to amortise, far below the frame limit.
@@ -52,6 +53,9 @@ pub struct ReplicationStats {
     /// Frames or connections refused (bad frame, wrong identity).
     pub rejected: AtomicU64,
     pub resyncs: AtomicU64,
+    /// From a live write on a peer to its application here (clock of the
+    /// write's version to now; snapshot entries are not counted).
+    pub delay: Histogram,
 }
 
 /// What this node knows of its push to one peer.
@@ -179,7 +183,12 @@ impl Replication {
         self.endpoint.close(0u32.into(), b"shutdown");
     }
 
-    /// Keeps one pushing task per live peer.
+    /// Keeps one pushing task per peer that gossip knows and that has not
+    /// left. Peers gossip calls dead are kept: under a CPU stall gossip can
+    /// call a live peer dead for a moment, and an open QUIC connection
+    /// (which has its own 5 s idle timeout) should then carry on rather
+    /// than start over with a full snapshot; a really dead peer costs a
+    /// failed dial every 2 s until gossip forgets it.
     async fn manage_peers(self: Arc<Self>, cluster: Arc<Cluster>) {
         // By peer id: (its replication address and generation, the task).
         let mut running: HashMap<String, ((SocketAddr, u64), CancellationToken)> = HashMap::new();
@@ -191,7 +200,7 @@ impl Replication {
             }
             let view = cluster.view();
             let mut wanted = HashMap::new();
-            for p in view.peers.iter().filter(|p| p.alive) {
+            for p in view.peers.iter().filter(|p| !p.left) {
                 if let Some(addr) = p.replication_addr.as_deref().and_then(|a| a.parse::<SocketAddr>().ok()) {
                     wanted.insert(p.id.clone(), (addr, p.generation));
                 }
@@ -219,8 +228,10 @@ impl Replication {
 
     /// Pushes to one peer until cancelled, reconnecting with backoff.
     async fn push_to(self: Arc<Self>, peer: String, addr: SocketAddr, cancel: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
+        const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+        let mut backoff = FIRST_BACKOFF;
         loop {
+            let began = Instant::now();
             let result = tokio::select! {
                 () = cancel.cancelled() => return,
                 r = self.push_session(&peer, addr) => r,
@@ -231,6 +242,10 @@ impl Replication {
             });
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %format!("{e:#}"), "replication to peer interrupted; reconnecting");
+            }
+            // A session that ran a while was healthy: retry quickly.
+            if began.elapsed() > Duration::from_secs(10) {
+                backoff = FIRST_BACKOFF;
             }
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -430,6 +445,7 @@ impl Replication {
             .verify_is_valid_for_subject_name(&name)
             .map_err(|_| anyhow!("{remote}: certificate does not belong to node {node:?}"))?;
         tracing::info!(peer = %node, %remote, "replication peer connected");
+        let mut syncing = false;
         loop {
             let frame = match read_frame(&mut recv).await {
                 Ok(f) => f,
@@ -444,11 +460,18 @@ impl Replication {
                         .fetch_add(entries.len() as u64, Ordering::Relaxed);
                     for e in &entries {
                         self.table.apply(e, now);
+                        if !syncing {
+                            let written = shoal_proto::hlc::physical_ms(e.version.hlc);
+                            self.stats
+                                .delay
+                                .observe(Duration::from_millis(now.saturating_sub(written)));
+                        }
                     }
                     write_frame(&mut send, &Frame::Ack { seq }).await?;
                 }
-                Frame::SyncBegin { .. } => {}
+                Frame::SyncBegin { .. } => syncing = true,
                 Frame::SyncEnd { seq, entries } => {
+                    syncing = false;
                     tracing::info!(peer = %node, entries, "full sync received");
                     write_frame(&mut send, &Frame::Ack { seq }).await?;
                 }

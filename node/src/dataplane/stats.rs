@@ -62,6 +62,18 @@ impl Histogram {
             .collect()
     }
 
+    /// The upper bound of the bucket holding quantile `q` (0..1); `None`
+    /// without observations, infinity when it lies beyond the last bound.
+    pub fn quantile_upper_bound(&self, q: f64) -> Option<f64> {
+        let cum = self.cumulative();
+        let total = cum.last()?.1;
+        if total == 0 {
+            return None;
+        }
+        let rank = (q * total as f64).ceil().max(1.0) as u64;
+        cum.into_iter().find(|(_, n)| *n >= rank).map(|(le, _)| le)
+    }
+
     pub fn sum_seconds(&self) -> f64 {
         self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
     }
@@ -113,5 +125,9 @@ mod tests {
         assert!(c.last().is_some_and(|l| l.0.is_infinite()));
         assert_eq!(h.count(), 3);
         assert!((h.sum_seconds() - 60.0305).abs() < 1e-9);
+        assert_eq!(h.quantile_upper_bound(0.3), Some(0.001));
+        assert_eq!(h.quantile_upper_bound(0.5), Some(0.05));
+        assert_eq!(h.quantile_upper_bound(0.99), Some(f64::INFINITY));
+        assert_eq!(Histogram::default().quantile_upper_bound(0.5), None);
     }
 }

@@ -54,7 +54,6 @@ impl TcpProxy {
         });
         let mut no_backend = NoBackend::NoneUsable;
         for attempt in 0..=pool.retries {
-            // The sticky-table lookup (affinity issue) goes before this pick.
             let (in_flight, _retry) = match pool.next_attempt(&mut ctx, attempt, preferred.as_ref()).await {
                 Ok(a) => a,
                 Err(NoAttempt::Budget) => break,

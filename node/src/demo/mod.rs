@@ -168,11 +168,12 @@ pub async fn run(ports: DemoPorts) -> Result<()> {
         "Shoal demo is running: a cluster of two nodes (demo-1, demo-2) in front of three backends\n\
          (demo-a, demo-b, demo-c, weights 1:2:3).\n\
          \n  HTTP       curl http://127.0.0.1:{}/      (demo-1)   curl http://127.0.0.1:{}/   (demo-2)\
+         \n  Sticky     curl -c jar -b jar http://127.0.0.1:{}/   keeps to one backend (cookie \"shoal\"), on either node\
          \n  TCP        curl http://127.0.0.1:{}/      maglev over raw TCP: the same client always reaches the same backend\
          \n  Dashboard  http://127.0.0.1:{}/           the cluster at a glance (peers, backend health per node)\
          \n  Status     curl http://127.0.0.1:{}/status    or: shoal status --admin 127.0.0.1:{}\
          \n\nPress Ctrl-C to stop.",
-        n1.http, n2.http, n1.tcp, n1.admin, n1.admin, n2.admin
+        n1.http, n2.http, n1.http, n1.tcp, n1.admin, n1.admin, n2.admin
     );
     wait_for_signal().await?;
     // Both nodes leave together, then stop.
