@@ -6,7 +6,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 # Tools the black-box tests call: curl and openssl (TLS and HTTP/2 checks),
-# chromium (the dashboard is checked in a real headless browser).
+# chromium (the dashboard is checked in a real headless browser), ip and
+# iptables (VIP failover between nodes in network namespaces, as root).
 need_pkg() {
     command -v "$1" >/dev/null 2>&1 && return 0
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -20,6 +21,8 @@ need_pkg() {
 need_pkg curl curl
 need_pkg openssl openssl
 need_pkg chromium chromium
+need_pkg ip iproute2
+need_pkg iptables iptables
 
 
 started=$(date +%s)

@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod client;
 pub mod config;
+pub mod netns;
 
 pub mod procs;
 pub mod wait;

@@ -15,3 +15,4 @@ pub mod health;
 pub mod pool;
 pub mod server;
 pub mod tls;
+pub mod vip;

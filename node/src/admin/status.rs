@@ -59,11 +59,25 @@ pub struct ClusterInfo {
 
 #[derive(Debug, Serialize)]
 pub struct Vip {
+    /// As configured (with its prefix).
     pub address: String,
+    pub interface: String,
     pub vrid: u16,
     pub state: &'static str,
+    /// Advertised now: configured, less `health_penalty` while unhealthy.
     pub priority: u16,
+    pub configured_priority: u16,
+    /// The master's node id (this node, or the peer that says so in
+    /// gossip), else its address.
     pub master: Option<String>,
+    pub master_ip: Option<String>,
+    pub transitions: u64,
+    pub since_change_ms: Option<u64>,
+    pub adverts_sent: u64,
+    pub adverts_received: u64,
+    pub adverts_rejected: u64,
+    pub guard_holds: u64,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -157,7 +171,6 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 pub fn build(state: &NodeState) -> Status {
     let id = state.id.to_string();
     let current = state.current.load_full();
-    let config = &current.config;
     let view = state.cluster.as_ref().map(|c| c.view()).unwrap_or_default();
     Status {
         node: NodeInfo {
@@ -200,18 +213,7 @@ pub fn build(state: &NodeState) -> Status {
                 config_matches: p.fingerprint.as_deref() == Some(current.fingerprint.as_str()),
             })
             .collect(),
-        vips: config
-            .vips
-            .iter()
-            .map(|v| Vip {
-                address: v.address.to_string(),
-                vrid: v.vrid,
-                // The vip-manager is not running yet: every VIP is in Init.
-                state: "init",
-                priority: v.priority,
-                master: None,
-            })
-            .collect(),
+        vips: vips(state),
         listeners: current
             .listeners
             .iter()
@@ -315,4 +317,33 @@ fn affinity(state: &NodeState) -> Affinity {
             .map(|s| s * 1000.0),
         peers,
     }
+}
+
+fn vips(state: &NodeState) -> Vec<Vip> {
+    state
+        .vips
+        .get()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            let s = v.status();
+            Vip {
+                address: v.config.address.to_string(),
+                interface: v.config.interface.clone(),
+                vrid: v.config.vrid,
+                state: s.state.as_str(),
+                priority: u16::from(s.priority),
+                configured_priority: v.config.priority,
+                master: crate::vip::master_name(state, v, &s),
+                master_ip: s.master_ip.map(|ip| ip.to_string()),
+                transitions: s.transitions,
+                since_change_ms: s.since_change.map(|d| d.as_millis() as u64),
+                adverts_sent: s.adverts_sent,
+                adverts_received: s.adverts_received,
+                adverts_rejected: s.adverts_rejected,
+                guard_holds: s.guard_holds,
+                last_error: s.last_error,
+            }
+        })
+        .collect()
 }

@@ -8,6 +8,28 @@ pub const FINGERPRINT: &str = "fp";
 /// Set just before a graceful leave: peers stop counting the node at once.
 pub const LEAVING: &str = "leaving";
 const BACKEND_PREFIX: &str = "b:";
+const VIP_PREFIX: &str = "v:";
+
+/// `v:ADDRESS` (the VIP's IP).
+pub fn vip_key(address: &str) -> String {
+    format!("{VIP_PREFIX}{address}")
+}
+
+pub fn parse_vip_key(key: &str) -> Option<&str> {
+    key.strip_prefix(VIP_PREFIX)
+}
+
+/// `STATE:PRIORITY`.
+pub fn vip_value(state: &str, priority: u8) -> String {
+    format!("{state}:{priority}")
+}
+
+pub fn parse_vip_value(value: &str) -> Option<(&str, u8)> {
+    let (s, p) = value.split_once(':')?;
+    matches!(s, "init" | "backup" | "master" | "fault")
+        .then_some(())
+        .and(p.parse().ok().map(|p| (s, p)))
+}
 
 /// `b:POOL/BACKEND`.
 pub fn backend_key(pool: &str, backend: &str) -> String {

@@ -117,6 +117,10 @@ impl Cluster {
         self.view.load_full()
     }
 
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
     /// Announces a graceful leave and waits two gossip rounds for peers to
     /// hear it, so they stop counting this node at once.
     pub async fn leave(&self) {
@@ -145,7 +149,7 @@ impl Cluster {
                 _ = tick.tick() => {}
             }
             let generation = state.current.load_full();
-            let wanted = local_values(&generation);
+            let wanted = local_values(&generation, &state);
             let snapshots = self
                 .handle
                 .with_chitchat(|c| {
@@ -170,9 +174,16 @@ impl Cluster {
     }
 }
 
-/// What this node publishes, from the current generation.
-fn local_values(generation: &Generation) -> HashMap<String, String> {
+/// What this node publishes, from the current generation and its VIPs.
+fn local_values(generation: &Generation, state: &NodeState) -> HashMap<String, String> {
     let mut values = HashMap::new();
+    for v in state.vips.get().into_iter().flatten() {
+        let s = v.status();
+        values.insert(
+            keys::vip_key(&v.address()),
+            keys::vip_value(s.state.as_str(), s.priority),
+        );
+    }
     values.insert(keys::FINGERPRINT.to_string(), generation.fingerprint.clone());
     for pool in generation.pools() {
         for b in pool.backends() {

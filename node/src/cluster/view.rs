@@ -42,6 +42,8 @@ pub struct PeerView {
     pub admin_addr: Option<String>,
     pub replication_addr: Option<String>,
     pub fingerprint: Option<String>,
+    /// Its VIPs: address → `STATE:PRIORITY`.
+    pub vips: BTreeMap<String, String>,
 }
 
 /// What live peers report about one backend.
@@ -57,6 +59,8 @@ pub struct BackendCluster {
 pub struct ClusterView {
     pub peers: Vec<PeerView>,
     pub backends: HashMap<(String, String), BackendCluster>,
+    /// When it was built (`last_seen` ages are as of then).
+    pub built_at: Option<Instant>,
 }
 
 impl ClusterView {
@@ -108,6 +112,11 @@ pub fn build(snapshots: &[PeerSnapshot], last_seen: &mut LastSeen, now: Instant)
             admin_addr: s.values.get(keys::ADMIN).cloned(),
             replication_addr: s.values.get(keys::REPLICATION).cloned(),
             fingerprint: s.values.get(keys::FINGERPRINT).cloned(),
+            vips: s
+                .values
+                .iter()
+                .filter_map(|(k, v)| Some((keys::parse_vip_key(k)?.to_string(), v.clone())))
+                .collect(),
         });
         // Dead or departed peers' counts and verdicts are stale: drop them.
         if !alive {
@@ -126,7 +135,11 @@ pub fn build(snapshots: &[PeerSnapshot], last_seen: &mut LastSeen, now: Instant)
     }
     // Forget nodes no longer known, so the map stays bounded.
     last_seen.0 = seen;
-    ClusterView { peers, backends }
+    ClusterView {
+        peers,
+        backends,
+        built_at: Some(now),
+    }
 }
 
 #[cfg(test)]

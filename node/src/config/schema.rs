@@ -103,6 +103,34 @@ pub struct VipConfig {
     /// Re-announce the VIP this often while master; absent = never.
     #[serde(default)]
     pub garp_refresh: Option<Dur>,
+    /// Subtracted from the priority while none of the VIP's listeners'
+    /// pools has a healthy backend.
+    #[serde(default = "default_health_penalty")]
+    pub health_penalty: u16,
+    /// Longest a backup holds off taking over while gossip shows the
+    /// master alive; "0s" disables the guard.
+    #[serde(default = "default_split_brain_hold")]
+    pub split_brain_hold: Dur,
+    /// Checksum form of sent adverts (both are accepted).
+    #[serde(default)]
+    pub checksum: VrrpChecksum,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VrrpChecksum {
+    /// Over an IPv4 pseudo-header and the message (RFC 5798, keepalived).
+    #[default]
+    PseudoHeader,
+    /// Over the message only (RFC 9568 for IPv4).
+    VrrpOnly,
+}
+
+fn default_health_penalty() -> u16 {
+    50
+}
+fn default_split_brain_hold() -> Dur {
+    Dur::from_secs(2)
 }
 
 fn default_priority() -> u16 {

@@ -170,6 +170,21 @@ fn validate_vips(vips: &[VipConfig], root: &KeyPath, p: &mut Problems) {
         if let Err(e) = shoal_vip::Priority::new(vip.priority) {
             p.add(path.key("priority"), e.to_string());
         }
+        p.check(
+            vip.address.addr.is_ipv4(),
+            || path.key("address"),
+            || "IPv6 VIPs are not supported yet (VRRPv3 for IPv6 is not implemented); use an IPv4 address".into(),
+        );
+        p.check(
+            vip.health_penalty <= 253,
+            || path.key("health_penalty"),
+            || format!("health_penalty must be between 0 and 253, got {}", vip.health_penalty),
+        );
+        p.check(
+            vip.split_brain_hold.get() <= Duration::from_secs(60),
+            || path.key("split_brain_hold"),
+            || "split_brain_hold must be at most 60s".into(),
+        );
         if let Err(e) = shoal_vip::AdvertInterval::from_duration(vip.advert_interval.get()) {
             p.add(path.key("advert_interval"), e.to_string());
         }

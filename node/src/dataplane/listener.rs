@@ -25,8 +25,13 @@ use super::tcp::TcpProxy;
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    // A listener on a VIP binds before this node holds the address (it
+    // is a backup, or the election is still running).
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
+        socket.set_freebind_v6(true)?;
+    } else {
+        socket.set_freebind_v4(true)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;

@@ -40,6 +40,8 @@ pub struct NodeState {
     pub affinity: Arc<AffinityTable>,
     /// Their replication to peers, when `[cluster]` has `tls`.
     pub replication: Option<Arc<Replication>>,
+    /// The VRRP routers of `[[vip]]`, set once started.
+    pub vips: std::sync::OnceLock<Vec<crate::vip::ManagedVip>>,
 }
 
 /// Drops expired sticky bindings every few seconds.
@@ -147,7 +149,6 @@ impl RunningNode {
             config: Arc::new(config),
         };
         let health = start_health(&applied, &cancel, &tracker);
-        warn_inactive(&applied.config);
         let id = applied.config.node.id.clone();
         let shutdown_timeout = applied.config.node.shutdown_timeout.get();
         let state = Arc::new(NodeState {
@@ -158,9 +159,24 @@ impl RunningNode {
             cluster,
             affinity,
             replication,
+            vips: std::sync::OnceLock::new(),
         });
         if let Some(c) = &state.cluster {
             c.run(Arc::clone(&state));
+        }
+        // VIPs last: this node claims an address only once it serves it.
+        let config = state.current.load_full().config.clone();
+        match crate::vip::start(&config, &state).await {
+            Ok(vips) => {
+                let _ = state.vips.set(vips);
+            }
+            Err(e) => {
+                cancel.cancel();
+                if let Some(c) = &state.cluster {
+                    c.stop().await;
+                }
+                return Err(e);
+            }
         }
         // The admin API outlives the data plane's drain (operators watch
         // it), so it has its own token and tasks, ended last.
@@ -218,7 +234,6 @@ impl RunningNode {
         let old_health = std::mem::replace(&mut *self.health.lock().unwrap_or_else(|e| e.into_inner()), health);
         old_health.cancel();
         self.state.admin_token.store(admin_token);
-        warn_inactive(&applied.config);
         self.state.current.store(Arc::new(applied));
         Ok(changes)
     }
@@ -226,6 +241,11 @@ impl RunningNode {
     /// Stops accepting, lets in-flight requests finish up to the configured
     /// shutdown timeout, then returns. Returns whether everything finished.
     pub async fn shutdown(self) -> bool {
+        // Backups take the VIPs over (priority 0) while this node still
+        // serves what reaches it.
+        for v in self.state.vips.get().into_iter().flatten() {
+            v.router.shutdown().await;
+        }
         // Peers stop counting this node before it stops serving.
         if let Some(c) = &self.state.cluster {
             c.leave().await;
@@ -272,13 +292,6 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         changed.push("[[vip]]");
     }
     changed
-}
-
-/// Sections that parse and validate but whose features are not built yet.
-fn warn_inactive(config: &Config) {
-    if !config.vips.is_empty() {
-        tracing::warn!("[[vip]] is validated but not active in this version: no VIP is managed");
-    }
 }
 
 /// Re-reads `path` and reloads; an invalid config is logged and the old
