@@ -455,3 +455,95 @@ fn split_brain_guard_holds_off_then_the_split_heals_to_one_master() -> Result<()
     })?;
     Ok(())
 }
+
+/// keepalived (VRRPv3, 100 ms adverts) and Shoal in one group: each
+/// understands the other's adverts.
+#[test]
+fn interoperates_with_keepalived() -> Result<()> {
+    let Some((mut lab, _backend)) = lab("interoperates_with_keepalived")? else {
+        return Ok(());
+    };
+    let Ok(keepalived) = which("keepalived") else {
+        // cluster-tests/run-all.sh installs it when it runs as root.
+        bail!("keepalived is needed (apt-get install keepalived)");
+    };
+    lab.host("ka", "10.77.0.13/24")?;
+    let dir = tempfile::tempdir()?;
+    let conf = dir.path().join("keepalived.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "global_defs {{\n  vrrp_version 3\n}}\nvrrp_instance VI {{\n  state BACKUP\n  interface eth0\n  \
+             virtual_router_id 51\n  priority 100\n  advert_int 0.1\n  virtual_ipaddress {{\n    {VIP_A}/24\n  }}\n}}\n"
+        ),
+    )?;
+    let p = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+    let log = File::create(dir.path().join("keepalived.log"))?;
+    let _ka = Proc(lab.spawn(
+        "ka",
+        &keepalived,
+        &[
+            "--dont-fork",
+            "--log-console",
+            "--vrrp",
+            "-f",
+            &p("keepalived.conf"),
+            "-p",
+            &p("k.pid"),
+            "-r",
+            &p("v.pid"),
+        ],
+        Some(log),
+    )?);
+    let ka_log = || std::fs::read_to_string(dir.path().join("keepalived.log")).unwrap_or_default();
+    wait_for("keepalived to become master", Duration::from_secs(10), || {
+        has_address(&lab.ns("ka"), VIP_A)
+    })
+    .with_context(ka_log)?;
+
+    // Shoal at a lower priority hears keepalived and stays backup.
+    let lb1 = LabNode::start(&lab, "lb1", "10.77.0.11", &[(VIP_A, 51, 50, true)])?;
+    wait_for("Shoal to see keepalived as master", Duration::from_secs(3), || {
+        lb1.vip(VIP_A)
+            .is_ok_and(|v| v == ("backup".into(), "10.77.0.13".into()))
+    })
+    .with_context(|| lb1.log())?;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1000) {
+        assert!(
+            !has_address(&lab.ns("lb1"), VIP_A),
+            "Shoal took the VIP from a higher keepalived"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Shoal at a higher priority preempts: keepalived understands its
+    // adverts and lets go.
+    let lb2 = LabNode::start(&lab, "lb2", "10.77.0.12", &[(VIP_A, 51, 150, true)])?;
+    wait_for("keepalived to yield to Shoal", Duration::from_secs(3), || {
+        has_address(&lab.ns("lb2"), VIP_A) && !has_address(&lab.ns("ka"), VIP_A)
+    })
+    .with_context(|| format!("keepalived:\n{}\nlb2:\n{}", ka_log(), lb2.log()))?;
+    wait_for("keepalived to stay backup", Duration::from_secs(1), || {
+        ka_log().contains("Entering BACKUP STATE")
+    })?;
+    assert!(run_in(&lab.ns("cl"), || Ok(request(VIP_A)))?);
+    Ok(())
+}
+
+fn which(program: &str) -> Result<std::path::PathBuf> {
+    for dir in [
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+        "/usr/local/sbin",
+        "/usr/local/bin",
+    ] {
+        let p = std::path::Path::new(dir).join(program);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!("{program} not found")
+}
