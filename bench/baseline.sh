@@ -12,24 +12,11 @@ duration=${1:-10}
 connections=${2:-64}
 threads=2
 
-need() {
-    command -v "$1" >/dev/null 2>&1 && return 0
-    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "installing $2 with apt-get"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
-    else
-        echo "bench needs $1 (Debian package $2); run as root or install it" >&2
-        exit 1
-    fi
-}
+. bench/lib.sh
 need wrk wrk
 need nginx nginx
 
-# SHOAL_BIN runs another build (e.g. an older commit) for comparison.
-if [ -z "${SHOAL_BIN:-}" ]; then
-    cargo build --release --quiet -p shoal-node --bin shoal
-fi
-shoal="${SHOAL_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/shoal}"
+shoal_binary
 
 work=$(mktemp -d)
 pids=()

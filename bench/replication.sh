@@ -16,14 +16,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-10}
 
-if ! command -v wrk >/dev/null 2>&1; then
-    if [ "$(id -u)" -eq 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-    else echo "needs wrk (apt-get install wrk)" >&2; exit 1; fi
-fi
-if [ -z "${SHOAL_BIN:-}" ]; then
-    cargo build --release --quiet -p shoal-node --bin shoal
-fi
-shoal="${SHOAL_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/shoal}"
+. bench/lib.sh
+need wrk wrk
+need curl curl
+shoal_binary
 
 work=$(mktemp -d)
 pids=()
