@@ -102,6 +102,16 @@ impl AffinityTable {
         self.write(pool, key, Some(Arc::clone(backend)), ttl, now_unix_ms);
     }
 
+    /// After traffic for `key` went to `backend`: extends the binding if
+    /// `backend` is the one it named (`kept`), else binds it there.
+    pub fn record_use(&self, pool: &str, key: &[u8], backend: &Arc<str>, kept: bool, ttl: Duration, now_unix_ms: u64) {
+        if kept {
+            self.touch(pool, key, ttl, now_unix_ms);
+        } else {
+            self.bind(pool, key, backend, ttl, now_unix_ms);
+        }
+    }
+
     /// Removes `key`'s binding (a local write, replicated).
     pub fn unbind(&self, pool: &str, key: &[u8], ttl: Duration, now_unix_ms: u64) {
         self.write(pool, key, None, ttl, now_unix_ms);

@@ -226,7 +226,6 @@ impl HttpSite {
         let mut last_error = None;
         let mut no_backend = NoBackend::NoneUsable;
         for attempt in 0..=pool.retries {
-            // The sticky-table lookup (affinity issue) goes before this pick.
             let (in_flight, _retry) = match pool.next_attempt(&mut ctx, attempt, preferred.as_ref()).await {
                 Ok(a) => a,
                 Err(NoAttempt::Budget) => break,
@@ -341,11 +340,7 @@ impl HttpSite {
             },
             StickyMode::Header | StickyMode::SourceIp => {
                 if let Some(k) = key {
-                    if same {
-                        self.affinity.touch(&pool.name, k, s.ttl, now);
-                    } else {
-                        self.affinity.bind(&pool.name, k, &backend.name, s.ttl, now);
-                    }
+                    self.affinity.record_use(&pool.name, k, &backend.name, same, s.ttl, now);
                 }
             }
         }

@@ -81,11 +81,9 @@ impl TcpProxy {
             };
             pool.report(&backend, Outcome::Success);
             if let Some((s, key, now)) = &sticky {
-                if preferred.as_ref().is_some_and(|p| Arc::ptr_eq(p, &backend)) {
-                    site.affinity.touch(&pool.name, key, s.ttl, *now);
-                } else {
-                    site.affinity.bind(&pool.name, key, &backend.name, s.ttl, *now);
-                }
+                let kept = preferred.as_ref().is_some_and(|p| Arc::ptr_eq(p, &backend));
+                site.affinity
+                    .record_use(&pool.name, key, &backend.name, kept, s.ttl, *now);
             }
             let _ = stream.set_nodelay(true);
             // The first response time is what L4 sees of a backend's
