@@ -292,8 +292,10 @@ mod tests {
         Ok(())
     }
 
+    /// Random datagrams, raw or behind a valid IPv4 header: never a panic,
+    /// and (with overwhelming odds, fixed here by the seed) never accepted.
     #[test]
-    fn random_bytes_never_panic() {
+    fn random_bytes_are_refused_without_panicking() {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         for len in 0..200 {
             let bytes: Vec<u8> = (0..len)
@@ -304,10 +306,9 @@ mod tests {
                     seed as u8
                 })
                 .collect();
-            let _ = decode_ipv4(&bytes);
-            let mut ip = datagram(&bytes, 255);
-            ip[0] = 0x45;
-            let _ = decode_ipv4(&ip);
+            assert!(decode_ipv4(&bytes).is_err(), "accepted {bytes:?}");
+            let ip = datagram(&bytes, 255);
+            assert!(decode_ipv4(&ip).is_err(), "accepted {ip:?}");
         }
     }
 }
