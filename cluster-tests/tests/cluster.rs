@@ -327,6 +327,13 @@ fn one_nodes_view_of_a_backend_is_shown_by_all() -> Result<()> {
     // Each node routes by its own verdict: node 1 serves, node 3 cannot.
     assert_eq!(get(c.addrs[0].http, "/")?.status, 200);
     assert_eq!(get(a3.http, "/")?.status, 503);
+    // Node 2 hears lb3's verdict by gossip too, possibly a round later.
+    wait_until(
+        "node 2 to show lb3's verdict",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || web1(&c.nodes[1]).filter(|b| b["health_by_node"]["lb3"] == false),
+    )?;
     let (code, out, _) = run_shoal(&["status", "--admin", &c.nodes[1].admin.to_string()])?;
     assert_eq!(code, 0);
     let row = out
