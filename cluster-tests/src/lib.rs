@@ -6,6 +6,7 @@ pub mod browser;
 pub mod client;
 pub mod config;
 pub mod netns;
+pub mod viplab;
 
 pub mod procs;
 pub mod wait;

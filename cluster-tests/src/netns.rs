@@ -66,6 +66,18 @@ impl Lab {
         let br = self.ns("br");
         ip(&["netns", "add", &ns])?;
         self.namespaces.push(ns.clone());
+        // No duplicate address detection: IPv6 addresses (link-local ones
+        // included) are usable at once instead of after about a second.
+        for conf in ["default", "all"] {
+            let status = Command::new("ip")
+                .args(["netns", "exec", &ns, "sh", "-c"])
+                .arg(format!("echo 0 > /proc/sys/net/ipv6/conf/{conf}/accept_dad"))
+                .status()
+                .context("disabling IPv6 DAD")?;
+            if !status.success() {
+                bail!("could not disable IPv6 DAD in {ns}");
+            }
+        }
         // veth names: at most 15 characters, unique in the bridge namespace.
         let outer = format!("v{}", self.namespaces.len());
         ip(&[
@@ -76,6 +88,11 @@ impl Lab {
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// Adds another address (e.g. IPv6 "fd77::11/64") to host `name`'s eth0.
+    pub fn add_address(&self, name: &str, cidr: &str) -> Result<()> {
+        ip(&["-n", &self.ns(name), "addr", "add", cidr, "dev", "eth0", "nodad"]).map(drop)
     }
 
     /// Starts `program ARGS` inside host `name`'s namespace, stderr to
@@ -116,9 +133,10 @@ pub fn run_in<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result
     })
 }
 
-/// Whether host namespace `ns` has `addr` on `eth0`.
+/// Whether host namespace `ns` has `addr` (IPv4 or IPv6) on `eth0`.
 pub fn has_address(ns: &str, addr: &str) -> bool {
-    ip(&["-n", ns, "-4", "addr", "show", "dev", "eth0"]).is_ok_and(|out| out.contains(&format!("inet {addr}/")))
+    ip(&["-n", ns, "addr", "show", "dev", "eth0"])
+        .is_ok_and(|out| out.contains(&format!("inet {addr}/")) || out.contains(&format!("inet6 {addr}/")))
 }
 
 /// The MAC address of `eth0` in `ns`.

@@ -5,189 +5,16 @@
 //! Needs root (skips loudly without).
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use shoal_cluster_tests::client;
-use shoal_cluster_tests::netns::{Lab, has_address, mac, neighbour, run_in, wait_for};
-use shoal_cluster_tests::procs::shoal_bin;
+use shoal_cluster_tests::netns::{has_address, mac, neighbour, run_in, wait_for};
+use shoal_cluster_tests::viplab::{LabNode, Proc, client, holder, lab, outage, request, which};
 
 const VIP_A: &str = "10.77.0.100";
 const VIP_B: &str = "10.77.0.101";
-const BACKEND: &str = "10.77.0.20:9001";
-
-struct LabNode {
-    ns: String,
-    admin: SocketAddr,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl LabNode {
-    fn start(lab: &Lab, name: &str, ip: &str, vips: &[(&str, u8, u16, bool)]) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let mut cfg = format!(
-            "[node]\nid = \"{name}\"\nadmin_addr = \"{ip}:9901\"\nshutdown_timeout = \"1s\"\n\n\
-             [cluster]\nname = \"lab\"\ngossip_addr = \"{ip}:7946\"\nreplication_addr = \"{ip}:7947\"\n\
-             seeds = [\"10.77.0.11:7946\", \"10.77.0.12:7946\"]\n\n\
-             [[listener]]\nname = \"web\"\nbind = \"0.0.0.0:80\"\nprotocol = \"http\"\npool = \"web\"\n\n\
-             [[pool]]\nname = \"web\"\n\n[[pool.backend]]\nname = \"b1\"\naddress = \"{BACKEND}\"\n"
-        );
-        for (addr, vrid, priority, preempt) in vips {
-            cfg.push_str(&format!(
-                "\n[[vip]]\naddress = \"{addr}/24\"\ninterface = \"eth0\"\nvrid = {vrid}\npriority = {priority}\n\
-                 advert_interval = \"100ms\"\npreempt = {preempt}\n"
-            ));
-        }
-        let path = dir.path().join("shoal.toml");
-        std::fs::write(&path, cfg)?;
-        let log = File::create(dir.path().join("node.log"))?;
-        let path = path.to_string_lossy().into_owned();
-        let child = lab.spawn(name, &shoal_bin()?, &["run", "-c", &path], Some(log))?;
-        let node = Self {
-            ns: lab.ns(name),
-            admin: format!("{ip}:9901").parse()?,
-            dir,
-            child: Some(child),
-        };
-        wait_for("the node's admin API", Duration::from_secs(15), || {
-            node.status().is_ok()
-        })
-        .with_context(|| node.log())?;
-        Ok(node)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
-    }
-
-    fn status(&self) -> Result<serde_json::Value> {
-        let admin = self.admin;
-        let r = run_in(&self.ns, || client::get(admin, "/status"))?;
-        serde_json::from_slice(&r.body).context("parsing /status")
-    }
-
-    /// (state, master) of the VIP at `addr` per this node's /status.
-    fn vip(&self, addr: &str) -> Result<(String, String)> {
-        let s = self.status()?;
-        let v = s["vips"]
-            .as_array()
-            .and_then(|vs| {
-                vs.iter()
-                    .find(|v| v["address"].as_str().is_some_and(|a| a.starts_with(addr)))
-            })
-            .cloned()
-            .context("VIP not in status")?;
-        Ok((
-            v["state"].as_str().unwrap_or_default().to_string(),
-            v["master"].as_str().unwrap_or_default().to_string(),
-        ))
-    }
-
-    fn signal(&self, sig: &str) -> Result<()> {
-        let pid = self.child.as_ref().context("not running")?.id();
-        std::process::Command::new("kill")
-            .args([&format!("-{sig}"), &pid.to_string()])
-            .status()?;
-        Ok(())
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for LabNode {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Two nodes, a backend and a client on one bridge.
-fn lab(test: &str) -> Result<Option<(Lab, Proc)>> {
-    let Some(mut lab) = Lab::new(test)? else {
-        return Ok(None);
-    };
-    lab.host("lb1", "10.77.0.11/24")?;
-    lab.host("lb2", "10.77.0.12/24")?;
-    lab.host("be", "10.77.0.20/24")?;
-    lab.host("cl", "10.77.0.30/24")?;
-    let backend = Proc(lab.spawn(
-        "be",
-        &shoal_bin()?,
-        &["backend", "--bind", BACKEND, "--name", "b1"],
-        None,
-    )?);
-    Ok(Some((lab, backend)))
-}
-
-/// One HTTP request through the VIP, on a fresh connection.
-fn request(vip: &str) -> bool {
-    let Ok(addr) = format!("{vip}:80").parse::<SocketAddr>() else {
-        return false;
-    };
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(50)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
-    if s.write_all(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 12];
-    s.read_exact(&mut buf).is_ok() && buf.ends_with(b" 200")
-}
-
-/// A client in namespace `ns` requesting every 10 ms until stopped (at
-/// most 60 s): each request's start time and success.
-fn client(
-    ns: String,
-    vip: &'static str,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Result<Vec<(Instant, bool)>>> {
-    std::thread::spawn(move || {
-        let file = File::open(format!("/var/run/netns/{ns}"))?;
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        let mut out = Vec::new();
-        let begin = Instant::now();
-        while !stop.load(Ordering::Relaxed) && begin.elapsed() < Duration::from_secs(60) {
-            let t = Instant::now();
-            out.push((t, request(vip)));
-            std::thread::sleep(Duration::from_millis(10).saturating_sub(t.elapsed()));
-        }
-        Ok(out)
-    })
-}
-
-/// The longest time between two successful requests, and the failures.
-fn outage(samples: &[(Instant, bool)]) -> (Duration, usize) {
-    let oks: Vec<Instant> = samples.iter().filter(|s| s.1).map(|s| s.0).collect();
-    let longest = oks.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
-    (longest, samples.iter().filter(|s| !s.1).count())
-}
-
-fn holder(lab: &Lab, vip: &str) -> Vec<&'static str> {
-    ["lb1", "lb2"]
-        .into_iter()
-        .filter(|n| has_address(&lab.ns(n), vip))
-        .collect()
-}
-
 #[test]
 fn active_passive_failover_on_link_loss_with_garp_and_preemption() -> Result<()> {
     let Some((lab, _backend)) = lab("active_passive_failover_on_link_loss_with_garp_and_preemption")? else {
@@ -529,21 +356,4 @@ fn interoperates_with_keepalived() -> Result<()> {
     })?;
     assert!(run_in(&lab.ns("cl"), || Ok(request(VIP_A)))?);
     Ok(())
-}
-
-fn which(program: &str) -> Result<std::path::PathBuf> {
-    for dir in [
-        "/usr/sbin",
-        "/usr/bin",
-        "/sbin",
-        "/bin",
-        "/usr/local/sbin",
-        "/usr/local/bin",
-    ] {
-        let p = std::path::Path::new(dir).join(program);
-        if p.exists() {
-            return Ok(p);
-        }
-    }
-    bail!("{program} not found")
 }

@@ -3,11 +3,11 @@
 //! guard), and their state for status and gossip.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use shoal_vip::packet::Checksum;
 use shoal_vip::router::{Hooks, Router, VipSpec, VipStatus};
 use shoal_vip::state::{Settings, State};
@@ -36,9 +36,7 @@ impl ManagedVip {
 pub async fn start(config: &Config, state: &Arc<NodeState>) -> Result<Vec<ManagedVip>> {
     let mut out = Vec::with_capacity(config.vips.len());
     for v in &config.vips {
-        let IpAddr::V4(address) = v.address.addr else {
-            bail!("VIP {}: IPv6 VIPs are not supported", v.address);
-        };
+        let address = v.address.addr;
         let spec = VipSpec {
             address,
             prefix: v.address.prefix,
@@ -51,14 +49,7 @@ pub async fn start(config: &Config, state: &Arc<NodeState>) -> Result<Vec<Manage
                 preempt_delay: v.preempt_delay.get(),
                 split_brain_hold: v.split_brain_hold.get(),
             },
-            unicast_peers: v
-                .unicast_peers
-                .iter()
-                .filter_map(|p| match p {
-                    IpAddr::V4(a) => Some(*a),
-                    IpAddr::V6(_) => None,
-                })
-                .collect(),
+            unicast_peers: v.unicast_peers.clone(),
             garp_repeat: v.garp_repeat,
             garp_refresh: v.garp_refresh.map(|d| d.get()),
             checksum: match v.checksum {
@@ -86,11 +77,11 @@ pub async fn start(config: &Config, state: &Arc<NodeState>) -> Result<Vec<Manage
 
 /// The pools behind the listeners that serve a VIP: bound to it or to
 /// the unspecified address. If none is, all pools.
-fn vip_pools(config: &Config, vip: Ipv4Addr) -> BTreeSet<String> {
+fn vip_pools(config: &Config, vip: IpAddr) -> BTreeSet<String> {
     let mut pools = BTreeSet::new();
     for l in &config.listeners {
         let ip = l.bind.ip();
-        if ip == IpAddr::V4(vip) || ip.is_unspecified() {
+        if ip == vip || ip.is_unspecified() {
             pools.insert(l.pool.clone());
             pools.extend(l.routes.iter().map(|r| r.pool.clone()));
         }

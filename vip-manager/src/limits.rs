@@ -1,12 +1,14 @@
 //! VRRPv3 protocol limits (RFC 5798 §5.2) as validated types.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 /// IP protocol number of VRRP.
 pub const IP_PROTOCOL: u8 = 112;
 /// IPv4 multicast group VRRP adverts are sent to.
 pub const MULTICAST_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
+/// ff02::12, the IPv6 VRRP group.
+pub const MULTICAST_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
 /// VRRPv3 carries the advert interval in 12 bits of centiseconds.
 pub const MAX_ADVERT_CENTIS: u16 = 0x0fff;
 

@@ -1,8 +1,9 @@
-//! VRRPv3 advertisements for IPv4 (RFC 5798 §5.1, RFC 9568): encoding the
-//! VRRP message (the kernel adds the IP header) and decoding whole received
-//! IPv4 datagrams, which raw sockets deliver with their header.
+//! VRRPv3 advertisements (RFC 5798 §5, RFC 9568): encoding the VRRP
+//! message (the kernel adds the IP header) and decoding received ones:
+//! whole IPv4 datagrams (raw IPv4 sockets deliver the header), or IPv6
+//! payloads with the header's facts from ancillary data.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::limits::IP_PROTOCOL;
 
@@ -16,6 +17,7 @@ const MAX_ADDRESSES: usize = 255;
 /// Whether the checksum covers an IPv4 pseudo-header. RFC 5798 says it
 /// does; RFC 9568 clarifies that for IPv4 it does not, and deployed routers
 /// do either. Both are accepted on receive; this picks what is sent.
+/// IPv6 adverts always cover the IPv6 pseudo-header (both RFCs agree).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Checksum {
     /// With the pseudo-header (RFC 5798's text; keepalived's default).
@@ -33,14 +35,15 @@ pub struct Advert {
     pub priority: u8,
     /// Max advert interval, in centiseconds (12 bits).
     pub interval_centis: u16,
-    pub addresses: Vec<Ipv4Addr>,
+    /// All of the source's family.
+    pub addresses: Vec<IpAddr>,
 }
 
 /// An advertisement as received, with what its IP header said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
-    pub source: Ipv4Addr,
-    pub destination: Ipv4Addr,
+    pub source: IpAddr,
+    pub destination: IpAddr,
     pub advert: Advert,
 }
 
@@ -54,6 +57,8 @@ pub enum PacketError {
     NotVrrp(u8),
     #[error("TTL {0}, not 255: sent from off-link")]
     Ttl(u8),
+    #[error("hop limit {0}, not 255: sent from off-link")]
+    HopLimit(u8),
     #[error("VRRP version {0}, not 3")]
     Version(u8),
     #[error("VRRP message type {0}, not an advertisement")]
@@ -66,15 +71,23 @@ pub enum PacketError {
     ZeroInterval,
     #[error("too many addresses ({0})")]
     TooManyAddresses(usize),
+    #[error("addresses of both IP families in one advert")]
+    MixedFamilies,
+    #[error("no destination or hop limit in the IPv6 ancillary data")]
+    NoAncillaryData,
 }
 
 impl Advert {
     /// The VRRP message (no IP header) from `source` to `destination`.
-    pub fn encode(&self, source: Ipv4Addr, destination: Ipv4Addr, checksum: Checksum) -> Result<Vec<u8>, PacketError> {
+    pub fn encode(&self, source: IpAddr, destination: IpAddr, checksum: Checksum) -> Result<Vec<u8>, PacketError> {
         if self.addresses.len() > MAX_ADDRESSES {
             return Err(PacketError::TooManyAddresses(self.addresses.len()));
         }
-        let mut out = Vec::with_capacity(HEADER_LEN + 4 * self.addresses.len());
+        let v4 = source.is_ipv4();
+        if destination.is_ipv4() != v4 || self.addresses.iter().any(|a| a.is_ipv4() != v4) {
+            return Err(PacketError::MixedFamilies);
+        }
+        let mut out = Vec::with_capacity(HEADER_LEN + 16 * self.addresses.len());
         out.push((VERSION << 4) | TYPE_ADVERTISEMENT);
         out.push(self.vrid);
         out.push(self.priority);
@@ -82,11 +95,16 @@ impl Advert {
         out.extend_from_slice(&(self.interval_centis & 0x0fff).to_be_bytes());
         out.extend_from_slice(&[0, 0]);
         for a in &self.addresses {
-            out.extend_from_slice(&a.octets());
+            match a {
+                IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
+                IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
+            }
         }
-        let sum = match checksum {
-            Checksum::PseudoHeader => checksum_with_pseudo(source, destination, &out),
-            Checksum::VrrpOnly => internet_checksum(0, &out),
+        let sum = match (source, destination, checksum) {
+            (IpAddr::V4(s), IpAddr::V4(d), Checksum::PseudoHeader) => checksum_with_pseudo(s, d, &out),
+            (IpAddr::V4(_), _, Checksum::VrrpOnly) => internet_checksum(0, &out),
+            (IpAddr::V6(s), IpAddr::V6(d), _) => checksum_with_pseudo_v6(s, d, &out),
+            _ => return Err(PacketError::MixedFamilies),
         };
         out[6..8].copy_from_slice(&sum.to_be_bytes());
         Ok(out)
@@ -125,15 +143,41 @@ pub fn decode_ipv4(datagram: &[u8]) -> Result<Received, PacketError> {
     let source = Ipv4Addr::new(datagram[12], datagram[13], datagram[14], datagram[15]);
     let destination = Ipv4Addr::new(datagram[16], datagram[17], datagram[18], datagram[19]);
     let msg = &datagram[ihl..end];
-    let advert = decode_message(msg, source, destination)?;
+    let advert = decode_message(msg, 4, |msg| {
+        internet_checksum(0, msg) == 0 || checksum_with_pseudo(source, destination, msg) == 0
+    })?;
     Ok(Received {
-        source,
-        destination,
+        source: source.into(),
+        destination: destination.into(),
         advert,
     })
 }
 
-fn decode_message(msg: &[u8], source: Ipv4Addr, destination: Ipv4Addr) -> Result<Advert, PacketError> {
+/// Decodes the VRRP message of an IPv6 datagram (raw IPv6 sockets deliver
+/// no header: its source, destination and hop limit come from ancillary
+/// data), refusing what RFC 5798 §7.1 says to drop.
+pub fn decode_ipv6(
+    msg: &[u8],
+    source: Ipv6Addr,
+    destination: Ipv6Addr,
+    hop_limit: u8,
+) -> Result<Received, PacketError> {
+    if msg.len() < HEADER_LEN {
+        return Err(PacketError::Truncated(msg.len()));
+    }
+    if hop_limit != 255 {
+        return Err(PacketError::HopLimit(hop_limit));
+    }
+    let advert = decode_message(msg, 16, |msg| checksum_with_pseudo_v6(source, destination, msg) == 0)?;
+    Ok(Received {
+        source: source.into(),
+        destination: destination.into(),
+        advert,
+    })
+}
+
+/// `msg` is at least `HEADER_LEN` long; addresses are `address_len` bytes.
+fn decode_message(msg: &[u8], address_len: usize, checksum_ok: impl Fn(&[u8]) -> bool) -> Result<Advert, PacketError> {
     let version = msg[0] >> 4;
     if version != VERSION {
         return Err(PacketError::Version(version));
@@ -143,10 +187,10 @@ fn decode_message(msg: &[u8], source: Ipv4Addr, destination: Ipv4Addr) -> Result
         return Err(PacketError::Type(kind));
     }
     let count = msg[3];
-    if msg.len() != HEADER_LEN + 4 * usize::from(count) {
+    if msg.len() != HEADER_LEN + address_len * usize::from(count) {
         return Err(PacketError::Length { len: msg.len(), count });
     }
-    if internet_checksum(0, msg) != 0 && checksum_with_pseudo(source, destination, msg) != 0 {
+    if !checksum_ok(msg) {
         return Err(PacketError::Checksum);
     }
     let interval_centis = u16::from_be_bytes([msg[4], msg[5]]) & 0x0fff;
@@ -154,8 +198,11 @@ fn decode_message(msg: &[u8], source: Ipv4Addr, destination: Ipv4Addr) -> Result
         return Err(PacketError::ZeroInterval);
     }
     let addresses = msg[HEADER_LEN..]
-        .chunks_exact(4)
-        .map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+        .chunks_exact(address_len)
+        .filter_map(|c| match c.len() {
+            4 => <[u8; 4]>::try_from(c).ok().map(IpAddr::from),
+            _ => <[u8; 16]>::try_from(c).ok().map(IpAddr::from),
+        })
         .collect();
     Ok(Advert {
         vrid: msg[1],
@@ -174,6 +221,21 @@ fn checksum_with_pseudo(source: Ipv4Addr, destination: Ipv4Addr, msg: &[u8]) -> 
     pseudo[4..8].copy_from_slice(&destination.octets());
     pseudo[9] = IP_PROTOCOL;
     pseudo[10..12].copy_from_slice(&(msg.len() as u16).to_be_bytes());
+    internet_checksum(sum_words(0, &pseudo), msg)
+}
+
+fn checksum_with_pseudo_v6(source: Ipv6Addr, destination: Ipv6Addr, msg: &[u8]) -> u16 {
+    ipv6_checksum(source, destination, IP_PROTOCOL, msg)
+}
+
+/// An upper-layer checksum over the IPv6 pseudo-header (RFC 8200 §8.1:
+/// source, destination, 32-bit length, three zero bytes, next header).
+pub(crate) fn ipv6_checksum(source: Ipv6Addr, destination: Ipv6Addr, next_header: u8, msg: &[u8]) -> u16 {
+    let mut pseudo = [0u8; 40];
+    pseudo[0..16].copy_from_slice(&source.octets());
+    pseudo[16..32].copy_from_slice(&destination.octets());
+    pseudo[32..36].copy_from_slice(&(msg.len() as u32).to_be_bytes());
+    pseudo[39] = next_header;
     internet_checksum(sum_words(0, &pseudo), msg)
 }
 
@@ -201,16 +263,26 @@ fn internet_checksum(acc: u32, data: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::MULTICAST_V4;
+    use crate::limits::{MULTICAST_V4, MULTICAST_V6};
 
     const SRC: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
+    const SRC6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 
     fn advert() -> Advert {
         Advert {
             vrid: 51,
             priority: 150,
             interval_centis: 10,
-            addresses: vec![Ipv4Addr::new(10, 0, 0, 100)],
+            addresses: vec![Ipv4Addr::new(10, 0, 0, 100).into()],
+        }
+    }
+
+    fn advert6() -> Advert {
+        Advert {
+            vrid: 51,
+            priority: 100,
+            interval_centis: 100,
+            addresses: vec![Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100).into()],
         }
     }
 
@@ -227,12 +299,55 @@ mod tests {
     #[test]
     fn round_trips_with_either_checksum() -> Result<(), PacketError> {
         for mode in [Checksum::PseudoHeader, Checksum::VrrpOnly] {
-            let msg = advert().encode(SRC, MULTICAST_V4, mode)?;
+            let msg = advert().encode(SRC.into(), MULTICAST_V4.into(), mode)?;
             assert_eq!(msg.len(), 12);
             let r = decode_ipv4(&datagram(&msg, 255))?;
             assert_eq!(r.advert, advert());
-            assert_eq!((r.source, r.destination), (SRC, MULTICAST_V4));
+            assert_eq!((r.source, r.destination), (SRC.into(), MULTICAST_V4.into()));
         }
+        Ok(())
+    }
+
+    /// vrid 51, priority 100, 1 s, fd00::100 from fe80::1 to ff02::12:
+    /// checksum 0x6e47, computed independently (RFC 1071 over the RFC 8200
+    /// pseudo-header, a few lines of Python). The checksum mode is
+    /// irrelevant for IPv6: the pseudo-header is always covered.
+    #[test]
+    fn ipv6_adverts_carry_the_pseudo_header_checksum() -> Result<(), PacketError> {
+        for mode in [Checksum::PseudoHeader, Checksum::VrrpOnly] {
+            let msg = advert6().encode(SRC6.into(), MULTICAST_V6.into(), mode)?;
+            assert_eq!(msg.len(), 8 + 16);
+            assert_eq!(&msg[..8], &[0x31, 51, 100, 1, 0x00, 0x64, 0x6e, 0x47]);
+            let r = decode_ipv6(&msg, SRC6, MULTICAST_V6, 255)?;
+            assert_eq!(r.advert, advert6());
+            assert_eq!(r.source, IpAddr::V6(SRC6));
+        }
+        let msg = advert6().encode(SRC6.into(), MULTICAST_V6.into(), Checksum::PseudoHeader)?;
+        assert_eq!(
+            decode_ipv6(&msg, SRC6, MULTICAST_V6, 64),
+            Err(PacketError::HopLimit(64))
+        );
+        // Another source or destination than the checksum covered.
+        let other = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
+        assert_eq!(decode_ipv6(&msg, other, MULTICAST_V6, 255), Err(PacketError::Checksum));
+        assert_eq!(decode_ipv6(&msg, SRC6, other, 255), Err(PacketError::Checksum));
+        // An IPv4-sized address list is a length error for IPv6.
+        let v4 = advert().encode(SRC.into(), MULTICAST_V4.into(), Checksum::VrrpOnly)?;
+        assert!(matches!(
+            decode_ipv6(&v4, SRC6, MULTICAST_V6, 255),
+            Err(PacketError::Length { .. })
+        ));
+        for n in 0..msg.len() {
+            assert!(
+                decode_ipv6(&msg[..n], SRC6, MULTICAST_V6, 255).is_err(),
+                "accepted {n} bytes"
+            );
+        }
+        // Families must not mix.
+        assert_eq!(
+            advert6().encode(SRC.into(), MULTICAST_V4.into(), Checksum::PseudoHeader),
+            Err(PacketError::MixedFamilies)
+        );
         Ok(())
     }
 
@@ -247,11 +362,11 @@ mod tests {
             vrid: 51,
             priority: 100,
             interval_centis: 100,
-            addresses: vec![Ipv4Addr::new(192, 168, 1, 100)],
+            addresses: vec![Ipv4Addr::new(192, 168, 1, 100).into()],
         };
-        let with = want.encode(source, MULTICAST_V4, Checksum::PseudoHeader)?;
+        let with = want.encode(source.into(), MULTICAST_V4.into(), Checksum::PseudoHeader)?;
         assert_eq!(&with[..8], &[0x31, 51, 100, 1, 0x00, 0x64, 0x06, 0x19]);
-        let without = want.encode(source, MULTICAST_V4, Checksum::VrrpOnly)?;
+        let without = want.encode(source.into(), MULTICAST_V4.into(), Checksum::VrrpOnly)?;
         assert_eq!(&without[..8], &[0x31, 51, 100, 1, 0x00, 0x64, 0xa8, 0x5a]);
         for msg in [with, without] {
             let mut ip = datagram(&msg, 255);
@@ -263,7 +378,7 @@ mod tests {
 
     #[test]
     fn refuses_what_rfc_5798_drops() -> Result<(), PacketError> {
-        let msg = advert().encode(SRC, MULTICAST_V4, Checksum::PseudoHeader)?;
+        let msg = advert().encode(SRC.into(), MULTICAST_V4.into(), Checksum::PseudoHeader)?;
         assert_eq!(decode_ipv4(&datagram(&msg, 64)), Err(PacketError::Ttl(64)));
         let mut bad = msg.clone();
         bad[0] = 0x21;
@@ -309,6 +424,10 @@ mod tests {
             assert!(decode_ipv4(&bytes).is_err(), "accepted {bytes:?}");
             let ip = datagram(&bytes, 255);
             assert!(decode_ipv4(&ip).is_err(), "accepted {ip:?}");
+            assert!(
+                decode_ipv6(&bytes, SRC6, MULTICAST_V6, 255).is_err(),
+                "accepted {bytes:?} as IPv6"
+            );
         }
     }
 }

@@ -2,7 +2,7 @@
 //! socket, its timers and the interface's link state, with its actions
 //! carried out (adverts, the address, gratuitous ARP).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -10,20 +10,21 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::net::{self, Addresses, NetError, VrrpSocket};
-use crate::packet::{self, Advert, Checksum};
+use crate::packet::{Advert, Checksum};
 use crate::state::{Action, Machine, Settings, State};
 
 /// One `[[vip]]`.
 #[derive(Debug, Clone)]
 pub struct VipSpec {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub prefix: u8,
     pub interface: String,
     pub vrid: u8,
     pub priority: u8,
     pub settings: Settings,
-    /// Send adverts to these instead of the multicast group.
-    pub unicast_peers: Vec<Ipv4Addr>,
+    /// Send adverts to these instead of the multicast group (the VIP's
+    /// family).
+    pub unicast_peers: Vec<IpAddr>,
     pub garp_repeat: u32,
     pub garp_refresh: Option<Duration>,
     pub checksum: Checksum,
@@ -44,7 +45,7 @@ pub struct VipStatus {
     pub state: State,
     pub priority: u8,
     /// The current master's address (ours while master).
-    pub master_ip: Option<Ipv4Addr>,
+    pub master_ip: Option<IpAddr>,
     pub transitions: u64,
     pub since_change: Option<Duration>,
     pub adverts_sent: u64,
@@ -71,9 +72,7 @@ impl Router {
     /// capabilities), clears a VIP left by a previous run, and starts.
     pub async fn start(spec: VipSpec, hooks: Arc<dyn Hooks>) -> Result<Self, NetError> {
         let info = net::interface(&spec.interface, spec.address)?;
-        let source = info
-            .primary_v4
-            .ok_or_else(|| NetError::NoIpv4(spec.interface.clone()))?;
+        let source = info.advert_source(&spec.interface, spec.address)?;
         let socket = VrrpSocket::open(&spec.interface, info.index, source)?;
         let addresses = Addresses::open()?;
         // A crash may have left the address here: a backup must not hold it.
@@ -141,7 +140,7 @@ struct Task {
     socket: VrrpSocket,
     addresses: Addresses,
     index: u32,
-    source: Ipv4Addr,
+    source: IpAddr,
     shared: Arc<Mutex<Shared>>,
     origin: Instant,
     last_announce: Option<Instant>,
@@ -189,15 +188,15 @@ impl Task {
                     return;
                 }
                 r = self.socket.recv(&mut buf) => {
-                    let n = match r {
-                        Ok(n) => n,
+                    let decoded = match r {
+                        Ok(d) => d,
                         Err(e) => {
                             tracing::warn!(%vip, error = %e, "VRRP receive failed");
                             tokio::time::sleep(poll_every).await;
                             continue;
                         }
                     };
-                    match packet::decode_ipv4(&buf[..n]) {
+                    match decoded {
                         Ok(r) if r.advert.vrid == self.spec.vrid && r.source != self.source => {
                             self.status(|s| s.adverts_received += 1);
                             let interval = Duration::from_millis(u64::from(r.advert.interval_centis) * 10);
@@ -307,10 +306,12 @@ impl Task {
             interval_centis: (self.spec.settings.advert_interval.as_millis() / 10).clamp(1, 0x0fff) as u16,
             addresses: vec![self.spec.address],
         };
-        let targets: Vec<Ipv4Addr> = if self.spec.unicast_peers.is_empty() {
-            vec![crate::limits::MULTICAST_V4]
-        } else {
+        let targets: Vec<IpAddr> = if !self.spec.unicast_peers.is_empty() {
             self.spec.unicast_peers.clone()
+        } else if self.source.is_ipv4() {
+            vec![crate::limits::MULTICAST_V4.into()]
+        } else {
+            vec![crate::limits::MULTICAST_V6.into()]
         };
         for to in targets {
             let msg = match advert.encode(self.source, to, self.spec.checksum) {
@@ -327,7 +328,8 @@ impl Task {
         }
     }
 
-    /// Gratuitous ARP burst, off the async threads (pnet is blocking).
+    /// Gratuitous ARP (IPv4) or unsolicited neighbour advertisement (IPv6)
+    /// burst, off the async threads (pnet is blocking).
     fn announce(&mut self) {
         self.last_announce = Some(Instant::now());
         let (iface, ip, rounds) = (
@@ -336,8 +338,8 @@ impl Task {
             self.spec.garp_repeat.max(1),
         );
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = net::send_garp(&iface, ip, rounds, Duration::from_millis(20)) {
-                tracing::warn!(vip = %ip, error = %e, "gratuitous ARP failed");
+            if let Err(e) = net::announce(&iface, ip, rounds, Duration::from_millis(20)) {
+                tracing::warn!(vip = %ip, error = %e, "announcing the VIP (gratuitous ARP or neighbour advertisement) failed");
             }
         });
     }

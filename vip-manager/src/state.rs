@@ -3,7 +3,7 @@
 //! any fixed origin, and effects come back as `Action`s for the caller to
 //! perform (send, add or remove the address, announce it).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -88,7 +88,7 @@ impl Reason {
 #[derive(Debug, Clone)]
 pub struct Machine {
     settings: Settings,
-    local_ip: Ipv4Addr,
+    local_ip: IpAddr,
     state: State,
     /// Effective priority (configured, less any health penalty), 1–254.
     priority: u8,
@@ -97,7 +97,7 @@ pub struct Machine {
     master_down_at: Option<Duration>,
     advert_at: Option<Duration>,
     /// The master last heard from (None while we are master, or unknown).
-    master: Option<Ipv4Addr>,
+    master: Option<IpAddr>,
     /// preempt_delay: since when a lower-priority master has been heard.
     lower_since: Option<Duration>,
     /// Split-brain guard: hold off taking over until then.
@@ -109,7 +109,7 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn new(settings: Settings, local_ip: Ipv4Addr, priority: u8) -> Self {
+    pub fn new(settings: Settings, local_ip: IpAddr, priority: u8) -> Self {
         Self {
             master_adver: settings.advert_interval,
             settings,
@@ -135,7 +135,7 @@ impl Machine {
     }
 
     /// The current master's address: ours while master.
-    pub fn master(&self) -> Option<Ipv4Addr> {
+    pub fn master(&self) -> Option<IpAddr> {
         match self.state {
             State::Master => Some(self.local_ip),
             State::Backup => self.master,
@@ -214,7 +214,7 @@ impl Machine {
     }
 
     /// An advertisement for our VRID from `from` (already validated).
-    pub fn on_advert(&mut self, now: Duration, from: Ipv4Addr, priority: u8, interval: Duration) -> Vec<Action> {
+    pub fn on_advert(&mut self, now: Duration, from: IpAddr, priority: u8, interval: Duration) -> Vec<Action> {
         let mut actions = Vec::new();
         match self.state {
             State::Init | State::Fault => {}
@@ -375,10 +375,11 @@ impl Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
-    const ME: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
-    const OTHER_HIGH_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 12);
-    const OTHER_LOW_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+    const ME: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 11));
+    const OTHER_HIGH_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 12));
+    const OTHER_LOW_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 10));
     const ADV: Duration = Duration::from_millis(100);
 
     fn ms(n: u64) -> Duration {

@@ -231,6 +231,25 @@ fn vip_limits_are_checked() {
     }
 }
 
+/// IPv4 and IPv6 routers with one VRID are separate (RFC 5798 §5.2.3);
+/// two of one family are not, and a link-local VIP is refused.
+#[test]
+fn ipv6_vips_share_vrids_with_ipv4_but_not_with_each_other() {
+    let vip =
+        |address: &str| format!("[[vip]]\naddress = \"{address}\"\ninterface = \"eth0\"\nvrid = 51\npriority = 100\n");
+    let both = format!("{MINIMAL_HEAD}{}{}", vip("10.0.0.100/24"), vip("fd00::100/64"));
+    let config = parse_str(&both).map_err(|e| e.to_string());
+    assert!(config.is_ok(), "{config:?}");
+
+    let (_, key, message) = one_problem(&format!("{MINIMAL_HEAD}{}{}", vip("fd00::100/64"), vip("fd00::101/64")));
+    assert_eq!(key, "vip[1].vrid");
+    assert!(message.contains("used twice for IPv6"), "{message}");
+
+    let (_, key, message) = one_problem(&format!("{MINIMAL_HEAD}{}", vip("fe80::100/64")));
+    assert_eq!(key, "vip[0].address");
+    assert!(message.contains("link-local"), "{message}");
+}
+
 #[test]
 fn missing_files_are_reported() {
     let text = format!(

@@ -3,7 +3,7 @@
 //! with the key path it concerns, and all problems are reported at once.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -171,9 +171,17 @@ fn validate_vips(vips: &[VipConfig], root: &KeyPath, p: &mut Problems) {
             p.add(path.key("priority"), e.to_string());
         }
         p.check(
-            vip.address.addr.is_ipv4(),
+            !vip.address.addr.is_unspecified()
+                && !vip.address.addr.is_multicast()
+                && !vip.address.addr.is_loopback()
+                && !matches!(vip.address.addr, IpAddr::V6(a) if a.is_unicast_link_local()),
             || path.key("address"),
-            || "IPv6 VIPs are not supported yet (VRRPv3 for IPv6 is not implemented); use an IPv4 address".into(),
+            || {
+                format!(
+                    "VIP {} must be a unicast address, not unspecified, multicast, loopback or IPv6 link-local",
+                    vip.address.addr
+                )
+            },
         );
         p.check(
             vip.health_penalty <= 253,
@@ -212,10 +220,16 @@ fn validate_vips(vips: &[VipConfig], root: &KeyPath, p: &mut Problems) {
                 || format!("unicast peer {peer} must be a unicast address of the VIP's family"),
             );
         }
-        if !seen_vrid.insert((iface.clone(), vip.vrid)) {
+        // IPv4 and IPv6 virtual routers are separate even with one VRID
+        // (RFC 5798 §5.2.3).
+        if !seen_vrid.insert((iface.clone(), vip.address.addr.is_ipv4(), vip.vrid)) {
             p.add(
                 path.key("vrid"),
-                format!("vrid {} is used twice on interface {iface}", vip.vrid),
+                format!(
+                    "vrid {} is used twice for {} on interface {iface}",
+                    vip.vrid,
+                    if vip.address.addr.is_ipv4() { "IPv4" } else { "IPv6" }
+                ),
             );
         }
         if !seen_addr.insert(vip.address.addr) {

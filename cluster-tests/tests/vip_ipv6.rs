@@ -1,0 +1,111 @@
+//! IPv6 VIPs: VRRPv3 over IPv6 (ff02::12, link-local sources) between two
+//! real nodes, unsolicited neighbour advertisements moving the client,
+//! and an IPv4 VIP with the same VRID alongside (a separate router, RFC
+//! 5798 §5.2.3). Needs root (skips loudly without).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use shoal_cluster_tests::netns::{ip, mac, neighbour, run_in, wait_for};
+use shoal_cluster_tests::viplab::{BACKEND, LabNode, base_config, client, holder, lab, outage, request, vip, web_pool};
+
+const VIP6: &str = "fd77::100";
+const VIP4: &str = "10.77.0.100";
+
+fn node(lab: &shoal_cluster_tests::netns::Lab, name: &str, ip4: &str, priority: u16) -> Result<LabNode> {
+    // Listeners on [::]:80 are IPv6-only: the IPv4 VIP needs its own.
+    let config = base_config(name, ip4, "", "[::]:80")
+        + "[[listener]]\nname = \"web4\"\nbind = \"0.0.0.0:80\"\nprotocol = \"http\"\npool = \"web\"\n\n"
+        + &web_pool("", &[("b1", BACKEND)])
+        + &vip(&format!("{VIP6}/64"), 61, priority, true, "")
+        + &vip(&format!("{VIP4}/24"), 61, priority, true, "");
+    LabNode::start_config(lab, name, ip4, &config)
+}
+
+#[test]
+fn ipv6_vip_fails_over_with_neighbour_advertisements() -> Result<()> {
+    let Some((lab, _backend)) = lab("ipv6_vip_fails_over_with_neighbour_advertisements")? else {
+        return Ok(());
+    };
+    for (host, addr) in [("lb1", "fd77::11/64"), ("lb2", "fd77::12/64"), ("cl", "fd77::30/64")] {
+        lab.add_address(host, addr)?;
+    }
+    let lb1 = node(&lab, "lb1", "10.77.0.11", 150)?;
+    let lb2 = node(&lab, "lb2", "10.77.0.12", 100)?;
+    wait_for("lb1 to hold both VIPs", Duration::from_secs(5), || {
+        holder(&lab, VIP6) == ["lb1"] && holder(&lab, VIP4) == ["lb1"]
+    })
+    .with_context(|| format!("lb1:\n{}\nlb2:\n{}", lb1.log(), lb2.log()))?;
+    wait_for("lb2 to follow lb1 for both", Duration::from_secs(5), || {
+        [VIP6, VIP4]
+            .iter()
+            .all(|v| lb2.vip(v).is_ok_and(|s| s == ("backup".into(), "lb1".into())))
+    })
+    .with_context(|| format!("lb2: {:?}", lb2.status().map(|s| s["vips"].clone())))?;
+    // The IPv6 router's adverts come from lb1's link-local address.
+    let master_ip = lb2.vip_status(VIP6)?["master_ip"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(master_ip.starts_with("fe80::"), "master_ip {master_ip}");
+    assert_eq!(holder(&lab, VIP6), ["lb1"]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let cl = client(lab.ns("cl"), VIP6, Arc::clone(&stop));
+    wait_for("the client to reach the IPv6 VIP", Duration::from_secs(5), || {
+        neighbour(&lab.ns("cl"), VIP6).is_some()
+    })?;
+    let lb1_mac = mac(&lab.ns("lb1"))?;
+    wait_for("the client's neighbour entry to be lb1", Duration::from_secs(2), || {
+        neighbour(&lab.ns("cl"), VIP6).as_deref() == Some(lb1_mac.as_str())
+    })?;
+
+    // Pull lb1's cable: lb2 takes both; its unsolicited neighbour
+    // advertisement overrides the client's cached entry at once (without
+    // it, the client would keep lb1's MAC until neighbour unreachability
+    // detection, seconds later).
+    ip(&["-n", &lab.ns("lb1"), "link", "set", "eth0", "down"])?;
+    let moved = wait_for("lb2 to take the IPv6 VIP", Duration::from_secs(5), || {
+        holder(&lab, VIP6) == ["lb2"]
+    })?;
+    let lb2_mac = mac(&lab.ns("lb2"))?;
+    wait_for(
+        "the client's neighbour entry to point at lb2",
+        Duration::from_millis(500),
+        || neighbour(&lab.ns("cl"), VIP6).as_deref() == Some(lb2_mac.as_str()),
+    )?;
+    wait_for("lb2 to take the IPv4 VIP too", Duration::from_secs(2), || {
+        holder(&lab, VIP4) == ["lb2"]
+    })?;
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    let samples = cl.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+    let (gap, failed) = outage(&samples);
+    eprintln!(
+        "IPv6 link loss: VIP moved after {moved:?}; client outage {gap:?}, {failed} of {} requests failed",
+        samples.len()
+    );
+    assert!(gap <= Duration::from_millis(500), "outage {gap:?}");
+    assert!(
+        samples.iter().rev().take(20).all(|s| s.1),
+        "client not served after failover"
+    );
+    assert_eq!(lb2.vip(VIP6)?, ("master".into(), "lb2".into()));
+    assert!(run_in(&lab.ns("cl"), || Ok(request(VIP4)))?);
+
+    // Cable back: lb1 preempts both.
+    ip(&["-n", &lab.ns("lb1"), "link", "set", "eth0", "up"])?;
+    wait_for("lb1 to preempt both", Duration::from_secs(5), || {
+        holder(&lab, VIP6) == ["lb1"] && holder(&lab, VIP4) == ["lb1"]
+    })?;
+    wait_for("the client to follow lb1", Duration::from_secs(2), || {
+        neighbour(&lab.ns("cl"), VIP6).as_deref() == Some(lb1_mac.as_str())
+    })?;
+    assert!(run_in(&lab.ns("cl"), || Ok(request(VIP6)))?);
+    for n in [&lb1, &lb2] {
+        assert!(!n.log().contains("panicked"), "{}", n.log());
+    }
+    Ok(())
+}
