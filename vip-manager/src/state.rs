@@ -104,6 +104,9 @@ pub struct Machine {
     guard_until: Option<Duration>,
     /// The master said it is leaving (priority 0): no guard needed.
     master_resigned: bool,
+    /// We are discarding a lower master's adverts to preempt it: the
+    /// VRRP path works, so its expiry is no split and the guard stays out.
+    preempting: bool,
     /// As master: another router claimed the VIP until about then.
     contested_until: Option<Duration>,
 }
@@ -122,6 +125,7 @@ impl Machine {
             lower_since: None,
             guard_until: None,
             master_resigned: false,
+            preempting: false,
             contested_until: None,
         }
     }
@@ -179,6 +183,7 @@ impl Machine {
         self.advert_at = None;
         self.guard_until = None;
         self.contested_until = None;
+        self.preempting = false;
         self.master_down_at = Some(now + self.master_down_interval());
         self.go(State::Backup, reason, actions);
     }
@@ -194,6 +199,7 @@ impl Machine {
         self.guard_until = None;
         self.lower_since = None;
         self.master_resigned = false;
+        self.preempting = false;
         self.go(State::Master, reason, actions);
     }
 
@@ -243,9 +249,12 @@ impl Machine {
                     self.master = Some(from);
                     self.guard_until = None;
                     self.master_resigned = false;
+                    self.preempting = false;
+                } else {
+                    // The advert is discarded and the master-down timer
+                    // runs out: we preempt.
+                    self.preempting = true;
                 }
-                // Otherwise the advert is discarded and the master-down
-                // timer runs out: we preempt.
             }
             State::Master => {
                 if priority == 0 {
@@ -294,7 +303,7 @@ impl Machine {
             State::Backup => {
                 if self.master_down_at.is_some_and(|t| t <= now) {
                     let hold = self.settings.split_brain_hold;
-                    if !hold.is_zero() && !self.master_resigned && master_alive() {
+                    if !hold.is_zero() && !self.master_resigned && !self.preempting && master_alive() {
                         let until = match self.guard_until {
                             Some(u) => u,
                             None => {
@@ -693,6 +702,22 @@ mod tests {
         let first = run(&mut m, 50, 5000, alive);
         assert_eq!(first.as_ref().map(|r| r.0), Some(111));
         assert!(first.is_some_and(|r| transitions(&r.1) == [State::Master]));
+
+        // Preempting a lower master whose adverts still arrive (its
+        // health penalty, say) is no split: gossip showing it alive must
+        // not delay the takeover past the master-down interval.
+        let mut m = Machine::new(guarded.clone(), ME, 150);
+        m.startup(ms(0));
+        let mut took_over = None;
+        for t in (0..3_000).step_by(100) {
+            m.on_advert(ms(t), OTHER_LOW_IP, 100, ADV);
+            if let Some((at, a)) = run(&mut m, t, t + 99, alive) {
+                assert!(!a.contains(&Action::GuardHolding), "guard held a preemption at {at}");
+                took_over = Some(at);
+                break;
+            }
+        }
+        assert_eq!(took_over, Some(342));
 
         // Adverts coming back end the hold.
         let mut m = Machine::new(guarded, ME, 100);
