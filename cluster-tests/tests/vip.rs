@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use shoal_cluster_tests::netns::{has_address, mac, neighbour, run_in, wait_for};
-use shoal_cluster_tests::viplab::{LabNode, Proc, client, holder, lab, outage, request, which};
+use shoal_cluster_tests::viplab::{
+    BACKEND, LabNode, Proc, base_config, client, holder, lab, outage, request, vip, web_pool, which,
+};
 
 const VIP_A: &str = "10.77.0.100";
 const VIP_B: &str = "10.77.0.101";
@@ -211,14 +213,67 @@ fn active_active_puts_one_vip_on_each_node_and_both_on_the_survivor() -> Result<
     Ok(())
 }
 
-fn iptables(ns: &str, op: &str) -> Result<()> {
-    let status = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "iptables", op, "INPUT", "-p", "112", "-j", "DROP"])
-        .status()
-        .context("running iptables")?;
+/// Adds (`-A`) or deletes (`-D`) a rule dropping VRRP (to `dest`, if
+/// given) on input.
+fn iptables_to(ns: &str, op: &str, dest: Option<&str>) -> Result<()> {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", ns, "iptables", op, "INPUT", "-p", "112"]);
+    if let Some(d) = dest {
+        cmd.args(["-d", d]);
+    }
+    let status = cmd.args(["-j", "DROP"]).status().context("running iptables")?;
     if !status.success() {
         bail!("iptables {op} failed");
     }
+    Ok(())
+}
+
+fn iptables(ns: &str, op: &str) -> Result<()> {
+    iptables_to(ns, op, None)
+}
+
+/// Unicast mode: with multicast VRRP dropped on both nodes, adverts sent
+/// to `unicast_peers` still keep lb2 a backup, and failover still works.
+#[test]
+fn unicast_peers_carry_the_election_without_multicast() -> Result<()> {
+    let Some((lab, _backend)) = lab("unicast_peers_carry_the_election_without_multicast")? else {
+        return Ok(());
+    };
+    which("iptables").context("iptables is needed (apt-get install iptables)")?;
+    for n in ["lb1", "lb2"] {
+        iptables_to(&lab.ns(n), "-A", Some("224.0.0.18"))?;
+    }
+    let node = |name: &str, ip: &str, peer: &str, priority: u16| {
+        let config = base_config(name, ip, "", "0.0.0.0:80")
+            + &web_pool("", &[("b1", BACKEND)])
+            + &vip(
+                &format!("{VIP_A}/24"),
+                51,
+                priority,
+                true,
+                // No guard: it would hide lost adverts for 2 s.
+                &format!("unicast_peers = [\"{peer}\"]\nsplit_brain_hold = \"0s\"\n"),
+            );
+        LabNode::start_config(&lab, name, ip, &config)
+    };
+    let lb1 = node("lb1", "10.77.0.11", "10.77.0.12", 150)?;
+    let lb2 = node("lb2", "10.77.0.12", "10.77.0.11", 100)?;
+    wait_for("lb2 to follow lb1 over unicast", Duration::from_secs(5), || {
+        lb2.vip(VIP_A).is_ok_and(|v| v == ("backup".into(), "lb1".into())) && holder(&lab, VIP_A) == ["lb1"]
+    })
+    .with_context(|| format!("lb1:\n{}\nlb2:\n{}", lb1.log(), lb2.log()))?;
+    // Stable well past a master-down interval: adverts do arrive.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1000) {
+        assert_eq!(holder(&lab, VIP_A), ["lb1"], "lb2 took the VIP: unicast adverts lost");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(lb2.vip_status(VIP_A)?["adverts_received"].as_u64().unwrap_or(0) >= 5);
+    shoal_cluster_tests::netns::ip(&["-n", &lab.ns("lb1"), "link", "set", "eth0", "down"])?;
+    wait_for("lb2 to take over", Duration::from_secs(3), || {
+        holder(&lab, VIP_A) == ["lb2"]
+    })?;
+    assert!(run_in(&lab.ns("cl"), || Ok(request(VIP_A)))?);
     Ok(())
 }
 
