@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # Tools the black-box tests call: curl and openssl (TLS and HTTP/2 checks),
 # chromium (the dashboard is checked in a real headless browser), ip and
 # iptables (VIP failover between nodes in network namespaces, as root),
-# keepalived (VRRPv3 interoperability).
+# keepalived (VRRPv3 interoperability), setpriv (a node started without
+# CAP_NET_RAW and CAP_NET_ADMIN).
 need_pkg() {
     command -v "$1" >/dev/null 2>&1 && return 0
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -25,6 +26,7 @@ need_pkg chromium chromium
 need_pkg ip iproute2
 need_pkg iptables iptables
 need_pkg keepalived keepalived
+need_pkg setpriv util-linux
 
 
 started=$(date +%s)
