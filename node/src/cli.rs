@@ -73,6 +73,27 @@ pub enum Command {
         #[arg(long, value_parser = parse_status)]
         fail_with: Option<http::StatusCode>,
     },
+    /// A bounded client load (for chaos runs): GETs at a fixed rate, each
+    /// on a fresh connection, optionally carrying sticky sessions made
+    /// first through `/session`; prints a JSON summary (sent, failed,
+    /// longest outage, sessions kept).
+    Probe {
+        /// Address to send to, e.g. a VIP's listener.
+        #[arg(long)]
+        target: SocketAddr,
+        /// Requests per second (1-1000).
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+        #[arg(long, default_value = "10s")]
+        duration: Dur,
+        /// Sticky sessions to create and rotate through (learned `sid`
+        /// cookies; the pool must be sticky by that cookie).
+        #[arg(long, default_value_t = 0)]
+        sessions: u32,
+        /// Per request.
+        #[arg(long, default_value = "1s")]
+        timeout: Dur,
+    },
 }
 
 /// Exit status for an invalid config, as `shoal check` documents.
@@ -92,6 +113,23 @@ pub fn main() -> ExitCode {
             exit(runtime(workers).and_then(|rt| rt.block_on(server::run(cfg, config))))
         }
         Command::Certs { dir, nodes } => certs(&dir, &nodes),
+        Command::Probe {
+            target,
+            rate,
+            duration,
+            sessions,
+            timeout,
+        } => exit(runtime(None).and_then(|rt| {
+            let summary = rt.block_on(crate::probe::run(crate::probe::ProbeSpec {
+                target,
+                rate,
+                duration: duration.get(),
+                sessions,
+                timeout: timeout.get(),
+            }))?;
+            println!("{}", serde_json::to_string(&summary)?);
+            Ok(())
+        })),
         Command::Status { admin, json } => exit(runtime(Some(1)).and_then(|rt| {
             let status = rt.block_on(fetch_status(&admin))?;
             if json {

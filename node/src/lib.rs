@@ -13,6 +13,7 @@ pub mod dataplane;
 pub mod demo;
 pub mod health;
 pub mod pool;
+pub mod probe;
 pub mod server;
 pub mod tls;
 pub mod vip;
