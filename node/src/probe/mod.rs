@@ -61,10 +61,10 @@ pub fn parse_head(buf: &[u8]) -> Option<ResponseHead> {
         let value = value.trim();
         if name.eq_ignore_ascii_case("x-backend") {
             backend = Some(value.to_string());
-        } else if name.eq_ignore_ascii_case("set-cookie") {
-            if let Some(rest) = value.strip_prefix("sid=") {
-                sid = rest.split(';').next().map(str::to_string);
-            }
+        } else if name.eq_ignore_ascii_case("set-cookie")
+            && let Some(rest) = value.strip_prefix("sid=")
+        {
+            sid = rest.split(';').next().map(str::to_string);
         }
     }
     Some(ResponseHead { status, backend, sid })
