@@ -29,11 +29,30 @@ fn ipv6_vip_fails_over_with_neighbour_advertisements() -> Result<()> {
     let Some((lab, _backend)) = lab("ipv6_vip_fails_over_with_neighbour_advertisements")? else {
         return Ok(());
     };
-    for (host, addr) in [("lb1", "fd77::11/64"), ("lb2", "fd77::12/64"), ("cl", "fd77::30/64")] {
+    for (host, addr) in [("lb1", "fd77::11/64"), ("cl", "fd77::30/64")] {
         lab.add_address(host, addr)?;
     }
     let lb1 = node(&lab, "lb1", "10.77.0.11", 150)?;
+    // lb2 starts with IPv6 off on eth0, so without a link-local address
+    // to advertise from: the IPv6 router waits in fault (the IPv4 one
+    // works), and picks the address up when IPv6 comes on.
+    let ipv6_on_lb2 = |on: bool| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.ns("lb2"), "sh", "-c"])
+            .arg(format!(
+                "echo {} > /proc/sys/net/ipv6/conf/eth0/disable_ipv6",
+                u8::from(!on)
+            ))
+            .status()
+            .context("toggling IPv6")
+    };
+    ipv6_on_lb2(false)?;
     let lb2 = node(&lab, "lb2", "10.77.0.12", 100)?;
+    wait_for("lb2: IPv6 router in fault, IPv4 backup", Duration::from_secs(5), || {
+        lb2.vip(VIP6).is_ok_and(|v| v.0 == "fault") && lb2.vip(VIP4).is_ok_and(|v| v.0 == "backup")
+    })
+    .with_context(|| format!("lb2: {:?}\n{}", lb2.status().map(|s| s["vips"].clone()), lb2.log()))?;
+    ipv6_on_lb2(true)?;
     wait_for("lb1 to hold both VIPs", Duration::from_secs(5), || {
         holder(&lab, VIP6) == ["lb1"] && holder(&lab, VIP4) == ["lb1"]
     })

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use shoal_cluster_tests::client::KeepAlive;
 use shoal_cluster_tests::netns::{Lab, has_address, run_in, wait_for};
 use shoal_cluster_tests::procs::{run_shoal, shoal_bin};
-use shoal_cluster_tests::viplab::{LabNode, backend, base_config, holder, lab, request, vip, web_pool, which};
+use shoal_cluster_tests::viplab::{LabNode, Proc, backend, base_config, holder, lab, request, vip, web_pool, which};
 
 const VIP: &str = "10.77.0.100";
 const B1: &str = "10.77.0.20:9001";
@@ -51,6 +51,8 @@ fn the_health_penalty_moves_the_vip_to_the_node_with_healthy_backends() -> Resul
     })
     .with_context(|| format!("lb1: {:?}", lb1.vip_status(VIP)))?;
     eprintln!("health penalty: VIP moved {moved:?} after b1 died");
+    // A preemption, not a split: the guard must not have delayed it.
+    assert_eq!(lb2.vip_status(VIP)?["guard_holds"].as_u64(), Some(0));
     let s = lb1.vip_status(VIP)?;
     assert_eq!(
         (s["state"].as_str(), s["priority"].as_u64()),
@@ -177,17 +179,28 @@ fn a_node_without_the_capabilities_refuses_to_start_clearly() -> Result<()> {
             + &web_pool("", &[("b1", B1)])
             + &vip(&format!("{VIP}/24"), 51, 100, true, ""),
     )?;
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.ns("lb1")])
-        .arg(setpriv)
-        .args(["--bounding-set=-net_raw,-net_admin", "--inh-caps=-all"])
-        .arg(shoal_bin()?)
-        .args(["run", "-c"])
-        .arg(&path)
-        .output()
-        .context("running shoal without capabilities")?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "started without capabilities:\n{stderr}");
+    let log = dir.path().join("node.log");
+    let mut child = Proc(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.ns("lb1")])
+            .arg(setpriv)
+            .args(["--bounding-set=-net_raw,-net_admin", "--inh-caps=-all"])
+            .arg(shoal_bin()?)
+            .args(["run", "-c"])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("running shoal without capabilities")?,
+    );
+    let mut status = None;
+    let waited = wait_for("shoal to exit", Duration::from_secs(10), || {
+        status = child.0.try_wait().ok().flatten();
+        status.is_some()
+    });
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(waited.is_ok(), "still running without capabilities:\n{stderr}");
+    assert!(status.is_some_and(|s| !s.success()), "exited 0:\n{stderr}");
     assert!(
         stderr.contains("CAP_NET_RAW and CAP_NET_ADMIN") && stderr.contains(&format!("VIP {VIP}/24")),
         "unclear error:\n{stderr}"

@@ -72,7 +72,12 @@ impl Router {
     /// capabilities), clears a VIP left by a previous run, and starts.
     pub async fn start(spec: VipSpec, hooks: Arc<dyn Hooks>) -> Result<Self, NetError> {
         let info = net::interface(&spec.interface, spec.address)?;
-        let source = info.advert_source(&spec.interface, spec.address)?;
+        // An interface without carrier has no IPv6 link-local address yet:
+        // start in fault and pick the address up when the link comes.
+        let source = match info.advert_source(&spec.interface, spec.address) {
+            Err(NetError::NoLinkLocal(_)) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            other => other?,
+        };
         let socket = VrrpSocket::open(&spec.interface, info.index, source)?;
         let addresses = Addresses::open()?;
         // A crash may have left the address here: a backup must not hold it.
@@ -94,6 +99,7 @@ impl Router {
             changed_at: None,
         }));
         let (stop_tx, stop_rx) = oneshot::channel();
+        let link_up = usable(&info, spec.address);
         let task = Task {
             machine: Machine::new(spec.settings.clone(), source, priority),
             spec,
@@ -105,8 +111,9 @@ impl Router {
             shared: Arc::clone(&shared),
             origin: Instant::now(),
             last_announce: None,
+            send_error_logged: None,
         };
-        tokio::spawn(task.run(info.running, stop_rx));
+        tokio::spawn(task.run(link_up, stop_rx));
         Ok(Self {
             shared,
             stop: Mutex::new(Some(stop_tx)),
@@ -144,6 +151,7 @@ struct Task {
     shared: Arc<Mutex<Shared>>,
     origin: Instant,
     last_announce: Option<Instant>,
+    send_error_logged: Option<Instant>,
 }
 
 impl Task {
@@ -173,7 +181,7 @@ impl Task {
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });
-        let mut buf = vec![0u8; 2048];
+        let mut buf = vec![0u8; 4096];
         let mut rejected_logged: Option<Instant> = None;
         loop {
             let deadline = self.machine.next_deadline().map(|d| self.origin + d);
@@ -222,7 +230,10 @@ impl Task {
                     let now = self.now();
                     let mut actions = Vec::new();
                     match net::interface(&self.spec.interface, vip) {
-                        Ok(info) => actions.extend(self.machine.set_link(now, info.running)),
+                        Ok(info) => {
+                            self.follow_link_local(&info);
+                            actions.extend(self.machine.set_link(now, usable(&info, vip)));
+                        }
                         Err(e) => {
                             tracing::debug!(%vip, error = %e, "interface lookup failed");
                             actions.extend(self.machine.set_link(now, false));
@@ -299,7 +310,20 @@ impl Task {
         });
     }
 
-    async fn send_advert(&self, priority: u8) {
+    /// IPv6 adverts come from the link-local address, which may appear
+    /// (link up) or change after start.
+    fn follow_link_local(&mut self, info: &net::InterfaceInfo) {
+        if let (IpAddr::V6(_), Some(ll)) = (self.spec.address, info.link_local_v6)
+            && IpAddr::V6(ll) != self.source
+        {
+            tracing::info!(vip = %self.spec.address, source = %ll, "IPv6 adverts now sent from this link-local address");
+            self.source = IpAddr::V6(ll);
+            self.socket.set_source(ll);
+            self.machine.set_local_ip(self.source);
+        }
+    }
+
+    async fn send_advert(&mut self, priority: u8) {
         let advert = Advert {
             vrid: self.spec.vrid,
             priority,
@@ -323,7 +347,18 @@ impl Task {
             };
             match self.socket.send(&msg, to).await {
                 Ok(()) => self.status(|s| s.adverts_sent += 1),
-                Err(e) => tracing::debug!(vip = %self.spec.address, %to, error = %e, "VRRP advert not sent"),
+                Err(e) => {
+                    // A master that cannot advertise lets backups take
+                    // over too: say so, at most every 10 s.
+                    if self
+                        .send_error_logged
+                        .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+                    {
+                        self.send_error_logged = Some(Instant::now());
+                        tracing::warn!(vip = %self.spec.address, %to, error = %e, "VRRP advert not sent (logged at most every 10 s)");
+                    }
+                    self.status(|s| s.last_error = Some(format!("sending a VRRP advert to {to}: {e}")));
+                }
             }
         }
     }
@@ -343,6 +378,12 @@ impl Task {
             }
         });
     }
+}
+
+/// Whether the interface can carry this VIP's adverts: up with carrier,
+/// and for IPv6 with a link-local address to send them from.
+fn usable(info: &net::InterfaceInfo, vip: IpAddr) -> bool {
+    info.running && (vip.is_ipv4() || info.link_local_v6.is_some())
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

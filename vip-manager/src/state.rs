@@ -104,9 +104,10 @@ pub struct Machine {
     guard_until: Option<Duration>,
     /// The master said it is leaving (priority 0): no guard needed.
     master_resigned: bool,
-    /// We are discarding a lower master's adverts to preempt it: the
-    /// VRRP path works, so its expiry is no split and the guard stays out.
-    preempting: bool,
+    /// The master whose adverts we discard to preempt it, and the priority
+    /// it advertised: its adverts do arrive, so the master-down expiry is
+    /// a preemption, not a split, and the guard stays out.
+    preempting: Option<(IpAddr, u8)>,
     /// As master: another router claimed the VIP until about then.
     contested_until: Option<Duration>,
 }
@@ -125,9 +126,15 @@ impl Machine {
             lower_since: None,
             guard_until: None,
             master_resigned: false,
-            preempting: false,
+            preempting: None,
             contested_until: None,
         }
+    }
+
+    /// Our address in adverts and ties (an IPv6 link-local address can
+    /// appear only once the link is up).
+    pub fn set_local_ip(&mut self, ip: IpAddr) {
+        self.local_ip = ip;
     }
 
     pub fn state(&self) -> State {
@@ -183,7 +190,7 @@ impl Machine {
         self.advert_at = None;
         self.guard_until = None;
         self.contested_until = None;
-        self.preempting = false;
+        self.preempting = None;
         self.master_down_at = Some(now + self.master_down_interval());
         self.go(State::Backup, reason, actions);
     }
@@ -199,7 +206,7 @@ impl Machine {
         self.guard_until = None;
         self.lower_since = None;
         self.master_resigned = false;
-        self.preempting = false;
+        self.preempting = None;
         self.go(State::Master, reason, actions);
     }
 
@@ -249,11 +256,12 @@ impl Machine {
                     self.master = Some(from);
                     self.guard_until = None;
                     self.master_resigned = false;
-                    self.preempting = false;
-                } else {
-                    // The advert is discarded and the master-down timer
-                    // runs out: we preempt.
-                    self.preempting = true;
+                    self.preempting = None;
+                } else if self.master.is_none() || self.master == Some(from) {
+                    // Our master's advert is discarded and the master-down
+                    // timer runs out: we preempt. (Another router's lower
+                    // adverts say nothing of whether our master's arrive.)
+                    self.preempting = Some((from, priority));
                 }
             }
             State::Master => {
@@ -303,7 +311,8 @@ impl Machine {
             State::Backup => {
                 if self.master_down_at.is_some_and(|t| t <= now) {
                     let hold = self.settings.split_brain_hold;
-                    if !hold.is_zero() && !self.master_resigned && !self.preempting && master_alive() {
+                    let preempting = self.preempting.is_some_and(|(_, theirs)| theirs < self.priority);
+                    if !hold.is_zero() && !self.master_resigned && !preempting && master_alive() {
                         let until = match self.guard_until {
                             Some(u) => u,
                             None => {
@@ -335,6 +344,8 @@ impl Machine {
             return actions;
         }
         self.priority = priority;
+        // Whether we out-rank the master changed: the next advert decides.
+        self.preempting = None;
         if self.state == State::Master {
             // Tell backups now, so a higher one can preempt without
             // waiting for the next advert.
@@ -718,6 +729,36 @@ mod tests {
             }
         }
         assert_eq!(took_over, Some(342));
+
+        // Three routers: our master H (200) falls silent to us while
+        // gossip shows it alive; a lower L (100), cut off from H, acts as
+        // master and its adverts reach us (150). L's adverts say nothing
+        // of H: the guard still holds for H.
+        let mut m = Machine::new(guarded.clone(), ME, 150);
+        m.startup(ms(0));
+        m.on_advert(ms(0), OTHER_HIGH_IP, 200, ADV);
+        let mut first = None;
+        for t in (100..1_000).step_by(100) {
+            m.on_advert(ms(t), OTHER_LOW_IP, 100, ADV);
+            if let Some(r) = run(&mut m, t, t + 99, alive) {
+                first = Some(r);
+                break;
+            }
+        }
+        assert_eq!(first, Some((342, vec![Action::GuardHolding])));
+
+        // A stale preemption: we discarded a lower master's advert, then a
+        // health penalty put us below it; when it falls silent with
+        // gossip showing it alive, the guard holds.
+        let mut m = Machine::new(guarded.clone(), ME, 150);
+        m.startup(ms(0));
+        m.on_advert(ms(0), OTHER_LOW_IP, 100, ADV);
+        m.on_advert(ms(100), OTHER_LOW_IP, 100, ADV);
+        m.set_priority(ms(150), 50);
+        assert_eq!(
+            run(&mut m, 150, 5000, alive).map(|r| r.1),
+            Some(vec![Action::GuardHolding])
+        );
 
         // Adverts coming back end the hold.
         let mut m = Machine::new(guarded, ME, 100);
