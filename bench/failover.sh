@@ -131,7 +131,10 @@ while time.monotonic() < end:
     else:
         failed += 1
     time.sleep(max(0.0, 0.01 - (time.monotonic() - t)))
-gap = max((b - a for a, b in zip(oks, oks[1:])), default=float("inf"))
+# The run's end counts as a point: a failover that never comes shows as
+# an outage to the end, not as the last gap before it.
+oks.append(end)
+gap = max(b - a for a, b in zip(oks, oks[1:]))
 print(f"{gap * 1000:.0f} {failed} {sent}")
 PY
 
@@ -192,7 +195,7 @@ run() {
 
     ip netns exec "$p-cl" python3 "$work/probe.py" "$VIP" "$probe_s" >"$work/http.out" &
     local probe=$!
-    ip netns exec "$p-cl" ping -D -n -i 0.01 -W 0.2 -w "$probe_s" "$VIP" >"$work/icmp.out" 2>&1 &
+    ip netns exec "$p-cl" ping -D -O -n -i 0.01 -W 0.2 -w "$probe_s" "$VIP" >"$work/icmp.out" 2>&1 &
     local pinger=$!
     sleep 1
     case $failure in
@@ -202,9 +205,14 @@ run() {
     wait "$probe" || true
     wait "$pinger" || true
     local icmp_gap
-    # Replies look like "[1764619200.123456] 64 bytes from ...".
-    icmp_gap=$(awk -F'[][]' '/bytes from/ { if (last) { g = $2 - last; if (g > max) max = g } last = $2 }
-        END { printf "%.0f", max * 1000 }' "$work/icmp.out")
+    # Replies look like "[1764619200.123456] 64 bytes from ...", and with
+    # -O every missing one prints "[...] no answer yet for icmp_seq=N": the
+    # last of those marks the end of an outage that never ended, as in the
+    # HTTP probe.
+    icmp_gap=$(awk -F'[][]' '
+        /bytes from/ { if (last) { g = $2 - last; if (g > max) max = g } last = $2 }
+        /no answer yet/ { end = $2 }
+        END { if (end - last > max) max = end - last; printf "%.0f", max * 1000 }' "$work/icmp.out")
     read -r gap failed _sent <"$work/http.out"
 
     stop_nodes
