@@ -162,14 +162,6 @@ impl VrrpSocket {
         Ok(Self::V6 { socket, index, source })
     }
 
-    /// A new source for IPv6 adverts (the link-local address changed).
-    /// IPv4 sockets keep theirs.
-    pub fn set_source(&mut self, ip: Ipv6Addr) {
-        if let Self::V6 { source, .. } = self {
-            *source = ip;
-        }
-    }
-
     pub async fn send(&self, msg: &[u8], to: IpAddr) -> io::Result<()> {
         match (self, to) {
             (Self::V4(s), IpAddr::V4(_)) => s.send_to(msg, SocketAddr::from((to, 0))).await.map(drop),

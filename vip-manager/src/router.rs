@@ -112,6 +112,7 @@ impl Router {
             origin: Instant::now(),
             last_announce: None,
             send_error_logged: None,
+            reopen_error_logged: None,
         };
         tokio::spawn(task.run(link_up, stop_rx));
         Ok(Self {
@@ -152,6 +153,7 @@ struct Task {
     origin: Instant,
     last_announce: Option<Instant>,
     send_error_logged: Option<Instant>,
+    reopen_error_logged: Option<Instant>,
 }
 
 impl Task {
@@ -231,8 +233,8 @@ impl Task {
                     let mut actions = Vec::new();
                     match net::interface(&self.spec.interface, vip) {
                         Ok(info) => {
-                            self.follow_link_local(&info);
-                            actions.extend(self.machine.set_link(now, usable(&info, vip)));
+                            let up = usable(&info, vip) && self.follow_interface(&info);
+                            actions.extend(self.machine.set_link(now, up));
                         }
                         Err(e) => {
                             tracing::debug!(%vip, error = %e, "interface lookup failed");
@@ -310,16 +312,39 @@ impl Task {
         });
     }
 
-    /// IPv6 adverts come from the link-local address, which may appear
-    /// (link up) or change after start.
-    fn follow_link_local(&mut self, info: &net::InterfaceInfo) {
-        if let (IpAddr::V6(_), Some(ll)) = (self.spec.address, info.link_local_v6)
-            && IpAddr::V6(ll) != self.source
-        {
-            tracing::info!(vip = %self.spec.address, source = %ll, "IPv6 adverts now sent from this link-local address");
-            self.source = IpAddr::V6(ll);
-            self.socket.set_source(ll);
-            self.machine.set_local_ip(self.source);
+    /// Keeps the socket on the interface as it is now: it may have been
+    /// re-created under the same name (a new index: a container's network
+    /// reconnected, a VLAN rebuilt), which leaves the old socket bound to
+    /// nothing, or have got its advert source only after start (an IPv6
+    /// link-local address). Reopens the socket when either changed; false
+    /// while there is no usable source or socket.
+    fn follow_interface(&mut self, info: &net::InterfaceInfo) -> bool {
+        let Ok(source) = info.advert_source(&self.spec.interface, self.spec.address) else {
+            return false;
+        };
+        if info.index == self.index && source == self.source {
+            return true;
+        }
+        match VrrpSocket::open(&self.spec.interface, info.index, source) {
+            Ok(socket) => {
+                tracing::info!(vip = %self.spec.address, index = info.index, %source, "VRRP socket reopened: the interface or its address changed");
+                self.socket = socket;
+                self.index = info.index;
+                self.source = source;
+                self.machine.set_local_ip(source);
+                true
+            }
+            Err(e) => {
+                if self
+                    .reopen_error_logged
+                    .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+                {
+                    self.reopen_error_logged = Some(Instant::now());
+                    tracing::warn!(vip = %self.spec.address, error = %e, "cannot reopen the VRRP socket (logged at most every 10 s)");
+                }
+                self.status(|s| s.last_error = Some(e.to_string()));
+                false
+            }
         }
     }
 
