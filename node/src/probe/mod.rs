@@ -97,24 +97,29 @@ async fn get(target: SocketAddr, path: &str, cookie: Option<&str>, timeout: Dura
     .context("timed out")?
 }
 
-/// Creates the sessions (each the backend that made it, and its sid).
+/// Creates the sessions (each the backend that made it, and its sid),
+/// retrying for up to 10 s while the target is not ready (refused, 503).
 async fn create_sessions(spec: &ProbeSpec) -> Result<Vec<(String, String)>> {
     let mut out = Vec::with_capacity(spec.sessions as usize);
     let deadline = Instant::now() + Duration::from_secs(10);
     while out.len() < spec.sessions as usize {
-        match get(spec.target, "/session", None, spec.timeout).await {
+        let failure = match get(spec.target, "/session", None, spec.timeout).await {
             Ok(ResponseHead {
                 status: 200,
                 backend: Some(b),
                 sid: Some(sid),
-            }) => out.push((b, sid)),
-            Ok(other) => bail!("creating a session: unexpected response {other:?}"),
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, "session not created yet");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            }) => {
+                out.push((b, sid));
+                continue;
             }
-            Err(e) => return Err(e.context("creating sessions for 10 s")),
+            Ok(other) => anyhow::anyhow!("unexpected response {other:?}"),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(failure.context("creating sessions for 10 s"));
         }
+        tracing::debug!(error = %failure, "session not created yet");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(out)
 }
