@@ -30,6 +30,11 @@ impl HttpResponse {
     pub fn backend(&self) -> Option<&str> {
         self.header("x-backend")
     }
+
+    /// The session id the demo backend's `/session` set (`sid=...; Path=/`).
+    pub fn session_id(&self) -> Option<&str> {
+        self.header("set-cookie")?.strip_prefix("sid=")?.split(';').next()
+    }
 }
 
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);

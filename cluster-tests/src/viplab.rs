@@ -228,6 +228,32 @@ pub fn outage(samples: &[(Instant, bool)]) -> (Duration, usize) {
     (longest, samples.iter().filter(|s| !s.1).count())
 }
 
+/// After a failover: lets the client run 0.7 s more (70 requests), stops
+/// it, prints what it saw (`what` names the failure), and fails unless its
+/// longest outage is at most 0.5 s and its last 20 requests were served.
+pub fn check_client_after_failover(
+    stop: &AtomicBool,
+    client: std::thread::JoinHandle<Result<Vec<(Instant, bool)>>>,
+    what: &str,
+    moved: Duration,
+) -> Result<()> {
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    let samples = client.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+    let (gap, failed) = outage(&samples);
+    eprintln!(
+        "{what}: VIP moved after {moved:?}; client outage {gap:?}, {failed} of {} requests failed",
+        samples.len()
+    );
+    if gap > Duration::from_millis(500) {
+        bail!("{what}: client outage {gap:?}, over 0.5 s");
+    }
+    if !samples.iter().rev().take(20).all(|s| s.1) {
+        bail!("{what}: the client is not served after the failover");
+    }
+    Ok(())
+}
+
 /// Which of lb1 and lb2 have `vip` on eth0.
 pub fn holder(lab: &Lab, vip: &str) -> Vec<&'static str> {
     ["lb1", "lb2"]

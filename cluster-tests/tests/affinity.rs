@@ -127,13 +127,7 @@ fn learned_cookie_sessions_survive_the_loss_of_the_node_that_made_them() -> Resu
     let mut conn = KeepAlive::open(c.addrs[0].http, None)?;
     for _ in 0..200 {
         let r = conn.send("GET", "/session", &[], b"", false)?;
-        let cookie = r.header("set-cookie").context("no session cookie")?;
-        let sid = cookie
-            .trim_start_matches("sid=")
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let sid = r.session_id().context("no session cookie")?.to_string();
         sessions.insert(sid, r.backend().context("no x-backend")?.to_string());
     }
     assert_eq!(sessions.len(), 200);

@@ -4,12 +4,14 @@
 //! 5798 §5.2.3). Needs root (skips loudly without).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use shoal_cluster_tests::netns::{ip, mac, neighbour, run_in, wait_for};
-use shoal_cluster_tests::viplab::{BACKEND, LabNode, base_config, client, holder, lab, outage, request, vip, web_pool};
+use shoal_cluster_tests::viplab::{
+    BACKEND, LabNode, base_config, check_client_after_failover, client, holder, lab, request, vip, web_pool,
+};
 
 const VIP6: &str = "fd77::100";
 const VIP4: &str = "10.77.0.100";
@@ -98,19 +100,7 @@ fn ipv6_vip_fails_over_with_neighbour_advertisements() -> Result<()> {
     wait_for("lb2 to take the IPv4 VIP too", Duration::from_secs(2), || {
         holder(&lab, VIP4) == ["lb2"]
     })?;
-    std::thread::sleep(Duration::from_millis(700));
-    stop.store(true, Ordering::Relaxed);
-    let samples = cl.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
-    let (gap, failed) = outage(&samples);
-    eprintln!(
-        "IPv6 link loss: VIP moved after {moved:?}; client outage {gap:?}, {failed} of {} requests failed",
-        samples.len()
-    );
-    assert!(gap <= Duration::from_millis(500), "outage {gap:?}");
-    assert!(
-        samples.iter().rev().take(20).all(|s| s.1),
-        "client not served after failover"
-    );
+    check_client_after_failover(&stop, cl, "IPv6 link loss", moved)?;
     assert_eq!(lb2.vip(VIP6)?, ("master".into(), "lb2".into()));
     assert!(run_in(&lab.ns("cl"), || Ok(request(VIP4)))?);
 

@@ -110,14 +110,7 @@ fn sticky_sessions_made_through_the_vip_survive_a_failover() -> Result<()> {
         let mut sessions = BTreeMap::new();
         for _ in 0..40 {
             let r = conn.send("GET", "/session", &[], b"", false)?;
-            let sid = r
-                .header("set-cookie")
-                .context("no session cookie")?
-                .trim_start_matches("sid=")
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .to_string();
+            let sid = r.session_id().context("no session cookie")?.to_string();
             sessions.insert(sid, r.backend().context("no x-backend")?.to_string());
         }
         Ok(sessions)
