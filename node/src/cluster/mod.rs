@@ -34,6 +34,17 @@ pub struct Cluster {
     cancel: CancellationToken,
 }
 
+/// The admin address peers are told (the dashboard and `shoal status`
+/// show it): an unspecified bind (`0.0.0.0:9901`) is useless to them, so
+/// it is published with the gossip address's IP, which they do reach.
+fn advertised_admin(admin: SocketAddr, gossip: SocketAddr) -> SocketAddr {
+    if admin.ip().is_unspecified() {
+        SocketAddr::new(gossip.ip(), admin.port())
+    } else {
+        admin
+    }
+}
+
 impl Cluster {
     /// Joins the cluster: binds the gossip address and starts gossiping.
     /// Publishing and reading backend state starts with [`Cluster::run`].
@@ -74,7 +85,10 @@ impl Cluster {
             protocol_version: ProtocolVersion::V0,
         };
         let initial = vec![
-            (keys::ADMIN.to_string(), admin_addr.to_string()),
+            (
+                keys::ADMIN.to_string(),
+                advertised_admin(admin_addr, cfg.gossip_addr).to_string(),
+            ),
             (keys::REPLICATION.to_string(), cfg.replication_addr.to_string()),
             // From the first message, so peers never see this node without
             // one (and flag it as different).
@@ -300,5 +314,22 @@ impl Members {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advertised_admin;
+
+    #[test]
+    fn an_unspecified_admin_bind_is_published_at_the_gossip_ip() -> Result<(), std::net::AddrParseError> {
+        let gossip = "172.31.77.11:7946".parse()?;
+        let lo = "127.0.0.1:9901".parse()?;
+        assert_eq!(
+            advertised_admin("0.0.0.0:9901".parse()?, gossip).to_string(),
+            "172.31.77.11:9901"
+        );
+        assert_eq!(advertised_admin(lo, gossip), lo);
+        Ok(())
     }
 }
