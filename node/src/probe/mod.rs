@@ -20,6 +20,8 @@ use summary::{Outcome, Summary};
 
 /// Most requests a run may send, whatever the rate and duration.
 pub const MAX_REQUESTS: u64 = 1_000_000;
+/// Most sticky sessions a run may create.
+pub const MAX_SESSIONS: u32 = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct ProbeSpec {
@@ -125,22 +127,30 @@ async fn create_sessions(spec: &ProbeSpec) -> Result<Vec<(String, String)>> {
 }
 
 pub async fn run(spec: ProbeSpec) -> Result<Summary> {
-    let planned = u64::from(spec.rate).saturating_mul(spec.duration.as_secs().max(1));
-    if spec.rate == 0 || spec.rate > 1000 || planned > MAX_REQUESTS {
-        bail!("rate must be 1-1000/s and rate × duration at most {MAX_REQUESTS}");
+    // rate × duration requests, one every 1/rate s.
+    let planned = (f64::from(spec.rate) * spec.duration.as_secs_f64()).round();
+    if spec.rate == 0 || spec.rate > 1000 || planned > MAX_REQUESTS as f64 || planned < 1.0 {
+        bail!("rate must be 1-1000/s and rate × duration between 1 and {MAX_REQUESTS}");
     }
+    if spec.sessions > MAX_SESSIONS {
+        bail!("at most {MAX_SESSIONS} sessions");
+    }
+    let planned = planned as usize;
     let sessions = create_sessions(&spec).await?;
     let sessions = Arc::new(sessions);
-    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let outcomes = Arc::new(Mutex::new(Vec::with_capacity(planned)));
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1) / spec.rate);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // A stalled sender catches up in a burst rather than dropping
+    // requests: the count stays rate × duration.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut tasks = tokio::task::JoinSet::new();
-    let mut n: usize = 0;
-    while start.elapsed() < spec.duration {
+    for n in 0..planned {
         tick.tick().await;
+        // Finished tasks are reaped as we go: a long run holds only the
+        // requests in flight (at most rate × timeout).
+        while tasks.try_join_next().is_some() {}
         let session = (!sessions.is_empty()).then(|| n % sessions.len());
-        n += 1;
         let (sessions, outcomes, spec) = (Arc::clone(&sessions), Arc::clone(&outcomes), spec.clone());
         tasks.spawn(async move {
             let at = start.elapsed();
@@ -152,8 +162,10 @@ pub async fn run(spec: ProbeSpec) -> Result<Summary> {
             outcomes.lock().await.push(Outcome { at, session, served_by });
         });
     }
+    // The run ends with its last request sent: waiting for stragglers
+    // (up to the timeout) is not an outage.
+    let run_for = start.elapsed() + Duration::from_secs(1) / spec.rate;
     while tasks.join_next().await.is_some() {}
-    let run_for = start.elapsed();
     let origins: Vec<String> = sessions.iter().map(|s| s.0.clone()).collect();
     let outcomes = outcomes.lock().await;
     Ok(summary::summarize(&outcomes, &origins, run_for))

@@ -31,8 +31,8 @@ pub struct Summary {
     /// succeeds has the whole run as its outage.
     pub longest_outage_ms: u64,
     pub sessions: u64,
-    /// Sessions all of whose successful requests went to the backend that
-    /// created them.
+    /// Sessions with at least one successful request, all of which went
+    /// to the backend that created them.
     pub sessions_kept: u64,
     pub by_backend: BTreeMap<String, u64>,
 }
@@ -58,14 +58,16 @@ pub fn summarize(outcomes: &[Outcome], sessions: &[String], run: Duration) -> Su
     }
 
     let mut moved = vec![false; sessions.len()];
+    let mut served = vec![false; sessions.len()];
     let mut by_backend = BTreeMap::new();
     for o in outcomes {
         if let Some(b) = &o.served_by {
             *by_backend.entry(b.clone()).or_insert(0) += 1;
             if let Some(i) = o.session
-                && let (Some(m), Some(origin)) = (moved.get_mut(i), sessions.get(i))
+                && let (Some(m), Some(s), Some(origin)) = (moved.get_mut(i), served.get_mut(i), sessions.get(i))
             {
                 *m |= origin != b;
+                *s = true;
             }
         }
     }
@@ -83,7 +85,7 @@ pub fn summarize(outcomes: &[Outcome], sessions: &[String], run: Duration) -> Su
         },
         longest_outage_ms: u64::try_from(longest.as_millis()).unwrap_or(u64::MAX),
         sessions: sessions.len() as u64,
-        sessions_kept: moved.iter().filter(|m| !**m).count() as u64,
+        sessions_kept: moved.iter().zip(&served).filter(|(m, s)| !**m && **s).count() as u64,
         by_backend,
     }
 }
@@ -130,7 +132,7 @@ mod tests {
 
     #[test]
     fn a_session_is_kept_only_if_every_success_went_to_its_backend() {
-        let sessions = vec!["a".to_string(), "b".to_string(), "a".to_string()];
+        let sessions = vec!["a".to_string(), "b".to_string(), "a".to_string(), "b".to_string()];
         let run = [
             o(0, Some(0), Some("a")),
             o(1, Some(1), Some("b")),
@@ -141,7 +143,8 @@ mod tests {
             // Out of range indexes are ignored, not a panic.
             o(5, Some(9), Some("a")),
         ];
+        // Session 3 was never served: not counted as kept.
         let s = summarize(&run, &sessions, ms(10));
-        assert_eq!((s.sessions, s.sessions_kept), (3, 2));
+        assert_eq!((s.sessions, s.sessions_kept), (4, 2));
     }
 }
