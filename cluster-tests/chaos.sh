@@ -124,13 +124,28 @@ probe() {
     compose exec -T client /usr/local/bin/shoal probe --target "$VIP:80" \
         --rate "$2" --duration "${3}s" --sessions "$4" >"$1" 2>"$1.err" &
     probe_pid=$!
+    probe_deadline=$(($(date +%s) + $3 + 40))
+}
+
+# Waits for the probe, killing it if it outlives its run by 40 s.
+wait_probe() {
+    while kill -0 "$probe_pid" 2>/dev/null; do
+        if [ "$(date +%s)" -gt "$probe_deadline" ]; then
+            echo "    the probe hung: killed"
+            kill "$probe_pid" 2>/dev/null
+            break
+        fi
+        sleep 0.2
+    done
+    wait "$probe_pid" 2>/dev/null
 }
 
 # summary FILE KEY: one figure of a probe's JSON summary.
 summary() { python3 -c "import json; print(json.load(open('$1'))['$2'])" 2>/dev/null; }
 
-# The container of service $1.
-cid() { compose ps -q "$1"; }
+# The container of service $1, running or not (Compose v2 lists only
+# running ones without -a).
+cid() { compose ps -a -q "$1"; }
 
 check() { # check CONDITION_COMMAND... MESSAGE: records a failed expectation
     local msg=${*: -1}
@@ -139,10 +154,14 @@ check() { # check CONDITION_COMMAND... MESSAGE: records a failed expectation
     else
         echo "    FAILED: $msg"
         scenario_ok=0
+        return 1
     fi
 }
 
-le() { [ "$1" -le "$2" ] 2>/dev/null; }
+quiet() { "$@" >/dev/null 2>&1; }
+
+# Numbers only: an empty figure (a status that did not answer) fails.
+le() { [[ $1 =~ ^[0-9]+$ && $2 =~ ^[0-9]+$ ]] && [ "$1" -le "$2" ]; }
 eq() { [ "$1" = "$2" ]; }
 
 # report FILE: the client's figures.
@@ -165,14 +184,15 @@ scenario_kill_master() {
     sleep 3
     local m t0 took c
     m=$(masters)
+    check eq "$(wc -w <<<"$m")" 1 "one master before the kill ($m)" || { wait_probe; return; }
     # `docker kill` on the container compose made: the compose CLI's own
     # start-up time would count against the 2 s otherwise.
     c=$(cid "$m")
     t0=$(now_ms)
-    docker kill -s KILL "$c" >/dev/null
+    check quiet docker kill -s KILL "$c" "$m killed" || { wait_probe; return; }
     wait_until 5 "a new master" new_master_besides "$m"
     took=$(($(now_ms) - t0))
-    wait "$probe_pid"
+    wait_probe
     report "$work/p.json"
     echo "    $m killed; $(masters) reported master after $took ms"
     check le "$took" 2000 "a new master within 2 s ($took ms)"
@@ -189,20 +209,20 @@ scenario_pause_master() {
     sleep 2
     local m
     m=$(masters)
-    compose pause "$m" >/dev/null 2>&1
-    wait_until 5 "a backup to take over" new_master_besides "$m"
-    echo "    $m paused; $(masters) took over"
+    check eq "$(wc -w <<<"$m")" 1 "one master before the pause ($m)" || { wait_probe; return; }
+    check quiet compose pause "$m" "$m paused"
+    check wait_until 5 "a backup to take over" new_master_besides "$m" "a backup took over"
+    echo "    master while $m is paused: $(masters)"
     sleep 2
-    compose unpause "$m" >/dev/null 2>&1
+    check quiet compose unpause "$m" "$m resumed"
     # Allow the resumed master a moment to reclaim (it has the higher
     # priority), then require one master, steadily, for 2 s.
     sleep 1
-    local stable=1 i
-    for i in $(seq 40); do
+    local stable=1 until_ms=$(($(now_ms) + 2000))
+    while [ "$(now_ms)" -lt "$until_ms" ]; do
         one_master || stable=0
-        sleep 0.05
     done
-    wait "$probe_pid"
+    wait_probe
     report "$work/p.json"
     echo "    after resuming: master $(masters)"
     check eq "$stable" 1 "exactly one master for 2 s after the resume"
@@ -218,21 +238,21 @@ scenario_partition() {
     local net c
     net="${PROJECT}_shoal"
     c=$(cid lb3)
-    docker network disconnect "$net" "$c"
-    wait_until 10 "lb1 to see lb3 dead" peers_alive 1 1
-    echo "    lb3 disconnected; lb1 sees $(field 1 "[p['id'] + ':' + p['state'] for p in s['peers']]")"
+    check quiet docker network disconnect "$net" "$c" "lb3 disconnected" || return
+    check wait_until 10 "lb1 to see lb3 dead" peers_alive 1 1 "lb1's status shows lb3 dead"
+    echo "    lb1 sees $(field 1 "[p['id'] + ':' + p['state'] for p in s['peers']]")"
     # lb3's own view, from inside its container (its admin port is
     # unreachable from here now): both peers dead.
     wait_until 10 "lb3 to see both peers dead" lb3_alone "$c"
     check lb3_alone "$c" "lb3's status shows it cut off from both peers"
     # Sessions made now are replicated to lb2 only.
     probe "$work/p.json" 50 3 30
-    wait "$probe_pid"
+    wait_probe
     local before3 entries1
     before3=$(docker exec "$c" /usr/local/bin/shoal status --json --admin 127.0.0.1:9901 2>/dev/null |
         python3 -c "import json,sys; print(json.load(sys.stdin)['affinity']['entries'])" 2>/dev/null)
     entries1=$(field 1 "s['affinity']['entries']")
-    docker network connect --ip 172.31.77.13 "$net" "$c"
+    check quiet docker network connect --ip 172.31.77.13 "$net" "$c" "lb3 reconnected"
     wait_until 15 "lb3 to rejoin" peers_alive 3 2
     wait_until 10 "lb3's sticky table to catch up" table_caught_up 3 "$entries1"
     wait_until 5 "one master" one_master
@@ -247,7 +267,7 @@ scenario_partition() {
 table_caught_up() { le "$2" "$(field "$1" "s['affinity']['entries']")"; }
 lb3_alone() {
     docker exec "$1" /usr/local/bin/shoal status --json --admin 127.0.0.1:9901 2>/dev/null |
-        python3 -c "import json,sys; s=json.load(sys.stdin); sys.exit(0 if all(p['state'] != 'alive' for p in s['peers']) else 1)" 2>/dev/null
+        python3 -c "import json,sys; s=json.load(sys.stdin); sys.exit(0 if len(s['peers']) == 2 and all(p['state'] != 'alive' for p in s['peers']) else 1)" 2>/dev/null
 }
 
 # 4. a backend fails and recovers under load: retries and health checks
@@ -255,16 +275,16 @@ lb3_alone() {
 scenario_backend_failure() {
     probe "$work/p.json" 50 12 0
     sleep 2
-    compose kill backend2 >/dev/null 2>&1
-    wait_until 10 "lb1 to mark backend2 down" backend_state 1 backend2 down
+    check quiet compose kill backend2 "backend2 killed"
+    check wait_until 10 "lb1 to mark backend2 down" backend_state 1 backend2 down "lb1 marked backend2 down"
     sleep 2
-    compose start backend2 >/dev/null 2>&1
-    wait_until 10 "lb1 to mark backend2 up" backend_state 1 backend2 up
-    wait "$probe_pid"
+    check quiet compose start backend2 "backend2 started again"
+    check wait_until 10 "every node to mark backend2 up" backend_up_everywhere "every node sees backend2 back"
+    wait_probe
     report "$work/p.json"
     check eq "$(summary "$work/p.json" failed)" 0 "no client errors: connect retries cover the dead backend"
-    check backend_state 2 backend2 up "lb2 also sees backend2 back"
 }
+backend_up_everywhere() { backend_state 1 backend2 up && backend_state 2 backend2 up && backend_state 3 backend2 up; }
 backend_state() { # N BACKEND up|down
     local healthy
     healthy=$(field "$1" "[b for p in s['pools'] for b in p['backends'] if b['name'] == '$2'][0]['healthy']")
@@ -276,23 +296,22 @@ backend_state() { # N BACKEND up|down
 scenario_rolling_restart() {
     probe "$work/p.json" 50 40 20
     sleep 3
-    local n moves_before=0
+    local n moves_before="" moves_after
     for n in 3 2 1; do
         [ "$n" = 1 ] && moves_before=$(field 2 "s['vips'][0]['transitions']")
-        compose restart -t 10 "lb$n" >/dev/null 2>&1
-        wait_until 20 "lb$n back in the cluster" peers_alive "$n" 2
-        wait_until 10 "lb$n's table synced" table_caught_up "$n" 20
-        wait_until 5 "one master" one_master
-        echo "    lb$n restarted; master $(masters)"
+        check quiet compose restart -t 10 "lb$n" "lb$n restarted"
+        check wait_until 20 "lb$n back in the cluster" peers_alive "$n" 2 "lb$n back in the cluster"
+        check wait_until 10 "lb$n's table synced" table_caught_up "$n" 20 "lb$n has the 20 sessions again"
+        check wait_until 5 "one master" one_master "one master ($(masters))"
         sleep 1
     done
-    wait "$probe_pid"
+    wait_probe
     report "$work/p.json"
     # Restarting the master moved the VIP to lb2 (priority 0 on SIGTERM)
     # and back (lb1 preempts): at least two state changes on lb2.
-    local moves=$(($(field 2 "s['vips'][0]['transitions']") - moves_before))
-    echo "    lb2's VIP state changed $moves times while lb1 restarted"
-    check le 2 "$moves" "the VIP moved off the restarting master and back"
+    moves_after=$(field 2 "s['vips'][0]['transitions']")
+    echo "    lb2's VIP state changes while lb1 restarted: ${moves_before:-?} -> ${moves_after:-?}"
+    check le "$((${moves_before:-0} + 2))" "${moves_after:-}" "the VIP moved off the restarting master and back"
     local pct
     pct=$(summary "$work/p.json" error_percent)
     check python3 -c "import sys; sys.exit(0 if $pct < 2 else 1)" "error rate under 2% ($pct%)"
@@ -316,18 +335,20 @@ services:
   lb3:
     volumes: ["$work/lb3.toml:/etc/shoal/shoal.toml:ro"]
 YML
-        "${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml -f "$work/override.yml" up -d --no-deps lb3 >/dev/null 2>&1
-        wait_until 10 "lb3 to exit" container_exited lb3
+        # Recreated, so its logs hold this run only.
+        "${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml -f "$work/override.yml" \
+            up -d --force-recreate --no-deps lb3 >/dev/null 2>&1
+        check wait_until 10 "lb3 to exit" container_exited lb3 "lb3 exited"
         code=$(docker inspect -f '{{.State.ExitCode}}' "$(cid lb3)")
         logs=$(compose logs --no-color lb3 2>&1 | tail -n 5)
         echo "    $kind config: lb3 exited $code: $(echo "$logs" | grep -m1 -o 'error.*' | cut -c1-120)"
         check eq "$code" 2 "lb3 refuses the $kind config with exit status 2"
         check grep -q "shoal.toml:" <<<"$logs" "the error names the file and line"
     done
-    wait_until 10 "lb1 to see lb3 gone" peers_alive 1 1
-    wait "$probe_pid"
+    check wait_until 10 "lb1 to see lb3 gone" peers_alive 1 1 "lb1 sees lb3 gone"
+    wait_probe
     report "$work/p.json"
-    check one_master "one master throughout"
+    check one_master "one master at the end"
     check eq "$(summary "$work/p.json" failed)" 0 "no client errors"
     check eq "$(summary "$work/p.json" sessions_kept)" 10 "all 10 sticky sessions kept their backend"
 }
