@@ -185,6 +185,7 @@ impl Task {
         });
         let mut buf = vec![0u8; 4096];
         let mut rejected_logged: Option<Instant> = None;
+        let mut recv_error_logged: Option<Instant> = None;
         loop {
             let deadline = self.machine.next_deadline().map(|d| self.origin + d);
             tokio::select! {
@@ -201,7 +202,10 @@ impl Task {
                     let decoded = match r {
                         Ok(d) => d,
                         Err(e) => {
-                            tracing::warn!(%vip, error = %e, "VRRP receive failed");
+                            if recv_error_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                                recv_error_logged = Some(Instant::now());
+                                tracing::warn!(%vip, error = %e, "VRRP receive failed (logged at most every 10 s)");
+                            }
                             tokio::time::sleep(poll_every).await;
                             continue;
                         }
