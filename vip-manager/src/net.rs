@@ -251,8 +251,8 @@ impl Addresses {
     }
 
     /// IPv6 addresses skip duplicate address detection (as keepalived
-    /// does): the VIP must work at once, and the other router has just
-    /// removed it or is gone.
+    /// does): the VIP must work at once. (A router killed with SIGKILL may
+    /// still hold it; our neighbour advertisements win the clients.)
     pub async fn add(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<(), NetError> {
         let mut request = self.handle.address().add(index, ip, prefix);
         if ip.is_ipv6() {

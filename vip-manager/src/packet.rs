@@ -162,9 +162,6 @@ pub fn decode_ipv6(
     destination: Ipv6Addr,
     hop_limit: u8,
 ) -> Result<Received, PacketError> {
-    if msg.len() < HEADER_LEN {
-        return Err(PacketError::Truncated(msg.len()));
-    }
     if hop_limit != 255 {
         return Err(PacketError::HopLimit(hop_limit));
     }
@@ -176,8 +173,11 @@ pub fn decode_ipv6(
     })
 }
 
-/// `msg` is at least `HEADER_LEN` long; addresses are `address_len` bytes.
+/// The VRRP message itself; addresses are `address_len` bytes each.
 fn decode_message(msg: &[u8], address_len: usize, checksum_ok: impl Fn(&[u8]) -> bool) -> Result<Advert, PacketError> {
+    if msg.len() < HEADER_LEN {
+        return Err(PacketError::Truncated(msg.len()));
+    }
     let version = msg[0] >> 4;
     if version != VERSION {
         return Err(PacketError::Version(version));

@@ -107,7 +107,6 @@ impl Router {
             socket,
             addresses,
             index: info.index,
-            source,
             shared: Arc::clone(&shared),
             origin: Instant::now(),
             last_announce: None,
@@ -148,7 +147,6 @@ struct Task {
     socket: VrrpSocket,
     addresses: Addresses,
     index: u32,
-    source: IpAddr,
     shared: Arc<Mutex<Shared>>,
     origin: Instant,
     last_announce: Option<Instant>,
@@ -211,7 +209,7 @@ impl Task {
                         }
                     };
                     match decoded {
-                        Ok(r) if r.advert.vrid == self.spec.vrid && r.source != self.source => {
+                        Ok(r) if r.advert.vrid == self.spec.vrid && r.source != self.machine.local_ip() => {
                             self.status(|s| s.adverts_received += 1);
                             let interval = Duration::from_millis(u64::from(r.advert.interval_centis) * 10);
                             let actions = self.machine.on_advert(self.now(), r.source, r.advert.priority, interval);
@@ -326,7 +324,7 @@ impl Task {
         let Ok(source) = info.advert_source(&self.spec.interface, self.spec.address) else {
             return false;
         };
-        if info.index == self.index && source == self.source {
+        if info.index == self.index && source == self.machine.local_ip() {
             return true;
         }
         match VrrpSocket::open(&self.spec.interface, info.index, source) {
@@ -334,7 +332,6 @@ impl Task {
                 tracing::info!(vip = %self.spec.address, index = info.index, %source, "VRRP socket reopened: the interface or its address changed");
                 self.socket = socket;
                 self.index = info.index;
-                self.source = source;
                 self.machine.set_local_ip(source);
                 true
             }
@@ -361,13 +358,13 @@ impl Task {
         };
         let targets: Vec<IpAddr> = if !self.spec.unicast_peers.is_empty() {
             self.spec.unicast_peers.clone()
-        } else if self.source.is_ipv4() {
+        } else if self.spec.address.is_ipv4() {
             vec![crate::limits::MULTICAST_V4.into()]
         } else {
             vec![crate::limits::MULTICAST_V6.into()]
         };
         for to in targets {
-            let msg = match advert.encode(self.source, to, self.spec.checksum) {
+            let msg = match advert.encode(self.machine.local_ip(), to, self.spec.checksum) {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::error!(error = %e, "VRRP advert not encodable");

@@ -104,10 +104,10 @@ pub struct Machine {
     guard_until: Option<Duration>,
     /// The master said it is leaving (priority 0): no guard needed.
     master_resigned: bool,
-    /// The master whose adverts we discard to preempt it, and the priority
-    /// it advertised: its adverts do arrive, so the master-down expiry is
-    /// a preemption, not a split, and the guard stays out.
-    preempting: Option<(IpAddr, u8)>,
+    /// The priority of the master whose adverts we discard to preempt it:
+    /// its adverts do arrive, so the master-down expiry is a preemption,
+    /// not a split, and the guard stays out.
+    preempting: Option<u8>,
     /// As master: another router claimed the VIP until about then.
     contested_until: Option<Duration>,
 }
@@ -135,6 +135,11 @@ impl Machine {
     /// appear only once the link is up).
     pub fn set_local_ip(&mut self, ip: IpAddr) {
         self.local_ip = ip;
+    }
+
+    /// The address adverts are sent from (the VRRP "primary address").
+    pub fn local_ip(&self) -> IpAddr {
+        self.local_ip
     }
 
     pub fn state(&self) -> State {
@@ -261,7 +266,7 @@ impl Machine {
                     // Our master's advert is discarded and the master-down
                     // timer runs out: we preempt. (Another router's lower
                     // adverts say nothing of whether our master's arrive.)
-                    self.preempting = Some((from, priority));
+                    self.preempting = Some(priority);
                 }
             }
             State::Master => {
@@ -311,7 +316,7 @@ impl Machine {
             State::Backup => {
                 if self.master_down_at.is_some_and(|t| t <= now) {
                     let hold = self.settings.split_brain_hold;
-                    let preempting = self.preempting.is_some_and(|(_, theirs)| theirs < self.priority);
+                    let preempting = self.preempting.is_some_and(|theirs| theirs < self.priority);
                     if !hold.is_zero() && !self.master_resigned && !preempting && master_alive() {
                         let until = match self.guard_until {
                             Some(u) => u,

@@ -138,7 +138,7 @@ pub async fn run(spec: ProbeSpec) -> Result<Summary> {
     let planned = planned as usize;
     let sessions = create_sessions(&spec).await?;
     let sessions = Arc::new(sessions);
-    let outcomes = Arc::new(Mutex::new(Vec::with_capacity(planned)));
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1) / spec.rate);
     // A stalled sender catches up in a burst rather than dropping
