@@ -10,14 +10,23 @@ pub struct RoundRobin {
 }
 
 impl RoundRobin {
-    /// Counts usable candidates and takes the k-th, so a backend that goes
-    /// down does not double its successor's share.
+    /// The next candidate in turn when it is allowed (O(1), the common
+    /// case); otherwise counts the allowed ones and takes the turn's k-th,
+    /// so a backend that goes down does not double its successor's share.
     pub fn pick<C: Candidate>(&self, cands: &[C], ctx: &mut PickCtx) -> Option<usize> {
+        if cands.is_empty() {
+            return None;
+        }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let direct = turn % cands.len();
+        if ctx.allows(&cands[direct]) {
+            return Some(direct);
+        }
         let usable = cands.iter().filter(|c| ctx.allows(*c)).count();
         if usable == 0 {
             return None;
         }
-        let k = self.next.fetch_add(1, Ordering::Relaxed) % usable;
+        let k = turn % usable;
         let mut allowed = cands.iter().enumerate().filter(|(_, c)| ctx.allows(*c)).map(|(i, _)| i);
         let first = allowed.next()?;
         // Health can flip between the two passes: fall back to the first.

@@ -1,0 +1,444 @@
+#!/usr/bin/env bash
+# Shoal against HAProxy and nginx on the same machine, the same three
+# backends and the same work, measured in alternation.
+#
+# Every proxy balances least-connections over three nginx backends (one
+# nginx, `return 200`), keeps connections to them alive, adds
+# X-Forwarded-For and health-checks them (HAProxy and Shoal: HTTP checks
+# every 2 s; nginx open source has passive checks only: max_fails). Each
+# round runs wrk (-t2, same connections and duration) against every proxy
+# in turn, the starting proxy rotating per round:
+#   l7        HTTP over client keep-alive
+#   l4        TCP pass-through (HTTP inside) over client keep-alive
+#   close     HTTP with a new client connection per request
+#   cluster   Shoal alone vs Shoal in a 3-node cluster (gossip, QUIC
+#             replication to two peers) with header-sticky sessions; both
+#             get the same 1 000 rotating session ids
+# then prints the medians (requests/s, p50, p99), the ratios Shoal/HAProxy
+# and Shoal/nginx, and each proxy's memory per idle client connection
+# (RSS growth with IDLE connections open, none of them sending).
+#
+# Usage: bench/compare.sh [--no-write]
+#   ROUNDS=3 DURATION=10 CONNECTIONS=64 IDLE=10000 (environment)
+# Writes the table into docs/benchmarks.md (between the compare markers)
+# unless --no-write. Installs wrk, nginx, libnginx-mod-stream and haproxy
+# with apt-get when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=${ROUNDS:-3}
+duration=${DURATION:-10}
+connections=${CONNECTIONS:-64}
+idle=${IDLE:-10000}
+write=1
+[ "${1:-}" = "--no-write" ] && write=0
+
+. bench/lib.sh
+need wrk wrk
+need nginx nginx
+need haproxy haproxy
+need curl curl
+need python3 python3
+stream_module=/usr/lib/nginx/modules/ngx_stream_module.so
+if [ ! -f "$stream_module" ] && [ "$(id -u)" -eq 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnginx-mod-stream >/dev/null 2>&1 || true
+fi
+shoal_binary
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done
+    wait 2>/dev/null || true
+    [ -n "${KEEP:-}" ] && echo "kept $work" || rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+# Proxies hold IDLE client connections: give them every descriptor the
+# hard limit allows (raising it needs CAP_SYS_RESOURCE, which a container
+# may lack).
+ulimit -n "$(ulimit -Hn)"
+nofile=$(ulimit -n)
+# HAProxy refuses to start unless it has two descriptors per connection
+# (client and server side), so it caps the idle count on such a machine.
+if [ $((2 * (idle + 100) + 24)) -gt "$nofile" ]; then
+    idle=$(((nofile - 24) / 2 - 100))
+    echo "compare: the open-files hard limit is $nofile, so the idle-memory run holds $idle connections"
+fi
+
+# --- backends: one nginx, three ports ---------------------------------------
+cat >"$work/backends.conf" <<CONF
+worker_processes 1;
+pid $work/backends.pid;
+error_log $work/backends-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    server { listen 127.0.0.1:18001; location / { return 200 "backend 1\n"; } }
+    server { listen 127.0.0.1:18002; location / { return 200 "backend 2\n"; } }
+    server { listen 127.0.0.1:18003; location / { return 200 "backend 3\n"; } }
+}
+CONF
+nginx -c "$work/backends.conf" -p "$work"
+
+# --- HAProxy: one process, a thread per core ---------------------------------
+cat >"$work/haproxy.cfg" <<CONF
+global
+    nbthread $(nproc)
+    maxconn $((idle + 100))
+    ulimit-n $nofile
+    log stderr format short local0 err
+defaults
+    timeout connect 1s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 60s
+    timeout http-keep-alive 60s
+    log global
+frontend l7
+    mode http
+    bind 127.0.0.1:18180
+    option forwardfor
+    default_backend web_http
+frontend l4
+    mode tcp
+    bind 127.0.0.1:18181
+    default_backend web_tcp
+backend web_http
+    mode http
+    balance leastconn
+    http-reuse always
+    option httpchk GET /
+    server b1 127.0.0.1:18001 check inter 2s
+    server b2 127.0.0.1:18002 check inter 2s
+    server b3 127.0.0.1:18003 check inter 2s
+backend web_tcp
+    mode tcp
+    balance leastconn
+    option httpchk GET /
+    server b1 127.0.0.1:18001 check inter 2s
+    server b2 127.0.0.1:18002 check inter 2s
+    server b3 127.0.0.1:18003 check inter 2s
+CONF
+haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
+haproxy_pid=$!
+pids+=("$haproxy_pid")
+
+# --- nginx as the proxy: a worker per core -----------------------------------
+nginx_stream=""
+if [ -f "$stream_module" ]; then
+    nginx_stream="stream {
+    upstream web_tcp { least_conn; server 127.0.0.1:18001 max_fails=3; server 127.0.0.1:18002 max_fails=3; server 127.0.0.1:18003 max_fails=3; }
+    server { listen 127.0.0.1:18281; proxy_pass web_tcp; proxy_connect_timeout 1s; proxy_timeout 60s; }
+}"
+    nginx_load="load_module $stream_module;"
+fi
+cat >"$work/proxy.conf" <<CONF
+${nginx_load:-}
+worker_processes $(nproc);
+worker_rlimit_nofile $nofile;
+pid $work/proxy.pid;
+error_log $work/proxy-error.log error;
+events { worker_connections $nofile; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    client_header_timeout 60s;
+    upstream web {
+        least_conn;
+        server 127.0.0.1:18001 max_fails=3 fail_timeout=10s;
+        server 127.0.0.1:18002 max_fails=3 fail_timeout=10s;
+        server 127.0.0.1:18003 max_fails=3 fail_timeout=10s;
+        keepalive 256;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:18280;
+        location / {
+            proxy_pass http://web;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_connect_timeout 1s;
+        }
+    }
+}
+$nginx_stream
+CONF
+nginx -c "$work/proxy.conf" -p "$work"
+
+# --- Shoal: one node alone, and a three-node sticky cluster ------------------
+shoal_pool() { # NAME STICKY
+    cat <<CONF
+[[pool]]
+name = "$1"
+algorithm = "least_conn"
+keepalive_timeout = "60s"
+health = { kind = "http", path = "/", interval = "2s", timeout = "1s" }
+$2
+[[pool.backend]]
+name = "b1"
+address = "127.0.0.1:18001"
+[[pool.backend]]
+name = "b2"
+address = "127.0.0.1:18002"
+[[pool.backend]]
+name = "b3"
+address = "127.0.0.1:18003"
+CONF
+}
+cat >"$work/shoal.toml" <<CONF
+[node]
+id = "bench"
+admin_addr = "127.0.0.1:19901"
+
+[[listener]]
+name = "l7"
+bind = "127.0.0.1:18080"
+protocol = "http"
+pool = "web"
+idle_timeout = "60s"
+
+[[listener]]
+name = "l4"
+bind = "127.0.0.1:18081"
+protocol = "tcp"
+pool = "web"
+idle_timeout = "60s"
+
+$(shoal_pool web "")
+CONF
+SHOAL_LOG=warn "$shoal" run -c "$work/shoal.toml" >"$work/shoal.log" 2>&1 &
+shoal_pid=$!
+pids+=("$shoal_pid")
+
+"$shoal" certs --dir "$work" --nodes lb1,lb2,lb3 >/dev/null
+for i in 1 2 3; do
+    cat >"$work/lb$i.toml" <<CONF
+[node]
+id = "lb$i"
+admin_addr = "127.0.0.1:1991$i"
+
+[cluster]
+name = "bench"
+gossip_addr = "127.0.0.1:1992$i"
+replication_addr = "127.0.0.1:1993$i"
+seeds = ["127.0.0.1:19921"]
+gossip_key_file = "$work/gossip.key"
+tls = { ca = "$work/ca.pem", cert = "$work/lb$i.pem", key = "$work/lb$i.key" }
+
+[[listener]]
+name = "l7"
+bind = "127.0.0.1:1808$((i + 1))"
+protocol = "http"
+pool = "web"
+idle_timeout = "60s"
+
+$(shoal_pool web 'sticky = { mode = "header", header = "x-session", ttl = "10m" }')
+CONF
+    SHOAL_LOG=warn "$shoal" run -c "$work/lb$i.toml" >"$work/lb$i.log" 2>&1 &
+    pids+=($!)
+done
+
+wait_http() { # URL: up to 10 s
+    for _ in $(seq 100); do
+        curl -fs -o /dev/null "$1" && return 0
+        sleep 0.1
+    done
+    echo "compare: $1 did not answer within 10 s" >&2
+    exit 1
+}
+for port in 18001 18002 18003 18180 18181 18280 18080 18081 18082; do
+    wait_http "http://127.0.0.1:$port/"
+done
+[ -n "$nginx_stream" ] && wait_http "http://127.0.0.1:18281/"
+# The sticky node must see both peers over replication before it counts.
+for _ in $(seq 100); do
+    connected=$(curl -fs http://127.0.0.1:19911/status | python3 -c \
+        'import json,sys; print(sum(p["connected"] for p in json.load(sys.stdin)["affinity"]["peers"]))' 2>/dev/null || echo 0)
+    [ "$connected" = 2 ] && break
+    sleep 0.2
+done
+[ "$connected" = 2 ] || { echo "compare: the cluster node is not replicating to both peers" >&2; exit 1; }
+
+# The same rotating session ids for both cluster-scenario targets.
+cat >"$work/sessions.lua" <<'LUA'
+local n = 0
+request = function()
+    n = n + 1
+    return wrk.format("GET", "/", { ["X-Session"] = "s" .. (n % 1000) })
+end
+LUA
+
+results="$work/results.tsv"
+: >"$results"
+# run ROUND SCENARIO PRODUCT URL [wrk args...]
+run() {
+    local round=$1 scenario=$2 product=$3 url=$4
+    shift 4
+    local out="$work/run.txt"
+    wrk -t2 -c"$connections" -d"${duration}s" --latency "$@" "$url" >"$out" 2>&1 || true
+    python3 - "$round" "$scenario" "$product" "$out" >>"$results" <<'PY'
+import re, sys
+round_, scenario, product, path = sys.argv[1:5]
+text = open(path).read()
+def ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)$", v)
+    if not m:
+        return float("nan")
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+rps = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
+p50 = re.search(r"^\s+50%\s+(\S+)", text, re.M)
+p99 = re.search(r"^\s+99%\s+(\S+)", text, re.M)
+errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
+non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+errors += int(non2xx.group(1)) if non2xx else 0
+print("\t".join([round_, scenario, product,
+                 f"{float(rps.group(1)) if rps else 0:.0f}",
+                 f"{ms(p50.group(1)) if p50 else float('nan'):.3f}",
+                 f"{ms(p99.group(1)) if p99 else float('nan'):.3f}", str(errors)]))
+PY
+    tail -n1 "$results" | awk -F'\t' '{printf "  round %s %-8s %-16s %8s req/s  p50 %7s ms  p99 %7s ms  errors %s\n", $1, $2, $3, $4, $5, $6, $7}'
+}
+
+# rotate: prints its arguments starting at the (round mod n)-th.
+rotate() {
+    local r=$1
+    shift
+    local a=("$@") n=$#
+    for ((k = 0; k < n; k++)); do echo "${a[(k + r) % n]}"; done
+}
+
+echo "compare: $(nproc) cores, $(uname -r), $rounds rounds of ${duration}s, wrk -t2 -c$connections"
+declare -A l7=([shoal]=http://127.0.0.1:18080/ [haproxy]=http://127.0.0.1:18180/ [nginx]=http://127.0.0.1:18280/)
+declare -A l4=([shoal]=http://127.0.0.1:18081/ [haproxy]=http://127.0.0.1:18181/)
+[ -n "$nginx_stream" ] && l4[nginx]=http://127.0.0.1:18281/
+for ((r = 1; r <= rounds; r++)); do
+    for p in $(rotate "$r" shoal haproxy nginx); do run "$r" l7 "$p" "${l7[$p]}"; done
+    for p in $(rotate "$r" shoal haproxy nginx); do
+        [ -n "${l4[$p]:-}" ] && run "$r" l4 "$p" "${l4[$p]}"
+    done
+    for p in $(rotate "$r" shoal haproxy nginx); do
+        run "$r" close "$p" "${l7[$p]}" -H "Connection: close"
+    done
+    for p in $(rotate "$r" shoal shoal-cluster); do
+        if [ "$p" = shoal ]; then
+            run "$r" cluster shoal "${l7[shoal]}" -s "$work/sessions.lua"
+        else
+            run "$r" cluster shoal-cluster http://127.0.0.1:18082/ -s "$work/sessions.lua"
+        fi
+    done
+done
+
+# --- memory per idle client connection ----------------------------------------
+rss_kib() { # PID...: total VmRSS in KiB
+    local total=0 p v
+    for p in "$@"; do
+        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+nginx_pids() { echo "$(cat "$work/proxy.pid") $(pgrep -P "$(cat "$work/proxy.pid")" | tr '\n' ' ')"; }
+memory() { # PRODUCT PORT
+    local product=$1 port=$2 pidlist before after
+    case $product in
+        shoal) pidlist=$shoal_pid ;;
+        haproxy) pidlist=$haproxy_pid ;;
+        nginx) pidlist=$(nginx_pids) ;;
+    esac
+    # shellcheck disable=SC2086
+    before=$(rss_kib $pidlist)
+    exec {hold_in}> >(python3 bench/hold_connections.py 127.0.0.1 "$port" "$idle" >"$work/hold.txt")
+    for _ in $(seq 300); do
+        grep -q . "$work/hold.txt" 2>/dev/null && break
+        sleep 0.1
+    done
+    sleep 1 # let the proxy accept the last ones
+    # shellcheck disable=SC2086
+    after=$(rss_kib $pidlist)
+    exec {hold_in}>&-
+    if ! grep -q "^open $idle" "$work/hold.txt"; then
+        echo "compare: idle connections to $product: $(cat "$work/hold.txt")" >&2
+        exit 1
+    fi
+    printf "%s\t%s\t%s\n" "$product" "$before" "$after" >>"$work/memory.tsv"
+    printf "  memory %-8s RSS %s KiB -> %s KiB with %s idle connections\n" "$product" "$before" "$after" "$idle"
+    # Wait for the proxy to see them close before the next one.
+    sleep 2
+}
+: >"$work/memory.tsv"
+memory shoal 18080
+memory haproxy 18180
+memory nginx 18280
+
+table=$(python3 - "$results" "$work/memory.tsv" "$idle" <<'PY'
+import statistics, sys
+from collections import defaultdict
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+by = defaultdict(list)
+for _r, scenario, product, rps, p50, p99, errors in rows:
+    by[(scenario, product)].append((float(rps), float(p50), float(p99), int(errors)))
+def med(key, i):
+    v = [x[i] for x in by.get(key, [])]
+    return statistics.median(v) if v else None
+titles = {"l7": "L7 HTTP, keep-alive", "l4": "L4 TCP, keep-alive",
+          "close": "L7 HTTP, connection per request", "cluster": "Shoal cluster + sticky cost"}
+print("| scenario | proxy | requests/s (median) | p50 ms | p99 ms | runs (requests/s) | errors |")
+print("|---|---|---|---|---|---|---|")
+for scenario in ["l7", "l4", "close", "cluster"]:
+    for product in ["shoal", "haproxy", "nginx", "shoal-cluster"]:
+        key = (scenario, product)
+        if key not in by:
+            continue
+        runs = ", ".join(f"{x[0]:.0f}" for x in by[key])
+        errs = sum(x[3] for x in by[key])
+        print(f"| {titles[scenario]} | {product} | {med(key, 0):.0f} | {med(key, 1):.2f} | {med(key, 2):.2f} | {runs} | {errs} |")
+print()
+print("| ratio (medians) | value |")
+print("|---|---|")
+def ratio(scenario, a, b, what=0):
+    x, y = med((scenario, a), what), med((scenario, b), what)
+    return f"{x / y:.2f}" if x and y else "n/a"
+for scenario in ["l7", "l4", "close"]:
+    for other in ["haproxy", "nginx"]:
+        if (scenario, other) in by:
+            print(f"| {titles[scenario]}: Shoal / {other} requests/s | {ratio(scenario, 'shoal', other)} |")
+    if ("l7", "haproxy") in by and scenario == "l7":
+        print(f"| L7 p99: Shoal / haproxy | {ratio('l7', 'shoal', 'haproxy', 2)} |")
+print(f"| cluster + sticky / single node requests/s | {ratio('cluster', 'shoal-cluster', 'shoal')} |")
+idle = int(sys.argv[3])
+print()
+print(f"| proxy | RSS before | RSS with {idle} idle connections | bytes per idle connection |")
+print("|---|---|---|---|")
+for line in open(sys.argv[2]):
+    product, before, after = line.split()
+    per = (int(after) - int(before)) * 1024 / idle
+    print(f"| {product} | {int(before) / 1024:.1f} MiB | {int(after) / 1024:.1f} MiB | {per:.0f} |")
+PY
+)
+header="### $(date -u +%F) — $(nproc) vCPU $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo | awk '{print $1, $2}'), $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r | cut -d- -f1), $(haproxy -v | awk 'NR==1 {print "HAProxy", $3}'), $(nginx -v 2>&1 | sed 's/.*nginx\//nginx /'), $rounds rounds × ${duration} s, wrk -t2 -c$connections"
+echo
+echo "$header"
+echo
+echo "$table"
+if [ "$write" = 1 ]; then
+    python3 - docs/benchmarks.md "$header" "$table" <<'PY'
+import sys
+path, header, table = sys.argv[1:4]
+text = open(path).read()
+begin, end = "<!-- compare:begin -->", "<!-- compare:end -->"
+block = f"{begin}\n{header}\n\n{table}\n{end}"
+if begin in text and end in text:
+    text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+else:
+    text = text.rstrip("\n") + "\n\n" + block + "\n"
+open(path, "w").write(text)
+PY
+    echo "compare: table written to docs/benchmarks.md"
+fi
