@@ -22,27 +22,12 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+    [ -f "$work/backends.pid" ] && kill "$(cat "$work/backends.pid")" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
 
-# Three nginx backends on one nginx, answering a small fixed body.
-cat >"$work/nginx.conf" <<CONF
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-    server { listen 127.0.0.1:18001; location / { return 200 "backend 1\n"; } }
-    server { listen 127.0.0.1:18002; location / { return 200 "backend 2\n"; } }
-    server { listen 127.0.0.1:18003; location / { return 200 "backend 3\n"; } }
-}
-CONF
-nginx -c "$work/nginx.conf" -p "$work"
+start_backends "$work"
 
 cat >"$work/shoal.toml" <<CONF
 [node]

@@ -67,22 +67,7 @@ if [ $((2 * (idle + 100) + 24)) -gt "$nofile" ]; then
     echo "compare: the open-files hard limit is $nofile, so the idle-memory run holds $idle connections"
 fi
 
-# --- backends: one nginx, three ports ---------------------------------------
-cat >"$work/backends.conf" <<CONF
-worker_processes 1;
-pid $work/backends.pid;
-error_log $work/backends-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-    server { listen 127.0.0.1:18001; location / { return 200 "backend 1\n"; } }
-    server { listen 127.0.0.1:18002; location / { return 200 "backend 2\n"; } }
-    server { listen 127.0.0.1:18003; location / { return 200 "backend 3\n"; } }
-}
-CONF
-nginx -c "$work/backends.conf" -p "$work"
+start_backends "$work"
 
 # --- HAProxy: one process, a thread per core ---------------------------------
 cat >"$work/haproxy.cfg" <<CONF

@@ -21,3 +21,24 @@ shoal_binary() {
     fi
     shoal="${SHOAL_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/shoal}"
 }
+
+# start_backends DIR: three nginx backends answering a small fixed body on
+# 127.0.0.1:18001-18003 (one nginx, one worker, keep-alive); its pid file
+# is DIR/backends.pid.
+start_backends() {
+    cat >"$1/backends.conf" <<CONF
+worker_processes 1;
+pid $1/backends.pid;
+error_log $1/backends-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    server { listen 127.0.0.1:18001; location / { return 200 "backend 1\n"; } }
+    server { listen 127.0.0.1:18002; location / { return 200 "backend 2\n"; } }
+    server { listen 127.0.0.1:18003; location / { return 200 "backend 3\n"; } }
+}
+CONF
+    nginx -c "$1/backends.conf" -p "$1"
+}
