@@ -46,23 +46,7 @@ bind = "127.0.0.1:18081"
 protocol = "tcp"
 pool = "web"
 
-[[pool]]
-name = "web"
-algorithm = "least_conn"
-keepalive_timeout = "30s"
-health = { kind = "http", path = "/", interval = "2s", timeout = "1s" }
-
-[[pool.backend]]
-name = "b1"
-address = "127.0.0.1:18001"
-
-[[pool.backend]]
-name = "b2"
-address = "127.0.0.1:18002"
-
-[[pool.backend]]
-name = "b3"
-address = "127.0.0.1:18003"
+$(web_pool)
 CONF
 SHOAL_LOG=warn "$shoal" run -c "$work/shoal.toml" &
 pids+=($!)

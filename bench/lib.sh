@@ -42,3 +42,25 @@ http {
 CONF
     nginx -c "$1/backends.conf" -p "$1"
 }
+
+# web_pool [EXTRA_TOML]: Shoal's pool "web" over the start_backends
+# backends (least_conn, HTTP health checks every 2 s), as TOML on stdout.
+web_pool() {
+    cat <<CONF
+[[pool]]
+name = "web"
+algorithm = "least_conn"
+keepalive_timeout = "60s"
+health = { kind = "http", path = "/", interval = "2s", timeout = "1s" }
+${1:-}
+[[pool.backend]]
+name = "b1"
+address = "127.0.0.1:18001"
+[[pool.backend]]
+name = "b2"
+address = "127.0.0.1:18002"
+[[pool.backend]]
+name = "b3"
+address = "127.0.0.1:18003"
+CONF
+}
