@@ -16,7 +16,8 @@
 #             get the same 1 000 rotating session ids
 # then prints the medians (requests/s, p50, p99), the ratios Shoal/HAProxy
 # and Shoal/nginx, and each proxy's memory per idle client connection
-# (RSS growth with IDLE connections open, none of them sending).
+# (RSS growth with IDLE connections open, none of them sending, measured
+# before the load runs).
 #
 # Usage: bench/compare.sh [--no-write]
 #   ROUNDS=3 DURATION=10 CONNECTIONS=64 IDLE=10000 (environment)
@@ -39,6 +40,7 @@ need nginx nginx
 need haproxy haproxy
 need curl curl
 need python3 python3
+need ss iproute2
 stream_module=/usr/lib/nginx/modules/ngx_stream_module.so
 if [ ! -f "$stream_module" ] && [ "$(id -u)" -eq 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnginx-mod-stream >/dev/null 2>&1 || true
@@ -158,25 +160,6 @@ CONF
 nginx -c "$work/proxy.conf" -p "$work"
 
 # --- Shoal: one node alone, and a three-node sticky cluster ------------------
-shoal_pool() { # NAME STICKY
-    cat <<CONF
-[[pool]]
-name = "$1"
-algorithm = "least_conn"
-keepalive_timeout = "60s"
-health = { kind = "http", path = "/", interval = "2s", timeout = "1s" }
-$2
-[[pool.backend]]
-name = "b1"
-address = "127.0.0.1:18001"
-[[pool.backend]]
-name = "b2"
-address = "127.0.0.1:18002"
-[[pool.backend]]
-name = "b3"
-address = "127.0.0.1:18003"
-CONF
-}
 cat >"$work/shoal.toml" <<CONF
 [node]
 id = "bench"
@@ -196,7 +179,7 @@ protocol = "tcp"
 pool = "web"
 idle_timeout = "60s"
 
-$(shoal_pool web "")
+$(web_pool)
 CONF
 SHOAL_LOG=warn "$shoal" run -c "$work/shoal.toml" >"$work/shoal.log" 2>&1 &
 shoal_pid=$!
@@ -224,7 +207,7 @@ protocol = "http"
 pool = "web"
 idle_timeout = "60s"
 
-$(shoal_pool web 'sticky = { mode = "header", header = "x-session", ttl = "10m" }')
+$(web_pool 'sticky = { mode = "header", header = "x-session", ttl = "10m" }')
 CONF
     SHOAL_LOG=warn "$shoal" run -c "$work/lb$i.toml" >"$work/lb$i.log" 2>&1 &
     pids+=($!)
@@ -267,7 +250,12 @@ run() {
     local round=$1 scenario=$2 product=$3 url=$4
     shift 4
     local out="$work/run.txt"
-    wrk -t2 -c"$connections" -d"${duration}s" --latency "$@" "$url" >"$out" 2>&1 || true
+    if ! wrk -t2 -c"$connections" -d"${duration}s" --latency "$@" "$url" >"$out" 2>&1 \
+        || ! grep -q '^Requests/sec:' "$out"; then
+        echo "compare: wrk against $product ($scenario) failed:" >&2
+        cat "$out" >&2
+        exit 1
+    fi
     python3 - "$round" "$scenario" "$product" "$out" >>"$results" <<'PY'
 import re, sys
 round_, scenario, product, path = sys.argv[1:5]
@@ -299,28 +287,9 @@ rotate() {
     for ((k = 0; k < n; k++)); do echo "${a[(k + r) % n]}"; done
 }
 
-echo "compare: $(nproc) cores, $(uname -r), $rounds rounds of ${duration}s, wrk -t2 -c$connections"
-declare -A l7=([shoal]=http://127.0.0.1:18080/ [haproxy]=http://127.0.0.1:18180/ [nginx]=http://127.0.0.1:18280/)
-declare -A l4=([shoal]=http://127.0.0.1:18081/ [haproxy]=http://127.0.0.1:18181/)
-[ -n "$nginx_stream" ] && l4[nginx]=http://127.0.0.1:18281/
-for ((r = 1; r <= rounds; r++)); do
-    for p in $(rotate "$r" shoal haproxy nginx); do run "$r" l7 "$p" "${l7[$p]}"; done
-    for p in $(rotate "$r" shoal haproxy nginx); do
-        [ -n "${l4[$p]:-}" ] && run "$r" l4 "$p" "${l4[$p]}"
-    done
-    for p in $(rotate "$r" shoal haproxy nginx); do
-        run "$r" close "$p" "${l7[$p]}" -H "Connection: close"
-    done
-    for p in $(rotate "$r" shoal shoal-cluster); do
-        if [ "$p" = shoal ]; then
-            run "$r" cluster shoal "${l7[shoal]}" -s "$work/sessions.lua"
-        else
-            run "$r" cluster shoal-cluster http://127.0.0.1:18082/ -s "$work/sessions.lua"
-        fi
-    done
-done
-
 # --- memory per idle client connection ----------------------------------------
+# Measured first, on freshly started proxies, so no proxy reuses memory
+# that the load runs freed.
 rss_kib() { # PID...: total VmRSS in KiB
     local total=0 p v
     for p in "$@"; do
@@ -344,7 +313,16 @@ memory() { # PRODUCT PORT
         grep -q . "$work/hold.txt" 2>/dev/null && break
         sleep 0.1
     done
-    sleep 1 # let the proxy accept the last ones
+    # The proxy has accepted them all once its RSS stops growing (two
+    # equal samples 200 ms apart, at most 5 s).
+    local prev=-1 now
+    for _ in $(seq 25); do
+        # shellcheck disable=SC2086
+        now=$(rss_kib $pidlist)
+        [ "$now" = "$prev" ] && break
+        prev=$now
+        sleep 0.2
+    done
     # shellcheck disable=SC2086
     after=$(rss_kib $pidlist)
     exec {hold_in}>&-
@@ -354,13 +332,37 @@ memory() { # PRODUCT PORT
     fi
     printf "%s\t%s\t%s\n" "$product" "$before" "$after" >>"$work/memory.tsv"
     printf "  memory %-8s RSS %s KiB -> %s KiB with %s idle connections\n" "$product" "$before" "$after" "$idle"
-    # Wait for the proxy to see them close before the next one.
-    sleep 2
+    # The next proxy starts once these are gone from the kernel (10 s at most).
+    for _ in $(seq 100); do
+        [ "$(ss -Htn state established "( sport = :$port )" | wc -l)" -eq 0 ] && break
+        sleep 0.1
+    done
 }
 : >"$work/memory.tsv"
 memory shoal 18080
 memory haproxy 18180
 memory nginx 18280
+
+echo "compare: $(nproc) cores, $(uname -r), $rounds rounds of ${duration}s, wrk -t2 -c$connections"
+declare -A l7=([shoal]=http://127.0.0.1:18080/ [haproxy]=http://127.0.0.1:18180/ [nginx]=http://127.0.0.1:18280/)
+declare -A l4=([shoal]=http://127.0.0.1:18081/ [haproxy]=http://127.0.0.1:18181/)
+[ -n "$nginx_stream" ] && l4[nginx]=http://127.0.0.1:18281/
+for ((r = 1; r <= rounds; r++)); do
+    for p in $(rotate "$r" shoal haproxy nginx); do run "$r" l7 "$p" "${l7[$p]}"; done
+    for p in $(rotate "$r" shoal haproxy nginx); do
+        [ -n "${l4[$p]:-}" ] && run "$r" l4 "$p" "${l4[$p]}"
+    done
+    for p in $(rotate "$r" shoal haproxy nginx); do
+        run "$r" close "$p" "${l7[$p]}" -H "Connection: close"
+    done
+    for p in $(rotate "$r" shoal shoal-cluster); do
+        if [ "$p" = shoal ]; then
+            run "$r" cluster shoal "${l7[shoal]}" -s "$work/sessions.lua"
+        else
+            run "$r" cluster shoal-cluster http://127.0.0.1:18082/ -s "$work/sessions.lua"
+        fi
+    done
+done
 
 table=$(python3 - "$results" "$work/memory.tsv" "$idle" <<'PY'
 import statistics, sys
