@@ -110,8 +110,8 @@ struct HttpListener {
 }
 
 impl HttpListener {
-    /// A connection costs only its socket and a small task (about 1.1 KiB
-    /// in all, docs/benchmarks.md) until the client speaks: the protocol
+    /// A connection costs only its socket and a small task (about 640
+    /// bytes in all, docs/benchmarks.md) until the client speaks: the protocol
     /// state and its buffers (about 18 KiB) are allocated, boxed, after the
     /// first byte.
     async fn accept(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
