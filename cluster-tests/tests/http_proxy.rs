@@ -335,6 +335,52 @@ fn a_backend_stalling_mid_response_is_cut_after_response_timeout() -> Result<()>
 }
 
 #[test]
+fn a_connection_that_sends_nothing_counts_as_open_and_is_closed_after_idle_timeout() -> Result<()> {
+    let b = Backend::start("a")?;
+    let (admin, http) = (local()?, local()?);
+    let cfg = node(admin, "")
+        + &listener("web", http, "http", "web", "idle_timeout = \"1s\"")
+        + &pool("web", "", &[("a", b.addr)]);
+    let node = Node::start(&cfg, admin)?;
+    let active = |n: u64| move |st: serde_json::Value| (st["listeners"][0]["active_connections"] == n).then_some(());
+
+    let opened = Instant::now();
+    let mut silent = client::connect(http, None)?;
+    wait_until(
+        "the silent connection to count",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || node.status().ok().and_then(active(1)),
+    )?;
+    // A client that speaks late, but within the timeout, is served.
+    let mut late = client::connect(http, None)?;
+    std::thread::sleep(Duration::from_millis(300));
+    write!(late, "GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    late.read_to_string(&mut answer)?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // The silent one is closed by the proxy (EOF), not by the test's own
+    // 10 s read timeout.
+    let mut buf = [0u8; 16];
+    let n = silent.read(&mut buf).context("reading the silent connection")?;
+    let took = opened.elapsed();
+    assert_eq!(n, 0, "the proxy sent {:?} to a client that said nothing", &buf[..n]);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "closed after {took:?}"
+    );
+    wait_until(
+        "no open connections",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || node.status().ok().and_then(active(0)),
+    )?;
+    node.assert_no_panic();
+    Ok(())
+}
+
+#[test]
 fn a_client_that_stops_reading_is_cut_after_idle_timeout() -> Result<()> {
     let b = Backend::start("a")?;
     let (admin, http) = (local()?, local()?);
