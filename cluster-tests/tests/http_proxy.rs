@@ -335,6 +335,51 @@ fn a_backend_stalling_mid_response_is_cut_after_response_timeout() -> Result<()>
 }
 
 #[test]
+fn oversized_heads_get_431_and_oversized_bodies_413() -> Result<()> {
+    let b = Backend::start("a")?;
+    let (admin, http) = (local()?, local()?);
+    let cfg = node(admin, "")
+        + &listener("web", http, "http", "web", "max_body_bytes = 1000")
+        + &pool("web", "", &[("a", b.addr)]);
+    let node = Node::start(&cfg, admin)?;
+    let sent_to_backend = || -> Result<u64> {
+        node.status()?["pools"][0]["backends"][0]["requests"]
+            .as_u64()
+            .context("backend request count")
+    };
+
+    // A 200 kB header against the default 64 KiB head limit.
+    let big = "x".repeat(200_000);
+    let r = client::request(http, None, "GET", "/", &[("X-Big", big.as_str())], b"")?;
+    assert_eq!(r.status, 431, "{:?}", String::from_utf8_lossy(&r.body));
+    // A declared length over the limit: refused before any backend sees it.
+    let r = client::request(http, None, "POST", "/sink", &[], &[b'a'; 2000])?;
+    assert_eq!(r.status, 413, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(sent_to_backend()?, 0, "an oversized request reached the backend");
+    // Within the limit: served.
+    let r = client::request(http, None, "POST", "/sink", &[], &[b'a'; 1000])?;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+
+    // A chunked body is counted as it streams.
+    let mut s = client::connect(http, None)?;
+    write!(
+        s,
+        "POST /sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )?;
+    for _ in 0..3 {
+        write!(s, "258\r\n{}\r\n", "b".repeat(600))?;
+    }
+    write!(s, "0\r\n\r\n")?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    node.assert_no_panic();
+    Ok(())
+}
+
+#[test]
 fn a_connection_that_sends_nothing_counts_as_open_and_is_closed_after_idle_timeout() -> Result<()> {
     let b = Backend::start("a")?;
     let (admin, http) = (local()?, local()?);

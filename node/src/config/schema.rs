@@ -184,7 +184,18 @@ pub struct ListenerConfig {
     /// else `pool` serves.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// HTTP: the most a request line and headers may take (default 64 KiB);
+    /// beyond it the client gets 431.
+    #[serde(default)]
+    pub max_header_bytes: Option<u64>,
+    /// HTTP: the largest request body accepted (default 100 MiB); beyond it
+    /// the client gets 413.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
 }
+
+/// Bounds of `max_header_bytes`: hyper refuses read buffers under 8 KiB.
+pub const MAX_HEADER_BYTES_RANGE: std::ops::RangeInclusive<u64> = 8192..=16 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -234,6 +245,14 @@ pub struct HeaderMatch {
 }
 
 impl ListenerConfig {
+    pub fn max_header_bytes(&self) -> u64 {
+        self.max_header_bytes.unwrap_or(64 * 1024)
+    }
+
+    pub fn max_body_bytes(&self) -> u64 {
+        self.max_body_bytes.unwrap_or(100 * 1024 * 1024)
+    }
+
     pub fn idle_timeout(&self) -> Dur {
         self.idle_timeout.unwrap_or(match self.protocol {
             Protocol::Http => Dur::from_secs(60),

@@ -386,3 +386,30 @@ fn admin_token_file_must_hold_a_token() {
         "{err}"
     );
 }
+
+#[test]
+fn http_limits_have_defaults_and_bounds() {
+    let backend = "[[pool.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n";
+    let config = parse_str(&minimal_with(backend)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.listeners[0].max_header_bytes(), 64 * 1024);
+    assert_eq!(config.listeners[0].max_body_bytes(), 100 * 1024 * 1024);
+
+    // hyper panics on a read buffer under 8 KiB: config must refuse it.
+    let text = minimal_with(backend).replace("pool = \"p\"\n\n", "pool = \"p\"\nmax_header_bytes = 4096\n\n");
+    let (line, key, message) = one_problem(&text);
+    assert_eq!(line, Some(8));
+    assert_eq!(key, "listener[0].max_header_bytes");
+    assert!(message.contains("between 8192 and 16777216, got 4096"), "{message}");
+
+    let text = minimal_with(backend).replace("pool = \"p\"\n\n", "pool = \"p\"\nmax_body_bytes = 0\n\n");
+    let (_, key, message) = one_problem(&text);
+    assert_eq!(key, "listener[0].max_body_bytes");
+    assert!(message.contains("greater than 0"), "{message}");
+
+    let text = minimal_with(backend)
+        .replace("protocol = \"http\"", "protocol = \"tcp\"")
+        .replace("pool = \"p\"\n\n", "pool = \"p\"\nmax_body_bytes = 10\n\n");
+    let (_, key, message) = one_problem(&text);
+    assert_eq!(key, "listener[0].max_body_bytes");
+    assert!(message.contains("only available on http listeners"), "{message}");
+}

@@ -528,6 +528,35 @@ fn validate_listeners(config: &Config, root: &KeyPath, base_dir: &Path, p: &mut 
             p.add(path.key("bind"), format!("{} is the node's admin_addr", l.bind));
         }
         positive(l.idle_timeout().get(), path.key("idle_timeout"), p);
+        if l.protocol != Protocol::Http {
+            for (set, key) in [
+                (l.max_header_bytes.is_some(), "max_header_bytes"),
+                (l.max_body_bytes.is_some(), "max_body_bytes"),
+            ] {
+                p.check(
+                    !set,
+                    || path.key(key),
+                    || format!("{key} is only available on http listeners"),
+                );
+            }
+        }
+        p.check(
+            MAX_HEADER_BYTES_RANGE.contains(&l.max_header_bytes()),
+            || path.key("max_header_bytes"),
+            || {
+                format!(
+                    "max_header_bytes must be between {} and {}, got {}",
+                    MAX_HEADER_BYTES_RANGE.start(),
+                    MAX_HEADER_BYTES_RANGE.end(),
+                    l.max_header_bytes()
+                )
+            },
+        );
+        p.check(
+            l.max_body_bytes.is_none_or(|n| n > 0),
+            || path.key("max_body_bytes"),
+            || "max_body_bytes must be greater than 0".into(),
+        );
         if let Some(tls) = &l.tls {
             let tp = path.key("tls");
             if l.protocol != Protocol::Http {

@@ -45,8 +45,8 @@ impl BodySlot {
 
     /// A body for one attempt, and (unless there is no body) the upload's
     /// progress; `idle` bounds how long the client may pause while
-    /// uploading.
-    pub fn attempt(&self, idle: Duration) -> (RequestBody, Option<Arc<Upload>>) {
+    /// uploading, `limit` how many bytes it may send.
+    pub fn attempt(&self, idle: Duration, limit: u64) -> (RequestBody, Option<Arc<Upload>>) {
         let (source, hint, upload) = match self {
             Self::Empty => (Source::Done, SizeHint::with_exact(0), None),
             Self::Shared { slot, hint } => (
@@ -60,6 +60,8 @@ impl BodySlot {
             hint,
             upload: upload.clone(),
             idle: IdleTimer::new(idle),
+            received: 0,
+            limit,
         };
         (body, upload)
     }
@@ -85,6 +87,9 @@ pub struct RequestBody {
     hint: SizeHint,
     upload: Option<Arc<Upload>>,
     idle: IdleTimer,
+    /// Body bytes read from the client, against `limit`.
+    received: u64,
+    limit: u64,
 }
 
 /// Whether an attempt's request body has been handed to the backend in
@@ -124,6 +129,18 @@ pub enum RequestBodyError {
     Stalled(Duration),
     #[error("request body was already consumed by an earlier attempt")]
     AlreadyConsumed,
+    #[error("request body is larger than the listener's max_body_bytes ({0} bytes)")]
+    TooLarge(u64),
+}
+
+impl RequestBodyError {
+    /// What the client is answered when the backend has not responded.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Self::TooLarge(_) => http::StatusCode::PAYLOAD_TOO_LARGE,
+            _ => http::StatusCode::BAD_REQUEST,
+        }
+    }
 }
 
 impl RequestBody {
@@ -167,6 +184,12 @@ impl Body for RequestBody {
             }
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.progress();
+                if let Some(data) = frame.data_ref() {
+                    this.received = this.received.saturating_add(data.len() as u64);
+                    if this.received > this.limit {
+                        return Poll::Ready(Some(Err(RequestBodyError::TooLarge(this.limit))));
+                    }
+                }
                 if body.is_end_stream() {
                     this.finish();
                 }

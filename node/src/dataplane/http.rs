@@ -90,6 +90,8 @@ pub struct HttpSite {
     pub proto: &'static str,
     /// Sticky bindings (node-wide, replicated).
     pub affinity: Arc<AffinityTable>,
+    /// Largest request body accepted (413 beyond it).
+    pub max_body_bytes: u64,
 }
 
 /// The request-handling half of an HTTP listener.
@@ -106,9 +108,9 @@ enum AttemptError {
     BeforeResponse(String),
     /// No response headers within the pool's response timeout.
     Timeout,
-    /// The client's request body failed (aborted or stalled upload): the
-    /// client's doing, not the backend's.
-    ClientBody(String),
+    /// The client's request body failed (aborted, stalled or too large):
+    /// the client's doing, not the backend's; answered with the status.
+    ClientBody(StatusCode, String),
 }
 
 impl HttpProxy {
@@ -179,6 +181,17 @@ impl HttpSite {
         if let Some(rejection) = reject_request(&req) {
             return rejection;
         }
+        // A declared length over the limit is refused before any backend
+        // sees it; a chunked body is counted as it streams.
+        if http_body::Body::size_hint(req.body()).lower() > self.max_body_bytes {
+            return closing(local(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "request body is larger than the listener's max_body_bytes ({} bytes)",
+                    self.max_body_bytes
+                ),
+            ));
+        }
         let (mut parts, body) = req.into_parts();
         let upstream = Arc::clone(self.upstream_for(&parts));
         let pool = &upstream.pool;
@@ -245,9 +258,9 @@ impl HttpSite {
                     }
                     return resp;
                 }
-                Err(AttemptError::ClientBody(why)) => {
+                Err(AttemptError::ClientBody(status, why)) => {
                     tracing::debug!(listener = %self.listener, error = %why, "client request body failed");
-                    return local(StatusCode::BAD_REQUEST, &why);
+                    return closing(local(status, &why));
                 }
                 Err(e) => {
                     pool.report(&backend, Outcome::Failure);
@@ -256,13 +269,13 @@ impl HttpSite {
                         && match &e {
                             AttemptError::Connect => true,
                             AttemptError::BeforeResponse(_) => idempotent,
-                            AttemptError::Timeout | AttemptError::ClientBody(_) => false,
+                            AttemptError::Timeout | AttemptError::ClientBody(..) => false,
                         };
                     let (kind, detail) = match &e {
                         AttemptError::Connect => ("connect", ""),
                         AttemptError::BeforeResponse(d) => ("request", d.as_str()),
                         AttemptError::Timeout => ("timeout", ""),
-                        AttemptError::ClientBody(d) => ("client", d.as_str()),
+                        AttemptError::ClientBody(_, d) => ("client", d.as_str()),
                     };
                     tracing::warn!(
                         listener = %self.listener, pool = %pool.name, backend = %backend.name,
@@ -299,7 +312,7 @@ impl HttpSite {
                 StatusCode::BAD_GATEWAY,
                 &format!("could not connect to backend {:?} (pool {:?})", &*b.name, &*pool.name),
             ),
-            Some((b, AttemptError::BeforeResponse(_) | AttemptError::ClientBody(_))) => local(
+            Some((b, AttemptError::BeforeResponse(_) | AttemptError::ClientBody(..))) => local(
                 StatusCode::BAD_GATEWAY,
                 &format!("backend {:?} failed before responding", &*b.name),
             ),
@@ -364,7 +377,7 @@ impl HttpSite {
             .path_and_query(path.clone())
             .build()
             .map_err(|e| AttemptError::BeforeResponse(e.to_string()))?;
-        let (req_body, upload) = body.attempt(self.client_idle);
+        let (req_body, upload) = body.attempt(self.client_idle, self.max_body_bytes);
         let mut req = Request::new(req_body);
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
@@ -397,7 +410,10 @@ impl HttpSite {
             }
             Some(Err(e)) => {
                 if let Some(client_error) = find_source::<RequestBodyError>(&e) {
-                    return Err(AttemptError::ClientBody(client_error.to_string()));
+                    return Err(AttemptError::ClientBody(
+                        client_error.status(),
+                        client_error.to_string(),
+                    ));
                 }
                 backend.counters.failures.fetch_add(1, Ordering::Relaxed);
                 backend.observe_latency(started.elapsed().max(Duration::from_millis(1)));
@@ -519,6 +535,14 @@ fn is_idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
+}
+
+/// `resp` with `Connection: close`: the client's request body was not read
+/// to its end, so the connection cannot carry another request.
+fn closing(mut resp: Response<ResponseBody>) -> Response<ResponseBody> {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// A short plain-text response generated by the proxy itself.

@@ -79,6 +79,10 @@ async fn accept_loop(
 #[derive(Clone)]
 pub struct HttpServing {
     pub idle_timeout: Duration,
+    /// Largest request head (HTTP/1.1 read buffer, HTTP/2 header list);
+    /// beyond it HTTP/1.1 clients get 431. At least 8 KiB (hyper's floor,
+    /// enforced by config validation).
+    pub max_header_bytes: usize,
     /// TLS termination; HTTP/2 is offered (ALPN) only with TLS.
     pub tls: Option<TlsAcceptor>,
 }
@@ -134,6 +138,7 @@ impl HttpListener {
             proxy: &self.proxy,
             peer,
             idle: self.serving.idle_timeout,
+            max_header_bytes: self.serving.max_header_bytes,
             activity: &activity,
             shutdown: &self.shutdown,
         };
@@ -168,6 +173,7 @@ struct Conn<'a> {
     proxy: &'a Arc<HttpProxy>,
     peer: SocketAddr,
     idle: Duration,
+    max_header_bytes: usize,
     activity: &'a Arc<ConnActivity>,
     shutdown: &'a CancellationToken,
 }
@@ -184,6 +190,7 @@ impl Conn<'_> {
             // hyper starts this timer whenever it waits for a request
             // head: it bounds slow header senders too.
             .header_read_timeout(self.idle)
+            .max_buf_size(self.max_header_bytes)
             .keep_alive(true);
         let svc = service(Arc::clone(self.proxy), self.peer, Arc::clone(self.activity));
         let mut conn = pin!(builder.serve_connection(TokioIo::new(io), svc).with_upgrades());
@@ -208,8 +215,12 @@ impl Conn<'_> {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.idle)
+            .max_buf_size(self.max_header_bytes)
             .keep_alive(true);
-        builder.http2().timer(TokioTimer::new());
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
         let svc = service(Arc::clone(self.proxy), self.peer, Arc::clone(self.activity));
         let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
         let result = tokio::select! {

@@ -156,6 +156,7 @@ pub fn http_site(
         routes,
         rate_limit: rate_limiter(l, previous_limiter),
         client_idle: l.idle_timeout().get(),
+        max_body_bytes: l.max_body_bytes(),
         proto: if l.tls.is_some() { "https" } else { "http" },
         affinity: Arc::clone(affinity),
     })

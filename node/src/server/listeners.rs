@@ -30,7 +30,11 @@ use crate::tls::{self, CertStore};
 /// accepted carry on with the settings they started with).
 #[derive(Debug, Clone, PartialEq)]
 enum Kind {
-    Http { tls: Option<ListenerTls>, idle: Duration },
+    Http {
+        tls: Option<ListenerTls>,
+        idle: Duration,
+        max_header_bytes: usize,
+    },
     Tcp,
 }
 
@@ -40,6 +44,8 @@ impl Kind {
             Protocol::Http => Self::Http {
                 tls: l.tls.clone(),
                 idle: l.idle_timeout().get(),
+                // Validated to at most 16 MiB.
+                max_header_bytes: usize::try_from(l.max_header_bytes()).unwrap_or(usize::MAX),
             },
             Protocol::Tcp => Self::Tcp,
         }
@@ -281,7 +287,15 @@ fn spawn_loop(
                 },
                 _ => None,
             };
-            let serving = HttpServing { idle_timeout, tls };
+            let max_header_bytes = match kind {
+                Kind::Http { max_header_bytes, .. } => *max_header_bytes,
+                Kind::Tcp => 0,
+            };
+            let serving = HttpServing {
+                idle_timeout,
+                max_header_bytes,
+                tls,
+            };
             tracker.spawn(listener::serve_http(
                 Arc::clone(socket),
                 Arc::clone(&proxy),
