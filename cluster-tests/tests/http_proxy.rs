@@ -380,6 +380,69 @@ fn oversized_heads_get_431_and_oversized_bodies_413() -> Result<()> {
 }
 
 #[test]
+fn at_max_connections_new_clients_wait_then_are_refused_until_a_slot_frees() -> Result<()> {
+    let b = Backend::start("a")?;
+    let (admin, http) = (local()?, local()?);
+    let cfg = node(admin, "")
+        + &listener(
+            "web",
+            http,
+            "http",
+            "web",
+            "max_connections = 2\nidle_timeout = \"30s\"",
+        )
+        + &pool("web", "", &[("a", b.addr)]);
+    let node = Node::start(&cfg, admin)?;
+    let listener_stat =
+        |key: &'static str, n: u64| move |st: serde_json::Value| (st["listeners"][0][key] == n).then_some(());
+    let first = client::connect(http, None)?;
+    let _second = client::connect(http, None)?;
+    wait_until(
+        "both slots to be taken",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || node.status().ok().and_then(listener_stat("active_connections", 2)),
+    )?;
+
+    // The third waits in the accept queue, then is closed unserved.
+    let queued_at = Instant::now();
+    let mut third = client::connect(http, None)?;
+    write!(third, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let mut buf = [0u8; 64];
+    let n = third.read(&mut buf).unwrap_or(0);
+    let waited = queued_at.elapsed();
+    assert_eq!(
+        n,
+        0,
+        "a client over the cap got {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "refused after {waited:?}"
+    );
+    wait_until(
+        "the refusal to be counted",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || node.status().ok().and_then(listener_stat("refused_connections", 1)),
+    )?;
+
+    // A freed slot serves the next client again.
+    drop(first);
+    wait_until(
+        "a slot to free",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || node.status().ok().and_then(listener_stat("active_connections", 1)),
+    )?;
+    let r = client::request(http, None, "GET", "/", &[], b"")?;
+    assert_eq!(r.status, 200);
+    node.assert_no_panic();
+    Ok(())
+}
+
+#[test]
 fn a_connection_that_sends_nothing_counts_as_open_and_is_closed_after_idle_timeout() -> Result<()> {
     let b = Backend::start("a")?;
     let (admin, http) = (local()?, local()?);

@@ -121,6 +121,18 @@ pub fn render(state: &NodeState) -> String {
         );
     }
     o.help(
+        "shoal_refused_connections_total",
+        "counter",
+        "Connections closed unserved because the listener was at max_connections.",
+    );
+    for l in listeners {
+        o.sample(
+            "shoal_refused_connections_total",
+            &[("listener", &l.name)],
+            l.stats.refused.load(Ordering::Relaxed),
+        );
+    }
+    o.help(
         "shoal_unserved_connections_total",
         "counter",
         "TCP connections closed for want of a backend.",

@@ -93,6 +93,8 @@ pub struct Listener {
     pub accepted_connections: u64,
     pub requests: u64,
     pub rate_limited: u64,
+    /// Closed unserved at `max_connections`.
+    pub refused_connections: u64,
     pub responses: BTreeMap<&'static str, u64>,
 }
 
@@ -228,6 +230,7 @@ pub fn build(state: &NodeState) -> Status {
                 accepted_connections: l.stats.accepted.load(Ordering::Relaxed),
                 requests: l.stats.requests.load(Ordering::Relaxed),
                 rate_limited: l.stats.rate_limited.load(Ordering::Relaxed),
+                refused_connections: l.stats.refused.load(Ordering::Relaxed),
                 responses: CLASSES
                     .iter()
                     .zip(&l.stats.responses)

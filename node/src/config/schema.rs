@@ -192,6 +192,10 @@ pub struct ListenerConfig {
     /// the client gets 413.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// Most client connections open at once (default 20 000); beyond it
+    /// new clients wait briefly in the accept queue, then are refused.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
 }
 
 /// Bounds of `max_header_bytes`: hyper refuses read buffers under 8 KiB.
@@ -251,6 +255,10 @@ impl ListenerConfig {
 
     pub fn max_body_bytes(&self) -> u64 {
         self.max_body_bytes.unwrap_or(100 * 1024 * 1024)
+    }
+
+    pub fn max_connections(&self) -> u32 {
+        self.max_connections.unwrap_or(20_000)
     }
 
     pub fn idle_timeout(&self) -> Dur {

@@ -393,6 +393,12 @@ fn http_limits_have_defaults_and_bounds() {
     let config = parse_str(&minimal_with(backend)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.listeners[0].max_header_bytes(), 64 * 1024);
     assert_eq!(config.listeners[0].max_body_bytes(), 100 * 1024 * 1024);
+    assert_eq!(config.listeners[0].max_connections(), 20_000);
+
+    let text = minimal_with(backend).replace("pool = \"p\"\n\n", "pool = \"p\"\nmax_connections = 0\n\n");
+    let (_, key, message) = one_problem(&text);
+    assert_eq!(key, "listener[0].max_connections");
+    assert!(message.contains("between 1 and 10000000, got 0"), "{message}");
 
     // hyper panics on a read buffer under 8 KiB: config must refuse it.
     let text = minimal_with(backend).replace("pool = \"p\"\n\n", "pool = \"p\"\nmax_header_bytes = 4096\n\n");

@@ -553,6 +553,16 @@ fn validate_listeners(config: &Config, root: &KeyPath, base_dir: &Path, p: &mut 
             },
         );
         p.check(
+            (1..=10_000_000).contains(&l.max_connections()),
+            || path.key("max_connections"),
+            || {
+                format!(
+                    "max_connections must be between 1 and 10000000, got {}",
+                    l.max_connections()
+                )
+            },
+        );
+        p.check(
             l.max_body_bytes.is_none_or(|n| n > 0),
             || path.key("max_body_bytes"),
             || "max_body_bytes must be greater than 0".into(),

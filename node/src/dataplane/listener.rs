@@ -7,18 +7,21 @@ use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::http::{HttpProxy, service};
 use super::idle::{ClientIo, ConnActivity};
+use super::stats::ListenerStats;
 use super::tcp::TcpProxy;
 
 /// Binds a listening socket the way a proxy wants it: address reuse so a
@@ -49,15 +52,83 @@ pub struct Stop {
     pub connections: CancellationToken,
 }
 
-/// Accepts until cancelled. Errors such as running out of file descriptors
-/// are logged and retried after a pause instead of spinning.
+/// How long clients wait in the kernel's accept queue for a free connection
+/// slot before the listener starts refusing them.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(1);
+
+/// A listener's cap on open connections. At the cap the accept loop stops
+/// accepting, so new clients wait in the kernel's accept queue (bounded by
+/// the listen backlog); if no slot frees within [`QUEUE_WAIT`], it accepts
+/// and closes them at once, counting each as refused, until one does.
+pub struct ConnLimit {
+    max: u32,
+    slots: Arc<Semaphore>,
+    stats: Arc<ListenerStats>,
+}
+
+impl ConnLimit {
+    pub fn new(max: u32, stats: Arc<ListenerStats>) -> Self {
+        Self {
+            max,
+            slots: Arc::new(Semaphore::new(max as usize)),
+            stats,
+        }
+    }
+
+    /// A free slot, refusing connections meanwhile once the queue has
+    /// waited [`QUEUE_WAIT`]; `None` when cancelled.
+    async fn slot(
+        &self,
+        name: &str,
+        listener: &TcpListener,
+        cancel: &CancellationToken,
+    ) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Some(permit);
+        }
+        let wait = tokio::select! {
+            () = cancel.cancelled() => return None,
+            r = tokio::time::timeout(QUEUE_WAIT, Arc::clone(&self.slots).acquire_owned()) => r,
+        };
+        if let Ok(permit) = wait {
+            return permit.ok();
+        }
+        tracing::warn!(
+            listener = name,
+            limit = self.max,
+            "listener at max_connections: refusing new connections"
+        );
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return None,
+                permit = Arc::clone(&self.slots).acquire_owned() => return permit.ok(),
+                accepted = listener.accept() => match accepted {
+                    Ok(_) => {
+                        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Out of descriptors, say: pause rather than spin.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                },
+            }
+        }
+    }
+}
+
+/// Accepts until cancelled, at most `limit` connections open at once; each
+/// connection holds its slot until it ends. Errors such as running out of
+/// file descriptors are logged and retried after a pause instead of
+/// spinning.
 async fn accept_loop(
     name: &str,
     listener: &TcpListener,
+    limit: &ConnLimit,
     cancel: &CancellationToken,
-    mut on_accept: impl FnMut(TcpStream, SocketAddr),
+    mut on_accept: impl FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit),
 ) {
     loop {
+        let Some(slot) = limit.slot(name, listener, cancel).await else {
+            return;
+        };
         let accepted = tokio::select! {
             () = cancel.cancelled() => return,
             r = listener.accept() => r,
@@ -65,7 +136,7 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                on_accept(stream, peer);
+                on_accept(stream, peer, slot);
             }
             Err(e) => {
                 tracing::error!(listener = name, error = %e, "accept failed; pausing accepts for 50ms");
@@ -91,6 +162,7 @@ pub async fn serve_http(
     listener: Arc<TcpListener>,
     proxy: Arc<HttpProxy>,
     serving: HttpServing,
+    limit: ConnLimit,
     tracker: TaskTracker,
     stop: Stop,
 ) {
@@ -100,8 +172,8 @@ pub async fn serve_http(
         serving,
         shutdown: stop.connections.clone(),
     });
-    accept_loop(&name, &listener, &stop.accepting, |stream, peer| {
-        tracker.spawn(Arc::clone(&shared).accept(stream, peer));
+    accept_loop(&name, &listener, &limit, &stop.accepting, |stream, peer, slot| {
+        tracker.spawn(Arc::clone(&shared).accept(stream, peer, slot));
     })
     .await;
 }
@@ -118,8 +190,9 @@ impl HttpListener {
     /// bytes in all, docs/benchmarks.md) until the client speaks: the protocol
     /// state and its buffers (about 18 KiB) are allocated, boxed, after the
     /// first byte.
-    async fn accept(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    async fn accept(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
         let _open = self.proxy.stats.open();
+        let _slot = slot;
         let first_byte = tokio::select! {
             r = tokio::time::timeout(self.serving.idle_timeout, first_byte(&stream)) => {
                 r.unwrap_or_else(|_| Err(std::io::Error::new(ErrorKind::TimedOut, "sent nothing within the idle timeout")))
@@ -245,12 +318,19 @@ impl Conn<'_> {
     }
 }
 
-pub async fn serve_tcp(listener: Arc<TcpListener>, proxy: Arc<TcpProxy>, tracker: TaskTracker, stop: Stop) {
+pub async fn serve_tcp(
+    listener: Arc<TcpListener>,
+    proxy: Arc<TcpProxy>,
+    limit: ConnLimit,
+    tracker: TaskTracker,
+    stop: Stop,
+) {
     let name = Arc::clone(&proxy.site.load().listener);
-    accept_loop(&name, &listener, &stop.accepting, |stream, peer| {
+    accept_loop(&name, &listener, &limit, &stop.accepting, |stream, peer, slot| {
         let proxy = Arc::clone(&proxy);
         tracker.spawn(async move {
             let _open = proxy.stats.open();
+            let _slot = slot;
             proxy.handle(stream, peer).await;
         });
     })

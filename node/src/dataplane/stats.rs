@@ -17,6 +17,9 @@ pub struct ListenerStats {
     pub unserved: AtomicU64,
     /// Requests (HTTP) or connections (TCP) refused by the rate limit.
     pub rate_limited: AtomicU64,
+    /// Connections closed unserved because the listener was at its
+    /// `max_connections`.
+    pub refused: AtomicU64,
     /// Time from a request's arrival to its response headers.
     pub latency: Histogram,
 }

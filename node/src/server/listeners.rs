@@ -21,7 +21,7 @@ use crate::affinity::AffinityTable;
 use crate::config::{Config, ListenerConfig, ListenerTls, Protocol};
 use crate::dataplane::ListenerStats;
 use crate::dataplane::http::{HttpProxy, HttpSite, Upstream};
-use crate::dataplane::listener::{self, HttpServing, Stop};
+use crate::dataplane::listener::{self, ConnLimit, HttpServing, Stop};
 use crate::dataplane::ratelimit::RateLimiter;
 use crate::dataplane::tcp::{TcpProxy, TcpSite};
 use crate::tls::{self, CertStore};
@@ -34,8 +34,11 @@ enum Kind {
         tls: Option<ListenerTls>,
         idle: Duration,
         max_header_bytes: usize,
+        max_connections: u32,
     },
-    Tcp,
+    Tcp {
+        max_connections: u32,
+    },
 }
 
 impl Kind {
@@ -46,8 +49,17 @@ impl Kind {
                 idle: l.idle_timeout().get(),
                 // Validated to at most 16 MiB.
                 max_header_bytes: usize::try_from(l.max_header_bytes()).unwrap_or(usize::MAX),
+                max_connections: l.max_connections(),
             },
-            Protocol::Tcp => Self::Tcp,
+            Protocol::Tcp => Self::Tcp {
+                max_connections: l.max_connections(),
+            },
+        }
+    }
+
+    fn max_connections(&self) -> u32 {
+        match self {
+            Self::Http { max_connections, .. } | Self::Tcp { max_connections } => *max_connections,
         }
     }
 }
@@ -268,6 +280,7 @@ fn spawn_loop(
     stop: Stop,
     tracker: &TaskTracker,
 ) -> Proxy {
+    let limit = ConnLimit::new(kind.max_connections(), Arc::clone(stats));
     match site {
         Site::Http(site) => {
             let idle_timeout = site.client_idle;
@@ -289,7 +302,7 @@ fn spawn_loop(
             };
             let max_header_bytes = match kind {
                 Kind::Http { max_header_bytes, .. } => *max_header_bytes,
-                Kind::Tcp => 0,
+                Kind::Tcp { .. } => 0,
             };
             let serving = HttpServing {
                 idle_timeout,
@@ -300,6 +313,7 @@ fn spawn_loop(
                 Arc::clone(socket),
                 Arc::clone(&proxy),
                 serving,
+                limit,
                 tracker.clone(),
                 stop,
             ));
@@ -313,6 +327,7 @@ fn spawn_loop(
             tracker.spawn(listener::serve_tcp(
                 Arc::clone(socket),
                 Arc::clone(&proxy),
+                limit,
                 tracker.clone(),
                 stop,
             ));
