@@ -278,6 +278,17 @@ impl Node {
     }
 
     /// How many times `needle` occurs in the log so far.
+    /// The node's resident memory (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let pid = self.child.as_ref().map(Child::id).context("node is not running")?;
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("no VmRSS in /proc/PID/status")
+    }
+
     pub fn log_count(&self, needle: &str) -> usize {
         self.log().matches(needle).count()
     }

@@ -327,3 +327,80 @@ fn header_mode_binds_each_value_to_the_backend_that_served_it_first() -> Result<
     assert_eq!(first.values().collect::<std::collections::BTreeSet<_>>().len(), 3);
     Ok(())
 }
+
+/// The cluster edge under garbage: 500 TCP connections of random bytes
+/// (at the HTTP listener and the admin API) and 4 000 random UDP datagrams
+/// (empty, truncated, oversized) at each node's gossip and replication
+/// ports. Both nodes keep serving, keep seeing each other, and give the
+/// memory back.
+#[test]
+fn random_bytes_at_every_cluster_port_change_nothing() -> Result<()> {
+    use std::io::{Read, Write};
+    let c = Cluster::start(2)?;
+    let serve_all = |what: &str| -> Result<()> {
+        for (i, a) in c.addrs.iter().enumerate() {
+            let ok = (0..100)
+                .filter(|_| get(a.http, "/").is_ok_and(|r| r.status == 200))
+                .count();
+            anyhow::ensure!(ok == 100, "{what}: lb{} served {ok}/100", i + 1);
+        }
+        Ok(())
+    };
+    serve_all("before")?;
+    let before: Vec<u64> = c.nodes.iter().map(Node::rss_kib).collect::<Result<_>>()?;
+
+    let mut rng = fastrand::Rng::with_seed(0x5e_ed);
+    let mut junk = |max: usize| -> Vec<u8> {
+        let len = rng.usize(0..=max);
+        std::iter::repeat_with(|| rng.u8(..)).take(len).collect()
+    };
+    for k in 0..500 {
+        let a = c.addrs[k % 2];
+        let target = if k % 4 < 2 { a.http } else { a.admin };
+        let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        // The peer may close before taking it all; that is its right.
+        let _ = s.write_all(&junk(4096));
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let _ = s.read_to_end(&mut Vec::new());
+    }
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    for k in 0..4000 {
+        let a = c.addrs[k % 2];
+        let port = if k % 4 < 2 { a.gossip } else { a.repl };
+        let max = if k % 50 == 0 { 65_000 } else { 1500 };
+        // A full socket buffer may drop some: the point is what arrives.
+        let _ = udp.send_to(&junk(max), port);
+    }
+
+    serve_all("after")?;
+    for (i, n) in c.nodes.iter().enumerate() {
+        // Proof the storm arrived: gossip refused unauthenticated datagrams.
+        let rejected = n.status()?["cluster"]["gossip_rejected"].as_u64().unwrap_or(0);
+        assert!(rejected >= 100, "lb{} rejected only {rejected} gossip datagrams", i + 1);
+        wait_until(
+            &format!("lb{} to still see its peer alive and replicating", i + 1),
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                let s = n.status().ok()?;
+                let alive = s["peers"].as_array()?.iter().any(|p| p["state"] == "alive");
+                let linked = s["affinity"]["peers"]
+                    .as_array()?
+                    .iter()
+                    .all(|p| p["connected"] == true);
+                (alive && linked).then_some(())
+            },
+        )?;
+        // Freed memory goes back lazily; allow it a few seconds.
+        let limit = before[i] + before[i] / 5;
+        wait_until(
+            &format!("lb{} RSS back within 20% of {} KiB", i + 1, before[i]),
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || n.rss_kib().ok().filter(|&r| r <= limit),
+        )?;
+        n.assert_no_panic();
+    }
+    Ok(())
+}
