@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Shoal's whole test suite: formatting, lints, unit tests, the black-box
 # tests that drive the real `shoal` binary on loopback and in network
-# namespaces, and the docker-compose chaos suite. Needs a Rust toolchain
-# (and Docker for the chaos suite); uses cargo-nextest when installed,
-# `cargo test` otherwise.
+# namespaces, 30 s of each fuzz target (installs cargo-fuzz), and the
+# docker-compose chaos suite. Needs a Rust toolchain (and Docker for the
+# chaos suite); uses cargo-nextest when installed, `cargo test` otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,6 +64,10 @@ else
     echo "cargo-nextest not found: running the tests with cargo test"
     step "tests (cargo test)" cargo test --workspace --no-fail-fast
 fi
+
+# libFuzzer on the decoders that take bytes from outside (VRRP, the
+# replication codec, config files, sticky cookies), 30 s each.
+step "fuzz (30 s per target)" ./fuzz/run.sh 30
 
 # The docker-compose chaos suite: a three-node cluster in containers,
 # broken on purpose (docs/chaos.md). It needs a Docker engine; without

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for SECONDS (default 30) on its corpus in
+# fuzz/corpus/TARGET (new finds are added there), and prints executions
+# per target. A crash stops with its input in fuzz/artifacts/TARGET/.
+# Installs cargo-fuzz when missing. Uses no sanitizer (`-s none`): the
+# stable toolchain has coverage instrumentation but not ASan, and the
+# code under test forbids `unsafe`.
+#
+# Usage: fuzz/run.sh [SECONDS] [TARGET...]
+set -euo pipefail
+cd "$(dirname "$0")"
+seconds=${1:-30}
+shift || true
+targets=("$@")
+[ ${#targets[@]} -eq 0 ] && targets=(vrrp replication config sticky_cookie)
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "fuzz: installing cargo-fuzz"
+    cargo install --quiet --locked cargo-fuzz
+fi
+cargo fuzz build -O -s none >/dev/null
+
+failed=0
+for t in "${targets[@]}"; do
+    mkdir -p "corpus/$t"
+    log=$(mktemp)
+    if cargo fuzz run -O -s none "$t" "corpus/$t" -- -max_total_time="$seconds" -rss_limit_mb=2048 >"$log" 2>&1; then
+        echo "fuzz: $t: $(grep -E '^Done [0-9]+ runs' "$log" | tail -1)"
+    else
+        echo "fuzz: $t FAILED:"
+        grep -E -A12 "panicked|ERROR: libFuzzer|Test unit written" "$log" | head -40
+        failed=1
+    fi
+    rm -f "$log"
+done
+exit "$failed"
