@@ -443,6 +443,34 @@ fn at_max_connections_new_clients_wait_then_are_refused_until_a_slot_frees() -> 
 }
 
 #[test]
+fn a_slowloris_client_trickling_its_headers_is_cut_within_idle_timeout() -> Result<()> {
+    let b = Backend::start("a")?;
+    let (admin, http) = (local()?, local()?);
+    let cfg = node(admin, "")
+        + &listener("web", http, "http", "web", "idle_timeout = \"1s\"")
+        + &pool("web", "", &[("a", b.addr)]);
+    let node = Node::start(&cfg, admin)?;
+    let mut s = client::connect(http, None)?;
+    let started = Instant::now();
+    // One byte every 100 ms: bytes keep moving, the head never ends.
+    let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: "
+        .iter()
+        .chain(std::iter::repeat(&b'a'));
+    let mut cut = None;
+    for &byte in head.take(100) {
+        if s.write_all(&[byte]).is_err() {
+            cut = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cut = cut.context("a client trickling its headers for 10 s was never cut off")?;
+    assert!(cut < Duration::from_secs(3), "cut after {cut:?}");
+    node.assert_no_panic();
+    Ok(())
+}
+
+#[test]
 fn a_connection_that_sends_nothing_counts_as_open_and_is_closed_after_idle_timeout() -> Result<()> {
     let b = Backend::start("a")?;
     let (admin, http) = (local()?, local()?);
