@@ -25,6 +25,22 @@ fn header_lines(text: &str) -> BTreeSet<String> {
     text.lines().map(str::to_string).collect()
 }
 
+/// A node with one HTTP listener (`listener_extra` added to its table) on
+/// a pool of one backend; the backend lives as long as the returned value.
+fn one_backend_node(listener_extra: &str) -> Result<(Backend, Node, SocketAddr)> {
+    let b = Backend::start("a")?;
+    let (admin, http) = (local()?, local()?);
+    let cfg =
+        node(admin, "") + &listener("web", http, "http", "web", listener_extra) + &pool("web", "", &[("a", b.addr)]);
+    let node = Node::start(&cfg, admin)?;
+    Ok((b, node, http))
+}
+
+/// A `wait_until` condition: the first listener's `key` in /status is `n`.
+fn listener_stat(node: &Node, key: &str, n: u64) -> Option<()> {
+    (node.status().ok()?["listeners"][0][key] == n).then_some(())
+}
+
 #[test]
 fn forwarding_headers_are_set_and_hop_by_hop_headers_stripped() -> Result<()> {
     let b = Backend::start("a")?;
@@ -336,12 +352,7 @@ fn a_backend_stalling_mid_response_is_cut_after_response_timeout() -> Result<()>
 
 #[test]
 fn oversized_heads_get_431_and_oversized_bodies_413() -> Result<()> {
-    let b = Backend::start("a")?;
-    let (admin, http) = (local()?, local()?);
-    let cfg = node(admin, "")
-        + &listener("web", http, "http", "web", "max_body_bytes = 1000")
-        + &pool("web", "", &[("a", b.addr)]);
-    let node = Node::start(&cfg, admin)?;
+    let (_b, node, http) = one_backend_node("max_body_bytes = 1000")?;
     let sent_to_backend = || -> Result<u64> {
         node.status()?["pools"][0]["backends"][0]["requests"]
             .as_u64()
@@ -381,27 +392,14 @@ fn oversized_heads_get_431_and_oversized_bodies_413() -> Result<()> {
 
 #[test]
 fn at_max_connections_new_clients_wait_then_are_refused_until_a_slot_frees() -> Result<()> {
-    let b = Backend::start("a")?;
-    let (admin, http) = (local()?, local()?);
-    let cfg = node(admin, "")
-        + &listener(
-            "web",
-            http,
-            "http",
-            "web",
-            "max_connections = 2\nidle_timeout = \"30s\"",
-        )
-        + &pool("web", "", &[("a", b.addr)]);
-    let node = Node::start(&cfg, admin)?;
-    let listener_stat =
-        |key: &'static str, n: u64| move |st: serde_json::Value| (st["listeners"][0][key] == n).then_some(());
+    let (_b, node, http) = one_backend_node("max_connections = 2\nidle_timeout = \"30s\"")?;
     let first = client::connect(http, None)?;
     let _second = client::connect(http, None)?;
     wait_until(
         "both slots to be taken",
         Duration::from_secs(5),
         Duration::from_millis(20),
-        || node.status().ok().and_then(listener_stat("active_connections", 2)),
+        || listener_stat(&node, "active_connections", 2),
     )?;
 
     // The third waits in the accept queue, then is closed unserved.
@@ -425,7 +423,7 @@ fn at_max_connections_new_clients_wait_then_are_refused_until_a_slot_frees() -> 
         "the refusal to be counted",
         Duration::from_secs(5),
         Duration::from_millis(20),
-        || node.status().ok().and_then(listener_stat("refused_connections", 1)),
+        || listener_stat(&node, "refused_connections", 1),
     )?;
 
     // A freed slot serves the next client again.
@@ -434,7 +432,7 @@ fn at_max_connections_new_clients_wait_then_are_refused_until_a_slot_frees() -> 
         "a slot to free",
         Duration::from_secs(5),
         Duration::from_millis(20),
-        || node.status().ok().and_then(listener_stat("active_connections", 1)),
+        || listener_stat(&node, "active_connections", 1),
     )?;
     let r = client::request(http, None, "GET", "/", &[], b"")?;
     assert_eq!(r.status, 200);
@@ -444,12 +442,7 @@ fn at_max_connections_new_clients_wait_then_are_refused_until_a_slot_frees() -> 
 
 #[test]
 fn a_slowloris_client_trickling_its_headers_is_cut_within_idle_timeout() -> Result<()> {
-    let b = Backend::start("a")?;
-    let (admin, http) = (local()?, local()?);
-    let cfg = node(admin, "")
-        + &listener("web", http, "http", "web", "idle_timeout = \"1s\"")
-        + &pool("web", "", &[("a", b.addr)]);
-    let node = Node::start(&cfg, admin)?;
+    let (_b, node, http) = one_backend_node("idle_timeout = \"1s\"")?;
     let mut s = client::connect(http, None)?;
     let started = Instant::now();
     // One byte every 100 ms: bytes keep moving, the head never ends.
@@ -472,13 +465,7 @@ fn a_slowloris_client_trickling_its_headers_is_cut_within_idle_timeout() -> Resu
 
 #[test]
 fn a_connection_that_sends_nothing_counts_as_open_and_is_closed_after_idle_timeout() -> Result<()> {
-    let b = Backend::start("a")?;
-    let (admin, http) = (local()?, local()?);
-    let cfg = node(admin, "")
-        + &listener("web", http, "http", "web", "idle_timeout = \"1s\"")
-        + &pool("web", "", &[("a", b.addr)]);
-    let node = Node::start(&cfg, admin)?;
-    let active = |n: u64| move |st: serde_json::Value| (st["listeners"][0]["active_connections"] == n).then_some(());
+    let (_b, node, http) = one_backend_node("idle_timeout = \"1s\"")?;
 
     let opened = Instant::now();
     let mut silent = client::connect(http, None)?;
@@ -486,7 +473,7 @@ fn a_connection_that_sends_nothing_counts_as_open_and_is_closed_after_idle_timeo
         "the silent connection to count",
         Duration::from_secs(5),
         Duration::from_millis(20),
-        || node.status().ok().and_then(active(1)),
+        || listener_stat(&node, "active_connections", 1),
     )?;
     // A client that speaks late, but within the timeout, is served.
     let mut late = client::connect(http, None)?;
@@ -510,7 +497,7 @@ fn a_connection_that_sends_nothing_counts_as_open_and_is_closed_after_idle_timeo
         "no open connections",
         Duration::from_secs(5),
         Duration::from_millis(20),
-        || node.status().ok().and_then(active(0)),
+        || listener_stat(&node, "active_connections", 0),
     )?;
     node.assert_no_panic();
     Ok(())
@@ -518,12 +505,7 @@ fn a_connection_that_sends_nothing_counts_as_open_and_is_closed_after_idle_timeo
 
 #[test]
 fn a_client_that_stops_reading_is_cut_after_idle_timeout() -> Result<()> {
-    let b = Backend::start("a")?;
-    let (admin, http) = (local()?, local()?);
-    let cfg = node(admin, "")
-        + &listener("web", http, "http", "web", "idle_timeout = \"1s\"")
-        + &pool("web", "", &[("a", b.addr)]);
-    let node = Node::start(&cfg, admin)?;
+    let (_b, node, http) = one_backend_node("idle_timeout = \"1s\"")?;
     let mut s = client::connect(http, None)?;
     // Ask for far more than socket buffers hold, and never read.
     write!(s, "GET /bytes?n=500000000 HTTP/1.1\r\nHost: x\r\n\r\n")?;
