@@ -52,8 +52,14 @@ fn demo_runs_a_two_node_cluster_serves_balanced_traffic_and_stops_on_ctrl_c() ->
         let r = tcp_get(SocketAddr::from(([127, 0, 0, 1], base + 1)), None, "/")?;
         assert_eq!(r.status, 200);
         // The second node serves too, and the two form a cluster.
+        // It starts after the first, so it may not be listening yet.
         let second = SocketAddr::from(([127, 0, 0, 1], base + 6));
-        assert_eq!(shoal_cluster_tests::get(second, "/")?.status, 200);
+        wait_until(
+            "the second demo node to serve",
+            Duration::from_secs(15),
+            Duration::from_millis(50),
+            || shoal_cluster_tests::get(second, "/").ok().filter(|r| r.status == 200),
+        )?;
         let admin2 = SocketAddr::from(([127, 0, 0, 1], base + 8));
         wait_until(
             "the two demo nodes to see each other",
