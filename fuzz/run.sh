@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for SECONDS (default 30) on its corpus in
-# fuzz/corpus/TARGET (new finds are added there), and prints executions
-# per target. A crash stops with its input in fuzz/artifacts/TARGET/.
+# fuzz/corpus/TARGET and prints executions per target. New finds go to a
+# temporary directory, or into fuzz/corpus/TARGET with FUZZ_KEEP=1 (then
+# minimise it with `cargo fuzz cmin -O -s none TARGET`). A crash stops
+# with its input in fuzz/artifacts/TARGET/.
 # Installs cargo-fuzz when missing. Uses no sanitizer (`-s none`): the
 # stable toolchain has coverage instrumentation but not ASan, and the
 # code under test forbids `unsafe`.
@@ -24,7 +26,14 @@ failed=0
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t"
     log=$(mktemp)
-    if cargo fuzz run -O -s none "$t" "corpus/$t" -- -max_total_time="$seconds" -rss_limit_mb=2048 >"$log" 2>&1; then
+    # libFuzzer adds new inputs to the first directory it is given.
+    if [ "${FUZZ_KEEP:-0}" = 1 ]; then
+        dirs=("corpus/$t")
+    else
+        finds=$(mktemp -d)
+        dirs=("$finds" "corpus/$t")
+    fi
+    if cargo fuzz run -O -s none "$t" "${dirs[@]}" -- -max_total_time="$seconds" -rss_limit_mb=2048 >"$log" 2>&1; then
         echo "fuzz: $t: $(grep -E '^Done [0-9]+ runs' "$log" | tail -1)"
     else
         echo "fuzz: $t FAILED:"
@@ -32,5 +41,6 @@ for t in "${targets[@]}"; do
         failed=1
     fi
     rm -f "$log"
+    [ -n "${finds:-}" ] && rm -rf "$finds"
 done
 exit "$failed"
