@@ -277,7 +277,13 @@ fn malformed_requests_get_400_and_the_node_keeps_serving() -> Result<()> {
             String::from_utf8_lossy(req),
             answer.lines().next()
         );
+        assert!(
+            answer.to_ascii_lowercase().contains("\r\nconnection: close\r\n"),
+            "{:?} got {answer:?}",
+            String::from_utf8_lossy(req)
+        );
     }
+
     let answer = raw_exchange(http, b"GET / HTTP/1.0\r\n\r\n")?;
     assert!(
         answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
@@ -441,8 +447,9 @@ fn at_max_connections_new_clients_wait_then_are_refused_until_a_slot_frees() -> 
 }
 
 #[test]
-fn a_slowloris_client_trickling_its_headers_is_cut_within_idle_timeout() -> Result<()> {
-    let (_b, node, http) = one_backend_node("idle_timeout = \"1s\"")?;
+fn a_slowloris_client_trickling_its_headers_is_cut_within_header_timeout() -> Result<()> {
+    // The idle timeout is long: it is the header timeout that cuts.
+    let (_b, node, http) = one_backend_node("idle_timeout = \"30s\"\nheader_timeout = \"1s\"")?;
     let mut s = client::connect(http, None)?;
     let started = Instant::now();
     // One byte every 100 ms: bytes keep moving, the head never ends.
@@ -458,7 +465,26 @@ fn a_slowloris_client_trickling_its_headers_is_cut_within_idle_timeout() -> Resu
         std::thread::sleep(Duration::from_millis(100));
     }
     let cut = cut.context("a client trickling its headers for 10 s was never cut off")?;
-    assert!(cut < Duration::from_secs(3), "cut after {cut:?}");
+    assert!(
+        cut >= Duration::from_millis(900) && cut < Duration::from_secs(3),
+        "cut after {cut:?}"
+    );
+    node.assert_no_panic();
+    Ok(())
+}
+
+#[test]
+fn a_keep_alive_connection_may_wait_longer_than_header_timeout() -> Result<()> {
+    let (_b, node, http) = one_backend_node("idle_timeout = \"30s\"\nheader_timeout = \"1s\"")?;
+    let mut conn = client::KeepAlive::open(http, None)?;
+    assert_eq!(conn.send("GET", "/", &[], b"", false)?.status, 200);
+    // Idle between requests for 2.5 header timeouts: the idle timeout's
+    // business, so the connection stays.
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = conn
+        .send("GET", "/", &[], b"", true)
+        .context("the connection was closed while idle between requests")?;
+    assert_eq!(r.status, 200);
     node.assert_no_panic();
     Ok(())
 }

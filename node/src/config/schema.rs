@@ -174,6 +174,10 @@ pub struct ListenerConfig {
     /// direction (default 5m).
     #[serde(default)]
     pub idle_timeout: Option<Dur>,
+    /// HTTP: how long a client may take to send a request's line and
+    /// headers, from their first byte (default 10s).
+    #[serde(default)]
+    pub header_timeout: Option<Dur>,
     /// TLS termination (HTTP listeners).
     #[serde(default)]
     pub tls: Option<ListenerTls>,
@@ -259,6 +263,10 @@ impl ListenerConfig {
 
     pub fn max_connections(&self) -> u32 {
         self.max_connections.unwrap_or(20_000)
+    }
+
+    pub fn header_timeout(&self) -> Dur {
+        self.header_timeout.unwrap_or(Dur::from_secs(10))
     }
 
     pub fn idle_timeout(&self) -> Dur {

@@ -394,6 +394,11 @@ fn http_limits_have_defaults_and_bounds() {
     assert_eq!(config.listeners[0].max_header_bytes(), 64 * 1024);
     assert_eq!(config.listeners[0].max_body_bytes(), 100 * 1024 * 1024);
     assert_eq!(config.listeners[0].max_connections(), 20_000);
+    assert_eq!(config.listeners[0].header_timeout().get(), Duration::from_secs(10));
+
+    let text = minimal_with(backend).replace("pool = \"p\"\n\n", "pool = \"p\"\nheader_timeout = \"0s\"\n\n");
+    let (_, key, _) = one_problem(&text);
+    assert_eq!(key, "listener[0].header_timeout");
 
     let text = minimal_with(backend).replace("pool = \"p\"\n\n", "pool = \"p\"\nmax_connections = 0\n\n");
     let (_, key, message) = one_problem(&text);

@@ -528,10 +528,12 @@ fn validate_listeners(config: &Config, root: &KeyPath, base_dir: &Path, p: &mut 
             p.add(path.key("bind"), format!("{} is the node's admin_addr", l.bind));
         }
         positive(l.idle_timeout().get(), path.key("idle_timeout"), p);
+        positive(l.header_timeout().get(), path.key("header_timeout"), p);
         if l.protocol != Protocol::Http {
             for (set, key) in [
                 (l.max_header_bytes.is_some(), "max_header_bytes"),
                 (l.max_body_bytes.is_some(), "max_body_bytes"),
+                (l.header_timeout.is_some(), "header_timeout"),
             ] {
                 p.check(
                     !set,

@@ -603,7 +603,13 @@ pub fn service(
     hyper::service::service_fn(move |req| {
         let proxy = Arc::clone(&proxy);
         let open = activity.request();
-        async move { Ok(proxy.handle(req, client).await.map(|inner| Tracked { inner, open })) }
+        async move {
+            let resp = proxy.handle(req, client).await;
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                open.upgraded();
+            }
+            Ok(resp.map(|inner| Tracked { inner, open }))
+        }
     })
 }
 

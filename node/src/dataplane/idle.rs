@@ -1,13 +1,14 @@
 //! Stall and idleness detection: a timer armed when a stream has to wait
 //! and disarmed by progress (it allocates its `Sleep` only the first time a
-//! stream waits), and the activity of a client connection, so an idle one
-//! can be closed whatever protocol it speaks.
+//! stream waits), the activity of a client connection, so an idle one
+//! can be closed whatever protocol it speaks, and the time a client takes
+//! to send each request head.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -55,12 +56,19 @@ impl IdleTimer {
     }
 }
 
-/// Activity of one client connection: when bytes last moved, and how many
-/// requests are open on it (HTTP/2 multiplexes several).
+/// Activity of one client connection: when bytes last moved, how many
+/// requests are open on it (HTTP/2 multiplexes several), and whether a
+/// request head is on its way.
 #[derive(Debug, Default)]
 pub struct ConnActivity {
     last_ms: AtomicU64,
     open_requests: AtomicU32,
+    /// Bytes of a request head have arrived and the request has not
+    /// started yet (set by the socket, cleared by the service).
+    head_pending: AtomicBool,
+    /// The connection was upgraded (WebSocket and friends): what follows
+    /// is not HTTP, and has no heads to time.
+    upgraded: AtomicBool,
 }
 
 impl ConnActivity {
@@ -68,10 +76,18 @@ impl ConnActivity {
         self.last_ms.store(clock::now_ms(), Ordering::Relaxed);
     }
 
-    /// Counts a request as open until the guard drops.
+    /// Counts a request as open until the guard drops; its head is
+    /// complete.
     pub fn request(self: &Arc<Self>) -> OpenRequest {
+        self.head_pending.store(false, Ordering::Relaxed);
         self.open_requests.fetch_add(1, Ordering::Relaxed);
         OpenRequest(Arc::clone(self))
+    }
+
+    /// Bytes arriving now begin a request head: no request is open to
+    /// own them.
+    fn awaiting_head(&self) -> bool {
+        self.open_requests.load(Ordering::Relaxed) == 0 && !self.upgraded.load(Ordering::Relaxed)
     }
 
     /// Resolves once no request is open and no byte has moved for
@@ -91,6 +107,13 @@ impl ConnActivity {
 
 pub struct OpenRequest(Arc<ConnActivity>);
 
+impl OpenRequest {
+    /// The request upgraded its connection to another protocol.
+    pub fn upgraded(&self) {
+        self.0.upgraded.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Drop for OpenRequest {
     fn drop(&mut self) {
         self.0.touch();
@@ -98,33 +121,107 @@ impl Drop for OpenRequest {
     }
 }
 
-/// A client connection's socket: records activity, and fails writes with
-/// `TimedOut` when the client stops reading for `timeout`, so a stalled
-/// reader cannot hold a connection (and a backend's in-flight slot)
-/// forever.
+/// The time limit on one request head, counted from its first byte, so a
+/// client trickling its headers (slowloris) is cut off however steadily
+/// bytes move. Its `Sleep` is allocated only if a head ever arrives in
+/// more than one read.
+struct HeadTimer {
+    timeout: Duration,
+    started: Option<Instant>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl HeadTimer {
+    /// True once the head begun at `started` has taken `timeout`.
+    /// Registers the waker for the deadline.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(started) = self.started else { return false };
+        let deadline = started + self.timeout;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// A client connection's socket: records activity; fails reads with
+/// `TimedOut` when a request head takes longer than the header timeout;
+/// and fails writes with `TimedOut` when the client stops reading for the
+/// idle timeout, so a stalled reader cannot hold a connection (and a
+/// backend's in-flight slot) forever.
 pub struct ClientIo<T> {
     inner: T,
     timer: IdleTimer,
+    head: Option<HeadTimer>,
     activity: Arc<ConnActivity>,
 }
 
 impl<T> ClientIo<T> {
-    pub fn new(inner: T, timeout: Duration, activity: Arc<ConnActivity>) -> Self {
+    pub fn new(inner: T, idle_timeout: Duration, header_timeout: Duration, activity: Arc<ConnActivity>) -> Self {
         activity.touch();
         Self {
             inner,
-            timer: IdleTimer::new(timeout),
+            timer: IdleTimer::new(idle_timeout),
+            head: Some(HeadTimer {
+                timeout: header_timeout,
+                started: None,
+                sleep: None,
+            }),
             activity,
         }
+    }
+
+    /// The bytes so far were not a request head (a TLS handshake): the
+    /// next ones begin it.
+    pub fn restart_head(&mut self) {
+        if let Some(head) = &mut self.head {
+            head.started = None;
+        }
+        self.activity.head_pending.store(false, Ordering::Relaxed);
+    }
+
+    /// The connection speaks a protocol whose requests are not timed here
+    /// (HTTP/2: streams interleave, and frames between requests are no
+    /// head).
+    pub fn stop_head_timer(&mut self) {
+        self.head = None;
     }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let head_pending = this.activity.head_pending.load(Ordering::Relaxed);
+        if let Some(head) = &mut this.head
+            && head.started.is_some()
+            && !head_pending
+        {
+            // The service took the request: that head is complete.
+            head.started = None;
+        }
         let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
+            this.activity.touch();
+            if let Some(head) = &mut this.head
+                && head.started.is_none()
+                && this.activity.awaiting_head()
+            {
+                head.started = Some(Instant::now());
+                this.activity.head_pending.store(true, Ordering::Relaxed);
+            }
+        }
+        if r.is_pending()
+            && let Some(head) = &mut this.head
+            && head.poll_expired(cx)
+        {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("request head not complete within {:?}", head.timeout),
+            )));
         }
         r
     }
@@ -186,6 +283,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
     use super::*;
 
     #[tokio::test(start_paused = true)]
@@ -204,5 +303,95 @@ mod tests {
         assert!(!t.poll_stalled(&mut cx));
         tokio::time::advance(Duration::from_secs(6)).await;
         assert!(t.poll_stalled(&mut cx));
+    }
+
+    const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+    fn client_io() -> (ClientIo<DuplexStream>, DuplexStream, Arc<ConnActivity>) {
+        let (server, client) = tokio::io::duplex(1024);
+        let activity = Arc::new(ConnActivity::default());
+        let io = ClientIo::new(server, Duration::from_secs(60), HEADER_TIMEOUT, Arc::clone(&activity));
+        (io, client, activity)
+    }
+
+    /// Reads until the stream fails, the client trickling a byte every
+    /// 500 ms; returns how long the head lasted and the error.
+    async fn trickle_until_cut(io: &mut ClientIo<DuplexStream>, client: &mut DuplexStream) -> (Duration, io::Error) {
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        loop {
+            client.write_all(b"a").await.unwrap_or_else(|e| panic!("{e}"));
+            // Reads the byte, then waits for the next one, as a parser of
+            // an incomplete head does.
+            loop {
+                match tokio::time::timeout(Duration::from_millis(500), io.read(&mut buf)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return (started.elapsed(), e),
+                    Err(_) => break,
+                }
+            }
+            assert!(started.elapsed() < HEADER_TIMEOUT * 3, "never cut");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_trickled_past_the_header_timeout_is_cut() {
+        let (mut io, mut client, _activity) = client_io();
+        let (lasted, e) = trickle_until_cut(&mut io, &mut client).await;
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            (HEADER_TIMEOUT..HEADER_TIMEOUT + Duration::from_secs(2)).contains(&lasted),
+            "cut after {lasted:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_alive_waits_and_request_bodies_are_not_timed_as_heads() {
+        let (mut io, mut client, activity) = client_io();
+        let mut buf = [0u8; 64];
+        client
+            .write_all(b"GET / HTTP/1.1\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(io.read(&mut buf).await.unwrap_or_else(|e| panic!("{e}")), 16);
+        // The service takes the request: its head is complete, and a body
+        // arriving slowly while it is open is not a head.
+        let open = activity.request();
+        for _ in 0..3 {
+            tokio::time::sleep(HEADER_TIMEOUT).await;
+            client.write_all(b"b").await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(io.read(&mut buf).await.unwrap_or_else(|e| panic!("{e}")), 1);
+        }
+        drop(open);
+        // Keep-alive: waiting three header timeouts for the next request
+        // is the idle timeout's business, not this one's.
+        let waited = tokio::time::timeout(HEADER_TIMEOUT * 3, io.read(&mut buf)).await;
+        assert!(waited.is_err(), "an idle keep-alive read ended: {waited:?}");
+        // The next head is timed from its own first byte.
+        let (lasted, e) = trickle_until_cut(&mut io, &mut client).await;
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(lasted >= HEADER_TIMEOUT, "cut after {lasted:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn upgraded_and_http2_connections_have_no_head_timer() {
+        let (mut io, mut client, activity) = client_io();
+        let open = activity.request();
+        open.upgraded();
+        drop(open);
+        let mut buf = [0u8; 64];
+        for _ in 0..3 {
+            client.write_all(b"x").await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(io.read(&mut buf).await.unwrap_or_else(|e| panic!("{e}")), 1);
+            let waited = tokio::time::timeout(HEADER_TIMEOUT, io.read(&mut buf)).await;
+            assert!(waited.is_err(), "{waited:?}");
+        }
+
+        let (mut io, mut client, _activity) = client_io();
+        io.stop_head_timer();
+        client.write_all(b"PRI").await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(io.read(&mut buf).await.unwrap_or_else(|e| panic!("{e}")), 3);
+        let waited = tokio::time::timeout(HEADER_TIMEOUT * 2, io.read(&mut buf)).await;
+        assert!(waited.is_err(), "{waited:?}");
     }
 }

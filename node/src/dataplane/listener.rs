@@ -150,6 +150,8 @@ async fn accept_loop(
 #[derive(Clone)]
 pub struct HttpServing {
     pub idle_timeout: Duration,
+    /// Longest a request line and headers may take from their first byte.
+    pub header_timeout: Duration,
     /// Largest request head (HTTP/1.1 read buffer, HTTP/2 header list);
     /// beyond it HTTP/1.1 clients get 431. At least 8 KiB (hyper's floor,
     /// enforced by config validation).
@@ -215,13 +217,26 @@ impl HttpListener {
             activity: &activity,
             shutdown: &self.shutdown,
         };
-        let stream = ClientIo::new(stream, self.serving.idle_timeout, Arc::clone(&activity));
+        let stream = ClientIo::new(
+            stream,
+            self.serving.idle_timeout,
+            self.serving.header_timeout,
+            Arc::clone(&activity),
+        );
         let result = match &self.serving.tls {
             None => conn.serve_h1(stream).await,
             Some(acceptor) => {
                 let handshake = tokio::time::timeout(self.serving.idle_timeout, acceptor.accept(stream)).await;
                 match handshake {
-                    Ok(Ok(tls)) => conn.serve_auto(tls).await,
+                    Ok(Ok(mut tls)) => {
+                        let (io, session) = tls.get_mut();
+                        if session.alpn_protocol() == Some(b"h2") {
+                            io.stop_head_timer();
+                        } else {
+                            io.restart_head();
+                        }
+                        conn.serve_auto(tls).await
+                    }
                     Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
                     Err(_) => Err("TLS handshake timed out".to_string()),
                 }
@@ -260,9 +275,9 @@ impl Conn<'_> {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            // hyper starts this timer whenever it waits for a request
-            // head: it bounds slow header senders too.
-            .header_read_timeout(self.idle)
+            // Not hyper's: it runs while a keep-alive connection waits,
+            // too. ClientIo times each head from its first byte.
+            .header_read_timeout(None)
             .max_buf_size(self.max_header_bytes)
             .keep_alive(true);
         let svc = service(Arc::clone(self.proxy), self.peer, Arc::clone(self.activity));
@@ -287,7 +302,7 @@ impl Conn<'_> {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.idle)
+            .header_read_timeout(None)
             .max_buf_size(self.max_header_bytes)
             .keep_alive(true);
         builder

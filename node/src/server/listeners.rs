@@ -33,6 +33,7 @@ enum Kind {
     Http {
         tls: Option<ListenerTls>,
         idle: Duration,
+        header_timeout: Duration,
         max_header_bytes: usize,
         max_connections: u32,
     },
@@ -47,6 +48,7 @@ impl Kind {
             Protocol::Http => Self::Http {
                 tls: l.tls.clone(),
                 idle: l.idle_timeout().get(),
+                header_timeout: l.header_timeout().get(),
                 // Validated to at most 16 MiB.
                 max_header_bytes: usize::try_from(l.max_header_bytes()).unwrap_or(usize::MAX),
                 max_connections: l.max_connections(),
@@ -300,15 +302,21 @@ fn spawn_loop(
                 },
                 _ => None,
             };
-            let max_header_bytes = match kind {
-                Kind::Http { max_header_bytes, .. } => *max_header_bytes,
-                Kind::Tcp { .. } => 0,
+            let (max_header_bytes, header_timeout) = match kind {
+                Kind::Http {
+                    max_header_bytes,
+                    header_timeout,
+                    ..
+                } => (*max_header_bytes, *header_timeout),
+                Kind::Tcp { .. } => (0, Duration::ZERO),
             };
             let serving = HttpServing {
                 idle_timeout,
+                header_timeout,
                 max_header_bytes,
                 tls,
             };
+
             tracker.spawn(listener::serve_http(
                 Arc::clone(socket),
                 Arc::clone(&proxy),
