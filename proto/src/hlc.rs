@@ -7,6 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 const LOGICAL_BITS: u32 = 16;
 
+/// How far ahead of local wall time a peer's timestamp may be. Clocks of
+/// a cluster agree to within seconds; a timestamp further ahead is a
+/// broken clock or a forgery, and observing it would drag every later
+/// local timestamp (and so every write's version) along with it.
+pub const MAX_AHEAD_MS: u64 = 60_000;
+
 #[derive(Debug, Default)]
 pub struct Hlc {
     last: AtomicU64,
@@ -23,7 +29,7 @@ impl Hlc {
         let wall = now_ms << LOGICAL_BITS;
         let mut prev = self.last.load(Ordering::Relaxed);
         loop {
-            let next = if wall > prev { wall } else { prev + 1 };
+            let next = if wall > prev { wall } else { prev.saturating_add(1) };
             match self
                 .last
                 .compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed)
@@ -35,9 +41,14 @@ impl Hlc {
     }
 
     /// Takes a timestamp received from a peer into account, so later local
-    /// events order after it.
-    pub fn observe(&self, remote: u64) {
+    /// events order after it; refuses (false) one more than
+    /// [`MAX_AHEAD_MS`] ahead of the local wall time `now_ms`.
+    pub fn observe(&self, remote: u64, now_ms: u64) -> bool {
+        if physical_ms(remote) > now_ms.saturating_add(MAX_AHEAD_MS) {
+            return false;
+        }
         self.last.fetch_max(remote, Ordering::Relaxed);
+        true
     }
 }
 
@@ -61,7 +72,17 @@ mod tests {
     fn observing_a_later_peer_moves_local_time_past_it() {
         let h = Hlc::default();
         h.now(1000);
-        h.observe(5000 << LOGICAL_BITS);
+        assert!(h.observe(5000 << LOGICAL_BITS, 1000));
         assert!(h.now(1001) > 5000 << LOGICAL_BITS);
+    }
+
+    #[test]
+    fn a_timestamp_from_far_in_the_future_is_refused() {
+        let h = Hlc::default();
+        let now = 1_000_000;
+        assert!(!h.observe(u64::MAX, now));
+        assert!(!h.observe((now + MAX_AHEAD_MS + 1) << LOGICAL_BITS, now));
+        assert_eq!(physical_ms(h.now(now)), now, "local time was dragged ahead");
+        assert!(h.observe((now + MAX_AHEAD_MS) << LOGICAL_BITS, now));
     }
 }

@@ -141,8 +141,8 @@ pub struct Affinity {
     pub replicated: bool,
     pub entries_sent: u64,
     pub entries_received: u64,
-    /// Remote entries applied (newer than ours) and ignored (older or
-    /// expired).
+    /// Remote entries applied (newer than ours) and ignored (older,
+    /// expired, or more than a minute ahead of this clock).
     pub entries_applied: u64,
     pub entries_ignored: u64,
     pub evicted: u64,

@@ -34,7 +34,8 @@ struct PoolTable {
 pub struct TableStats {
     /// Remote entries applied (newer than what was here).
     pub applied: AtomicU64,
-    /// Remote entries ignored (older, or already expired).
+    /// Remote entries ignored (older, already expired, or versioned more
+    /// than a minute ahead of this node's clock).
     pub ignored: AtomicU64,
     pub evicted: AtomicU64,
 }
@@ -161,8 +162,7 @@ impl AffinityTable {
     /// Applies a peer's entry if it is newer than ours; returns whether it
     /// applied.
     pub fn apply(&self, e: &Entry, now_unix_ms: u64) -> bool {
-        self.hlc.observe(e.version.hlc);
-        if e.expires_unix_ms <= now_unix_ms {
+        if !self.hlc.observe(e.version.hlc, now_unix_ms) || e.expires_unix_ms <= now_unix_ms {
             self.stats.ignored.fetch_add(1, Ordering::Relaxed);
             return false;
         }
@@ -405,5 +405,29 @@ mod tests {
         };
         assert!(!t.apply(&e, NOW));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn entries_versioned_far_in_the_future_are_ignored_and_do_not_skew_the_clock() {
+        let t = AffinityTable::new("lb1", 100);
+        let e = Entry {
+            pool: "web".into(),
+            key: b"k".to_vec(),
+            backend: Some("web-2".into()),
+            expires_unix_ms: NOW + 60_000,
+            version: Version {
+                hlc: u64::MAX,
+                node: 1,
+            },
+        };
+        assert!(!t.apply(&e, NOW), "it would win over every later write");
+        assert!(t.is_empty());
+        assert_eq!(t.stats.ignored.load(Ordering::Relaxed), 1);
+        // Local writes still carry the local time, so a later peer write
+        // can replace them.
+        let mut updates = t.subscribe();
+        t.bind("web", b"k", &name("web-1"), TTL, NOW);
+        let written = updates.try_recv().map(|e| e.version.hlc).unwrap_or_default();
+        assert_eq!(shoal_proto::hlc::physical_ms(written), NOW);
     }
 }
