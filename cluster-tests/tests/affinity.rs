@@ -215,10 +215,30 @@ fn a_node_with_a_certificate_from_another_ca_is_refused() -> Result<()> {
     certs(rogue_dir.path(), "lb3")?;
     std::fs::copy(c.dir.path().join("gossip.key"), rogue_dir.path().join("gossip.key"))?;
     let a3 = addrs()?;
-    let rogue = Node::start(
-        &cluster_config("lb3", a3, c.addrs[0].gossip, rogue_dir.path(), &c.backend_list()),
-        a3.admin,
-    )?;
+    let rogue_config = cluster_config("lb3", a3, c.addrs[0].gossip, rogue_dir.path(), &c.backend_list());
+    rogue_is_refused(&c, &rogue_config, a3)
+}
+
+#[test]
+fn a_node_whose_certificate_names_another_node_is_refused() -> Result<()> {
+    let c = Cluster::start(2)?;
+    // lb3 is a member (gossip key) with a certificate from the cluster CA,
+    // but it is lb2's: its hello claims lb3, its certificate names lb2.
+    let a3 = addrs()?;
+    let d = c.dir.path().display().to_string();
+    let rogue_config = cluster_config("lb3", a3, c.addrs[0].gossip, c.dir.path(), &c.backend_list()).replace(
+        &format!("cert = \"{d}/lb3.pem\", key = \"{d}/lb3.key\""),
+        &format!("cert = \"{d}/lb2.pem\", key = \"{d}/lb2.key\""),
+    );
+    anyhow::ensure!(rogue_config.contains("lb2.pem"), "the certificate swap did not apply");
+    rogue_is_refused(&c, &rogue_config, a3)
+}
+
+/// Starts the rogue node lb3 from `rogue_config` beside the cluster `c`:
+/// gossip admits it, replication refuses it in both directions, and its
+/// bindings reach no one.
+fn rogue_is_refused(c: &Cluster, rogue_config: &str, a3: Addrs) -> Result<()> {
+    let rogue = Node::start(rogue_config, a3.admin)?;
     wait_until(
         "the rogue node in gossip",
         Duration::from_secs(5),

@@ -153,10 +153,24 @@ impl Replication {
         table: Arc<AffinityTable>,
         parent: &CancellationToken,
     ) -> Result<Arc<Self>> {
+        let r = Self::listen(bind, files, &cluster.name, node, table, parent)?;
+        tokio::spawn(Arc::clone(&r).manage_peers(cluster));
+        Ok(r)
+    }
+
+    /// Applies what peers push; dials none until `manage_peers` runs.
+    fn listen(
+        bind: SocketAddr,
+        files: &ClusterTls,
+        cluster_name: &str,
+        node: &str,
+        table: Arc<AffinityTable>,
+        parent: &CancellationToken,
+    ) -> Result<Arc<Self>> {
         let endpoint = endpoint(bind, load_identity(files)?)?;
         let r = Arc::new(Self {
             endpoint,
-            cluster_name: cluster.name.clone(),
+            cluster_name: cluster_name.to_string(),
             node: node.to_string(),
             table,
             links: Mutex::new(HashMap::new()),
@@ -164,7 +178,6 @@ impl Replication {
             cancel: parent.child_token(),
         });
         tokio::spawn(Arc::clone(&r).accept_loop());
-        tokio::spawn(Arc::clone(&r).manage_peers(cluster));
         tracing::info!(%bind, "sticky-table replication listening (QUIC, mutual TLS)");
         Ok(r)
     }
@@ -527,4 +540,182 @@ fn is_closed(e: &anyhow::Error) -> bool {
                 quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(_))
             )
     })
+}
+
+/// The acceptor against hand-made peers: every certificate below comes
+/// from the cluster CA, so what is tested is what an insider (or a stolen
+/// node certificate) can and cannot do.
+#[cfg(test)]
+mod tests {
+    use shoal_proto::NodeId;
+    use shoal_proto::replication::Version;
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    struct Lab {
+        dir: tempfile::TempDir,
+        table: Arc<AffinityTable>,
+        acceptor: Arc<Replication>,
+        _cancel: CancellationToken,
+    }
+
+    fn files(dir: &std::path::Path, id: &str) -> ClusterTls {
+        ClusterTls {
+            ca: dir.join("ca.pem"),
+            cert: dir.join(format!("{id}.pem")),
+            key: dir.join(format!("{id}.key")),
+        }
+    }
+
+    /// lb1 accepting; certificates for lb1 and lb2.
+    fn lab() -> Result<Lab> {
+        let dir = tempfile::tempdir()?;
+        let ids = ["lb1", "lb2"]
+            .map(NodeId::new)
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::certs::generate(dir.path(), &ids)?;
+        let table = Arc::new(AffinityTable::new("lb1", 1000));
+        let cancel = CancellationToken::new();
+        let acceptor = Replication::listen(
+            "127.0.0.1:0".parse()?,
+            &files(dir.path(), "lb1"),
+            "edge",
+            "lb1",
+            Arc::clone(&table),
+            &cancel,
+        )?;
+        Ok(Lab {
+            dir,
+            table,
+            acceptor,
+            _cancel: cancel,
+        })
+    }
+
+    impl Lab {
+        /// A stream to lb1 from a peer holding `cert_of`'s certificate, its
+        /// hello claiming to be `claims`.
+        async fn dial(&self, cert_of: &str, claims: &str) -> Result<(quinn::SendStream, quinn::RecvStream)> {
+            let ep = endpoint("127.0.0.1:0".parse()?, load_identity(&files(self.dir.path(), cert_of))?)?;
+            let conn = ep.connect(self.acceptor.endpoint.local_addr()?, "lb1")?.await?;
+            let (mut send, recv) = conn.open_bi().await?;
+            let hello = Frame::Hello {
+                protocol: shoal_proto::PROTOCOL_VERSION,
+                cluster: "edge".into(),
+                node: claims.into(),
+            };
+            write_frame(&mut send, &hello).await?;
+            Ok((send, recv))
+        }
+
+        async fn rejected(&self, n: u64) -> Result<()> {
+            let deadline = Instant::now() + WAIT;
+            while self.acceptor.stats.rejected.load(Ordering::Relaxed) < n {
+                anyhow::ensure!(Instant::now() < deadline, "fewer than {n} connections rejected");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok(())
+        }
+    }
+
+    fn batch(seq: u64, key: &[u8], backend: &str, hlc_ms: u64) -> Frame {
+        Frame::Batch {
+            seq,
+            entries: vec![Entry {
+                pool: "web".into(),
+                key: key.to_vec(),
+                backend: Some(backend.into()),
+                expires_unix_ms: now_unix_ms() + 60_000,
+                version: Version {
+                    hlc: hlc_ms << 16,
+                    node: 2,
+                },
+            }],
+        }
+    }
+
+    /// The acceptor's answer to what was sent: its next frame, or the
+    /// error that ended the stream.
+    async fn answer(recv: &mut quinn::RecvStream) -> Result<Frame> {
+        tokio::time::timeout(WAIT, read_frame(recv))
+            .await
+            .context("no answer and no close")?
+    }
+
+    #[tokio::test]
+    async fn a_peer_whose_certificate_names_another_node_is_refused() -> Result<()> {
+        let lab = lab()?;
+        // lb2's valid certificate, claiming to be lb3.
+        let (mut send, mut recv) = lab.dial("lb2", "lb3").await?;
+        write_frame(&mut send, &batch(1, b"k", "web-9", now_unix_ms())).await?;
+        let refused = answer(&mut recv).await;
+        assert!(refused.is_err(), "answered {refused:?}");
+        lab.rejected(1).await?;
+        assert!(lab.table.is_empty(), "an entry from the impostor was applied");
+        // The same certificate under its own name is served.
+        let (mut send, mut recv) = lab.dial("lb2", "lb2").await?;
+        write_frame(&mut send, &batch(1, b"k", "web-1", now_unix_ms())).await?;
+        assert_eq!(answer(&mut recv).await?, Frame::Ack { seq: 1 });
+        assert_eq!(lab.table.lookup("web", b"k", now_unix_ms()).as_deref(), Some("web-1"));
+
+        // The other direction: a dialer expecting lb2 at lb1's address
+        // (say, gossip lied about it) refuses lb1's certificate.
+        let ep = endpoint("127.0.0.1:0".parse()?, load_identity(&files(lab.dir.path(), "lb2"))?)?;
+        let wrong = ep.connect(lab.acceptor.endpoint.local_addr()?, "lb2")?.await;
+        assert!(wrong.is_err(), "a certificate for lb1 passed as lb2");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn oversized_truncated_and_garbage_frames_close_only_their_connection() -> Result<()> {
+        let lab = lab()?;
+        let bad: [&[u8]; 4] = [
+            // A 4 GiB frame announced: refused before any allocation.
+            &u32::MAX.to_le_bytes(),
+            // Just over the limit.
+            &(proto::MAX_FRAME as u32 + 1).to_le_bytes(),
+            // 100 bytes announced, 3 sent, then the stream ends.
+            &[100, 0, 0, 0, 1, 2, 3],
+            // A well-framed body that is not a frame.
+            &[4, 0, 0, 0, 0xff, 0xff, 0xff, 0xff],
+        ];
+        for (i, bytes) in bad.into_iter().enumerate() {
+            let (mut send, mut recv) = lab.dial("lb2", "lb2").await?;
+            send.write_all(bytes).await?;
+            send.finish()?;
+            let closed = answer(&mut recv).await;
+            assert!(closed.is_err(), "{bytes:?} answered {closed:?}");
+            lab.rejected(i as u64 + 1).await?;
+        }
+        assert!(lab.table.is_empty());
+        // The peer's next, well-formed connection is served.
+        let (mut send, mut recv) = lab.dial("lb2", "lb2").await?;
+        write_frame(&mut send, &batch(7, b"k", "web-1", now_unix_ms())).await?;
+        assert_eq!(answer(&mut recv).await?, Frame::Ack { seq: 7 });
+        assert_eq!(lab.table.len(), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn replayed_and_stale_batches_change_nothing() -> Result<()> {
+        let lab = lab()?;
+        let (mut send, mut recv) = lab.dial("lb2", "lb2").await?;
+        let now = now_unix_ms();
+        let newer = batch(1, b"k", "web-2", now);
+        for frame in [&newer, &newer, &batch(2, b"k", "web-1", now - 1000)] {
+            write_frame(&mut send, frame).await?;
+            assert!(matches!(answer(&mut recv).await?, Frame::Ack { .. }));
+        }
+        assert_eq!(lab.table.lookup("web", b"k", now_unix_ms()).as_deref(), Some("web-2"));
+        assert_eq!(lab.table.stats.applied.load(Ordering::Relaxed), 1);
+        assert_eq!(lab.table.stats.ignored.load(Ordering::Relaxed), 2);
+        // From a broken clock an hour ahead: acknowledged, not applied.
+        write_frame(&mut send, &batch(3, b"k", "web-3", now + 3_600_000)).await?;
+        assert_eq!(answer(&mut recv).await?, Frame::Ack { seq: 3 });
+        assert_eq!(lab.table.lookup("web", b"k", now_unix_ms()).as_deref(), Some("web-2"));
+        Ok(())
+    }
 }

@@ -415,10 +415,7 @@ mod tests {
             key: b"k".to_vec(),
             backend: Some("web-2".into()),
             expires_unix_ms: NOW + 60_000,
-            version: Version {
-                hlc: u64::MAX,
-                node: 1,
-            },
+            version: Version { hlc: u64::MAX, node: 1 },
         };
         assert!(!t.apply(&e, NOW), "it would win over every later write");
         assert!(t.is_empty());
