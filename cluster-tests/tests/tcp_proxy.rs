@@ -118,3 +118,79 @@ fn without_any_reachable_backend_the_client_is_closed() -> Result<()> {
     node.assert_no_panic();
     Ok(())
 }
+
+/// An address whose handshakes hang: a listener with a backlog of one,
+/// filled by a connection nobody accepts, so the kernel drops further
+/// SYNs. Keep the returned filler alive while it is used.
+fn unanswering_backend() -> Result<(socket2::Socket, std::net::TcpStream, SocketAddr)> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    socket.listen(0)?;
+    let addr = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| anyhow::anyhow!("not an inet socket"))?;
+    let filler = std::net::TcpStream::connect(addr)?;
+    Ok((socket, filler, addr))
+}
+
+#[test]
+fn a_backend_that_never_completes_the_handshake_costs_a_client_at_most_connect_timeout() -> Result<()> {
+    let live = Backend::start("live")?;
+    let (_listening, _filler, hung) = unanswering_backend()?;
+    // Pool: connect_timeout 500ms, 2 retries.
+    let (node, tcp) = node_with(&[("hung", hung), ("live", live.addr)], "")?;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..4 {
+        let started = Instant::now();
+        let r = tcp_get(tcp, None, "/")?;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!((r.status, r.backend()), (200, Some("live")));
+    }
+    // Those sent to the hung backend first waited its connect timeout
+    // once, no more.
+    assert!(
+        slowest >= Duration::from_millis(450) && slowest < Duration::from_millis(1500),
+        "slowest request took {slowest:?}"
+    );
+    let failures = node.status()?["pools"][0]["backends"][0]["connect_failures"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(failures >= 1, "{failures} connect failures on the hung backend");
+    node.assert_no_panic();
+    Ok(())
+}
+
+#[test]
+fn over_max_connections_a_tcp_client_is_refused_after_a_short_wait() -> Result<()> {
+    let b = Backend::start("a")?;
+    let (node, tcp) = node_with(&[("a", b.addr)], "max_connections = 1")?;
+    let holder = client::connect(tcp, None)?;
+    shoal_cluster_tests::wait_until(
+        "the slot to be taken",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || (node.status().ok()?["listeners"][0]["active_connections"] == 1).then_some(()),
+    )?;
+    let queued_at = Instant::now();
+    let mut refused = client::connect(tcp, None)?;
+    let mut buf = [0u8; 16];
+    let n = refused.read(&mut buf).unwrap_or(0);
+    let waited = queued_at.elapsed();
+    assert_eq!(n, 0);
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "refused after {waited:?}"
+    );
+    drop(holder);
+    shoal_cluster_tests::wait_until(
+        "the slot to free",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || (node.status().ok()?["listeners"][0]["active_connections"] == 0).then_some(()),
+    )?;
+    assert_eq!(tcp_get(tcp, None, "/")?.status, 200);
+    assert!(node.status()?["listeners"][0]["refused_connections"].as_u64() >= Some(1));
+    node.assert_no_panic();
+    Ok(())
+}
