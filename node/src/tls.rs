@@ -63,6 +63,77 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
     })
 }
 
+/// Which file of a cluster identity is wrong, and why.
+#[derive(Debug)]
+pub struct IdentityProblem {
+    pub file: &'static str,
+    pub error: TlsError,
+}
+
+/// Checks a node's replication identity as its peers will: the CA file
+/// holds certificates, the node's certificate and key belong together, and
+/// the certificate chains to the CA and names `node_id`. Expiry is left to
+/// the handshakes (and their logs): a node restarted with an expired
+/// certificate still serves traffic.
+pub fn check_cluster_identity(ca: &Path, cert: &Path, key: &Path, node_id: &str) -> Result<(), IdentityProblem> {
+    let problem = |file, error| IdentityProblem { file, error };
+    let ca_err = |reason: String| TlsError::Certs {
+        path: ca.to_path_buf(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| problem("ca", ca_err(e.to_string())))? {
+        let c = c.map_err(|e| problem("ca", ca_err(e.to_string())))?;
+        roots.add(c).map_err(|e| problem("ca", ca_err(e.to_string())))?;
+    }
+    if roots.is_empty() {
+        return Err(problem("ca", TlsError::NoCerts(ca.to_path_buf())));
+    }
+    let certified = load_certified_key(cert, key).map_err(|e| match e {
+        TlsError::Key { .. } => problem("key", e),
+        e => problem("cert", e),
+    })?;
+    let name = rustls_pki_types::ServerName::try_from(node_id.to_string()).map_err(|e| {
+        problem(
+            "cert",
+            TlsError::Certs {
+                path: cert.to_path_buf(),
+                reason: format!("node id {node_id:?} cannot be a certificate name: {e}"),
+            },
+        )
+    })?;
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| problem("ca", ca_err(e.to_string())))?;
+    let (leaf, intermediates) = certified
+        .cert
+        .split_first()
+        .ok_or_else(|| problem("cert", TlsError::NoCerts(cert.to_path_buf())))?;
+    let verified = verifier.verify_server_cert(leaf, intermediates, &name, &[], rustls_pki_types::UnixTime::now());
+    use rustls::CertificateError as E;
+    use rustls::client::danger::ServerCertVerifier;
+    match verified {
+        Ok(_)
+        | Err(rustls::Error::InvalidCertificate(
+            E::Expired | E::ExpiredContext { .. } | E::NotValidYet | E::NotValidYetContext { .. },
+        )) => Ok(()),
+        Err(rustls::Error::InvalidCertificate(E::NotValidForName | E::NotValidForNameContext { .. })) => Err(problem(
+            "cert",
+            TlsError::Certs {
+                path: cert.to_path_buf(),
+                reason: format!("it does not name this node ({node_id:?}), so peers would refuse it"),
+            },
+        )),
+        Err(e) => Err(problem(
+            "cert",
+            TlsError::Certs {
+                path: cert.to_path_buf(),
+                reason: format!("it does not verify against the CA in {}: {e}", ca.display()),
+            },
+        )),
+    }
+}
+
 /// A listener's certificate, swapped atomically on reload: handshakes in
 /// progress keep the key they started with.
 pub struct CertStore {

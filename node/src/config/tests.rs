@@ -373,6 +373,67 @@ fn tls_certificates_must_parse_and_match_their_key() {
 }
 
 #[test]
+fn the_cluster_identity_must_verify_as_peers_will_verify_it() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let other = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let ids = ["lb1", "lb2"].map(|id| shoal_proto::NodeId::new(id).unwrap_or_else(|e| panic!("{e}")));
+    crate::certs::generate(dir.path(), &ids).unwrap_or_else(|e| panic!("{e}"));
+    crate::certs::generate(other.path(), &ids[..1]).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("garbage.pem"), "not a certificate\n").unwrap_or_else(|e| panic!("{e}"));
+    let cluster = |ca: &str, cert: &str, key: &str| {
+        format!(
+            "{MINIMAL_HEAD}[cluster]\nname = \"edge\"\ngossip_addr = \"127.0.0.1:7946\"\n\
+             replication_addr = \"127.0.0.1:7947\"\ntls = {{ ca = \"{ca}\", cert = \"{cert}\", key = \"{key}\" }}\n"
+        )
+    };
+    let other_ca = other.path().join("ca.pem").display().to_string();
+    let good = parse(&cluster("ca.pem", "lb1.pem", "lb1.key"), "t.toml", dir.path());
+    assert!(good.is_ok(), "{:?}", good.err().map(|e| e.to_string()));
+    for (text, key, words) in [
+        (
+            cluster("ca.pem", "lb2.pem", "lb2.key"),
+            "cluster.tls.cert",
+            "does not name this node (\"lb1\")",
+        ),
+        (
+            cluster("ca.pem", "lb1.pem", "lb2.key"),
+            "cluster.tls.cert",
+            "do not belong together",
+        ),
+        (
+            cluster(&other_ca, "lb1.pem", "lb1.key"),
+            "cluster.tls.cert",
+            "does not verify against the CA",
+        ),
+        (
+            cluster("garbage.pem", "lb1.pem", "lb1.key"),
+            "cluster.tls.ca",
+            "holds no certificate",
+        ),
+        (
+            cluster("ca.pem", "lb1.pem", "garbage.pem"),
+            "cluster.tls.key",
+            "cannot read a private key",
+        ),
+        (
+            cluster("ca.pem", "missing.pem", "lb1.key"),
+            "cluster.tls.cert",
+            "cannot read",
+        ),
+    ] {
+        let err = parse(&text, "t.toml", dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains(key) && err.contains(words),
+            "want {key}: {words} in {err:?}"
+        );
+        assert!(err.contains("t.toml:7:"), "{err}");
+    }
+}
+
+#[test]
 fn admin_token_file_must_hold_a_token() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(dir.path().join("empty.token"), "  \n").unwrap_or_else(|e| panic!("{e}"));

@@ -42,7 +42,7 @@ pub fn validate(config: &Config, base_dir: &Path) -> Vec<Problem> {
     let root = KeyPath::root();
     validate_node(&config.node, &root.key("node"), base_dir, &mut p);
     if let Some(cluster) = &config.cluster {
-        validate_cluster(cluster, &root.key("cluster"), base_dir, &mut p);
+        validate_cluster(cluster, config.node.id.as_str(), &root.key("cluster"), base_dir, &mut p);
     }
     validate_vips(&config.vips, &root, &mut p);
     validate_pools(&config.pools, &root, &mut p);
@@ -90,7 +90,7 @@ fn validate_node(node: &NodeConfig, path: &KeyPath, base_dir: &Path, p: &mut Pro
     }
 }
 
-fn validate_cluster(c: &ClusterConfig, path: &KeyPath, base_dir: &Path, p: &mut Problems) {
+fn validate_cluster(c: &ClusterConfig, node_id: &str, path: &KeyPath, base_dir: &Path, p: &mut Problems) {
     p.check(
         shoal_proto::NodeId::new(c.name.clone()).is_ok(),
         || path.key("name"),
@@ -122,9 +122,16 @@ fn validate_cluster(c: &ClusterConfig, path: &KeyPath, base_dir: &Path, p: &mut 
     }
     if let Some(tls) = &c.tls {
         let tls_path = path.key("tls");
-        check_file(&tls.ca, base_dir, tls_path.key("ca"), p);
-        check_file(&tls.cert, base_dir, tls_path.key("cert"), p);
-        check_file(&tls.key, base_dir, tls_path.key("key"), p);
+        let readable = [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)]
+            .into_iter()
+            .filter(|(key, file)| check_file(file, base_dir, tls_path.key(key), p))
+            .count();
+        if readable == 3 {
+            let [ca, cert, key] = [&tls.ca, &tls.cert, &tls.key].map(|f| base_dir.join(f));
+            if let Err(e) = crate::tls::check_cluster_identity(&ca, &cert, &key, node_id) {
+                p.add(tls_path.key(e.file), e.error.to_string());
+            }
+        }
     }
     if let Some(key_file) = &c.gossip_key_file {
         let full = base_dir.join(key_file);
@@ -144,10 +151,15 @@ fn validate_cluster(c: &ClusterConfig, path: &KeyPath, base_dir: &Path, p: &mut 
     );
 }
 
-fn check_file(file: &Path, base_dir: &Path, path: KeyPath, p: &mut Problems) {
+/// Whether `file` can be opened; if not, says so at `path`.
+fn check_file(file: &Path, base_dir: &Path, path: KeyPath, p: &mut Problems) -> bool {
     let full = base_dir.join(file);
-    if let Err(e) = std::fs::File::open(&full) {
-        p.add(path, format!("cannot read {}: {e}", full.display()));
+    match std::fs::File::open(&full) {
+        Ok(_) => true,
+        Err(e) => {
+            p.add(path, format!("cannot read {}: {e}", full.display()));
+            false
+        }
     }
 }
 
