@@ -109,8 +109,10 @@ pub fn main() -> ExitCode {
                 Ok(cfg) => cfg,
                 Err(e) => return config_error(&e),
             };
-            let workers = cfg.node.workers;
-            exit(runtime(workers).and_then(|rt| rt.block_on(server::run(cfg, config))))
+            // The data plane runs on its own threads (node.workers); this
+            // runtime carries the control plane: admin, gossip, health
+            // checks, replication, VIPs.
+            exit(runtime(Some(CONTROL_THREADS)).and_then(|rt| rt.block_on(server::run(cfg, config))))
         }
         Command::Certs { dir, nodes } => certs(&dir, &nodes),
         Command::Probe {
@@ -269,9 +271,12 @@ fn exit(result: Result<()>) -> ExitCode {
     }
 }
 
+/// Threads of a node's control-plane runtime.
+const CONTROL_THREADS: usize = 2;
+
 fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
     let mut b = tokio::runtime::Builder::new_multi_thread();
-    b.enable_all().thread_name("shoal-worker");
+    b.enable_all().thread_name("shoal-control");
     if let Some(n) = workers {
         b.worker_threads(n);
     }

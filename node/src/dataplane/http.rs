@@ -26,6 +26,7 @@ use super::idle::ConnActivity;
 use super::ratelimit::RateLimiter;
 use super::route::RouteMatch;
 use super::stats::ListenerStats;
+use super::workers;
 use crate::affinity::{AffinityTable, Sticky, now_unix_ms};
 use crate::balance::{PickCtx, hash_bytes, hash_ip};
 use crate::config::HashKey;
@@ -34,27 +35,34 @@ use crate::pool::{Backend, InFlight, NoAttempt, NoBackend, Outcome, Pool};
 
 pub type HttpClient = Client<HttpConnector, RequestBody>;
 
-/// A pool as the HTTP proxy uses it: its backends and a keep-alive
-/// connection pool to them.
+/// A pool as the HTTP proxy uses it: its backends and keep-alive
+/// connection pools to them, one per data-plane worker.
 pub struct Upstream {
     pub pool: Arc<Pool>,
-    pub client: HttpClient,
+    clients: Vec<HttpClient>,
 }
 
 impl Upstream {
-    /// Keeps `previous`'s connection pool when the connection settings are
+    /// Keeps `previous`'s connection pools when the connection settings are
     /// unchanged, so a reload does not drop warm backend connections.
-    pub fn new(pool: Arc<Pool>, previous: Option<&Upstream>) -> Self {
-        let client = match previous {
+    pub fn new(pool: Arc<Pool>, previous: Option<&Upstream>, workers: usize) -> Self {
+        let clients = match previous {
             Some(p)
                 if p.pool.connect_timeout == pool.connect_timeout
-                    && p.pool.keepalive_timeout == pool.keepalive_timeout =>
+                    && p.pool.keepalive_timeout == pool.keepalive_timeout
+                    && p.clients.len() == workers.max(1) =>
             {
-                p.client.clone()
+                p.clients.clone()
             }
-            _ => build_client(&pool),
+            _ => (0..workers.max(1)).map(|_| build_client(&pool)).collect(),
         };
-        Self { pool, client }
+        Self { pool, clients }
+    }
+
+    /// The calling worker's connection pool: a connection is reused only by
+    /// the thread that owns it.
+    fn client(&self) -> &HttpClient {
+        &self.clients[workers::current() % self.clients.len()]
     }
 }
 
@@ -394,7 +402,7 @@ impl HttpSite {
             tokio::time::sleep(pool.response_timeout).await;
         };
         let result = tokio::select! {
-            r = upstream.client.request(req) => Some(r),
+            r = upstream.client().request(req) => Some(r),
             () = deadline => None,
         };
         let mut resp = match result {

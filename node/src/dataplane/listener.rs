@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -27,8 +28,39 @@ use super::tcp::TcpProxy;
 /// Binds a listening socket the way a proxy wants it: address reuse so a
 /// restart does not wait out TIME_WAIT, and a deep accept backlog.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr, false)?)
+}
+
+/// One listening socket of `addr` per runtime in `on` (the data-plane
+/// workers), each registered with its runtime: SO_REUSEPORT, so the kernel
+/// spreads connections over them. A plain bind first proves the address
+/// free, since SO_REUSEPORT would otherwise silently share the port with
+/// another process of the same user.
+pub fn bind_each(addr: SocketAddr, on: &[Handle]) -> std::io::Result<Vec<Arc<TcpListener>>> {
+    let shared = on.len() > 1;
+    if shared {
+        drop(bound(addr, false)?);
+    }
+    on.iter()
+        .map(|h| {
+            let std = bind_std(addr, shared)?;
+            let _runtime = h.enter();
+            TcpListener::from_std(std).map(Arc::new)
+        })
+        .collect()
+}
+
+fn bind_std(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+    let socket = bound(addr, reuse_port)?;
+    socket.set_nonblocking(true)?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+fn bound(addr: SocketAddr, reuse_port: bool) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(reuse_port)?;
     // A listener on a VIP binds before this node holds the address (it
     // is a backup, or the election is still running).
     if addr.is_ipv6() {
@@ -37,10 +69,8 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     } else {
         socket.set_freebind_v4(true)?;
     }
-    socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket)
 }
 
 /// When an accept loop stops, and when its connections must wind down:
@@ -60,6 +90,7 @@ pub const QUEUE_WAIT: Duration = Duration::from_secs(1);
 /// accepting, so new clients wait in the kernel's accept queue (bounded by
 /// the listen backlog); if no slot frees within [`QUEUE_WAIT`], it accepts
 /// and closes them at once, counting each as refused, until one does.
+#[derive(Clone)]
 pub struct ConnLimit {
     max: u32,
     slots: Arc<Semaphore>,

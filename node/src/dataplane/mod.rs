@@ -11,6 +11,7 @@ pub mod route;
 
 pub mod stats;
 pub mod tcp;
+pub mod workers;
 
 pub use body::ResponseBody;
 pub use stats::ListenerStats;

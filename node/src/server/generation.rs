@@ -79,7 +79,7 @@ async fn resolve(addr: &HostPort) -> Result<SocketAddr> {
     }
 }
 
-async fn build_pool(pc: &PoolConfig, previous: Option<&Upstream>) -> Result<Arc<Upstream>> {
+async fn build_pool(pc: &PoolConfig, previous: Option<&Upstream>, workers: usize) -> Result<Arc<Upstream>> {
     let mut addrs = Vec::with_capacity(pc.backends.len());
     for b in &pc.backends {
         addrs.push(
@@ -89,15 +89,20 @@ async fn build_pool(pc: &PoolConfig, previous: Option<&Upstream>) -> Result<Arc<
         );
     }
     let pool = Arc::new(Pool::new(pc, &addrs, previous.map(|u| &*u.pool)));
-    Ok(Arc::new(Upstream::new(pool, previous)))
+    Ok(Arc::new(Upstream::new(pool, previous, workers)))
 }
 
-/// Builds the pools of `config`, reusing what `previous` has of them.
-pub async fn build_upstreams(config: &Config, previous: Option<&Generation>) -> Result<Vec<Arc<Upstream>>> {
+/// Builds the pools of `config`, reusing what `previous` has of them, with
+/// a backend connection pool for each of `workers`.
+pub async fn build_upstreams(
+    config: &Config,
+    previous: Option<&Generation>,
+    workers: usize,
+) -> Result<Vec<Arc<Upstream>>> {
     let mut out = Vec::with_capacity(config.pools.len());
     for pc in &config.pools {
         let prev = previous.and_then(|g| g.upstream(&pc.name));
-        out.push(build_pool(pc, prev.map(|u| &**u)).await?);
+        out.push(build_pool(pc, prev.map(|u| &**u), workers).await?);
     }
     Ok(out)
 }

@@ -24,6 +24,7 @@ use crate::dataplane::http::{HttpProxy, HttpSite, Upstream};
 use crate::dataplane::listener::{self, ConnLimit, HttpServing, Stop};
 use crate::dataplane::ratelimit::RateLimiter;
 use crate::dataplane::tcp::{TcpProxy, TcpSite};
+use crate::dataplane::workers::Workers;
 use crate::tls::{self, CertStore};
 
 /// What an accept loop serves; a change restarts the loop (connections it
@@ -80,7 +81,8 @@ struct Slot {
     name: String,
     bind: SocketAddr,
     kind: Kind,
-    socket: Arc<TcpListener>,
+    /// One per data-plane worker.
+    sockets: Vec<Arc<TcpListener>>,
     cancel: CancellationToken,
     proxy: Proxy,
     certs: Option<Arc<CertStore>>,
@@ -110,7 +112,7 @@ enum Step {
         name: String,
         bind: SocketAddr,
         kind: Kind,
-        socket: Arc<TcpListener>,
+        sockets: Vec<Arc<TcpListener>>,
         site: Site,
         certs: Option<Arc<CertStore>>,
         stats: Arc<ListenerStats>,
@@ -136,7 +138,13 @@ pub struct Listeners {
 
 impl Listeners {
     /// Prepares `config`'s listeners against the running ones.
-    pub fn plan(&self, config: &Config, upstreams: &[Arc<Upstream>], affinity: &Arc<AffinityTable>) -> Result<Plan> {
+    pub fn plan(
+        &self,
+        config: &Config,
+        upstreams: &[Arc<Upstream>],
+        affinity: &Arc<AffinityTable>,
+        workers: &Workers,
+    ) -> Result<Plan> {
         let mut steps = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             let kind = Kind::of(l);
@@ -163,12 +171,10 @@ impl Listeners {
                 steps.push(Step::Update { slot, site, cert });
                 continue;
             }
-            let socket = match self.slots.iter().find(|s| s.bind == l.bind) {
-                Some(s) => Arc::clone(&s.socket),
-                None => Arc::new(
-                    listener::bind(l.bind)
-                        .with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.bind))?,
-                ),
+            let sockets = match self.slots.iter().find(|s| s.bind == l.bind) {
+                Some(s) => s.sockets.clone(),
+                None => listener::bind_each(l.bind, &workers.handles())
+                    .with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.bind))?,
             };
             let certs = match &l.tls {
                 Some(t) => Some(Arc::new(
@@ -185,7 +191,7 @@ impl Listeners {
                 name: l.name.clone(),
                 bind: l.bind,
                 kind,
-                socket,
+                sockets,
                 site,
                 certs,
                 stats,
@@ -196,7 +202,13 @@ impl Listeners {
 
     /// Applies a plan: cannot fail. Loops of listeners that are gone or
     /// restarted stop accepting; their open connections carry on.
-    pub fn commit(&mut self, plan: Plan, root: &CancellationToken, tracker: &TaskTracker) -> Changes {
+    pub fn commit(
+        &mut self,
+        plan: Plan,
+        root: &CancellationToken,
+        tracker: &TaskTracker,
+        workers: &Workers,
+    ) -> Changes {
         let mut changes = Changes::default();
         let mut kept = vec![false; self.slots.len()];
         let mut next = Vec::with_capacity(plan.steps.len());
@@ -221,11 +233,11 @@ impl Listeners {
                     name,
                     bind,
                     kind,
-                    socket,
+                    sockets,
                     site,
                     certs,
                     stats,
-                } => started.push((name, bind, kind, socket, site, certs, stats)),
+                } => started.push((name, bind, kind, sockets, site, certs, stats)),
             }
         }
         // Stop what is not kept before starting replacements, so one socket
@@ -239,7 +251,7 @@ impl Listeners {
                 changes.stopped.push(slot.name);
             }
         }
-        for (name, bind, kind, socket, site, certs, stats) in started {
+        for (name, bind, kind, sockets, site, certs, stats) in started {
             // The loop stops with its own token; its connections only at
             // shutdown.
             let stop = Stop {
@@ -247,14 +259,14 @@ impl Listeners {
                 connections: root.clone(),
             };
             let cancel = stop.accepting.clone();
-            let proxy = spawn_loop(&kind, &socket, site, certs.as_ref(), &stats, stop, tracker);
+            let proxy = spawn_loops(&kind, &sockets, site, certs.as_ref(), &stats, stop, tracker, workers);
             tracing::info!(listener = %name, %bind, kind = ?kind, "listening");
             changes.started.push(name.clone());
             next.push(Slot {
                 name,
                 bind,
                 kind,
-                socket,
+                sockets,
                 cancel,
                 proxy,
                 certs,
@@ -273,14 +285,17 @@ impl Listeners {
     }
 }
 
-fn spawn_loop(
+/// Starts one accept loop per worker, each on its own socket.
+#[allow(clippy::too_many_arguments)]
+fn spawn_loops(
     kind: &Kind,
-    socket: &Arc<TcpListener>,
+    sockets: &[Arc<TcpListener>],
     site: Site,
     certs: Option<&Arc<CertStore>>,
     stats: &Arc<ListenerStats>,
     stop: Stop,
     tracker: &TaskTracker,
+    workers: &Workers,
 ) -> Proxy {
     let limit = ConnLimit::new(kind.max_connections(), Arc::clone(stats));
     match site {
@@ -317,14 +332,16 @@ fn spawn_loop(
                 tls,
             };
 
-            tracker.spawn(listener::serve_http(
-                Arc::clone(socket),
-                Arc::clone(&proxy),
-                serving,
-                limit,
-                tracker.clone(),
-                stop,
-            ));
+            workers.spawn_each(|i| {
+                tracker.track_future(listener::serve_http(
+                    Arc::clone(&sockets[i % sockets.len()]),
+                    Arc::clone(&proxy),
+                    serving.clone(),
+                    limit.clone(),
+                    tracker.clone(),
+                    stop.clone(),
+                ))
+            });
             Proxy::Http(proxy)
         }
         Site::Tcp(site) => {
@@ -332,14 +349,15 @@ fn spawn_loop(
                 site: ArcSwap::from_pointee(site),
                 stats: Arc::clone(stats),
             });
-            tracker.spawn(listener::serve_tcp(
-                Arc::clone(socket),
-                Arc::clone(&proxy),
-                limit,
-                tracker.clone(),
-                stop,
-            ));
-
+            workers.spawn_each(|i| {
+                tracker.track_future(listener::serve_tcp(
+                    Arc::clone(&sockets[i % sockets.len()]),
+                    Arc::clone(&proxy),
+                    limit.clone(),
+                    tracker.clone(),
+                    stop.clone(),
+                ))
+            });
             Proxy::Tcp(proxy)
         }
     }

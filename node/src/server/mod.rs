@@ -23,6 +23,7 @@ use crate::affinity::{AffinityTable, Replication};
 use crate::cluster::Cluster;
 use crate::config::{self, Config};
 use crate::dataplane::listener;
+use crate::dataplane::workers::Workers;
 use crate::{admin, health};
 use listeners::Listeners;
 
@@ -68,10 +69,17 @@ pub struct RunningNode {
     tracker: TaskTracker,
     shutdown_timeout: Duration,
     listeners: Mutex<Listeners>,
+    /// The data-plane threads; dropped (stopped) after the drain.
+    workers: Workers,
     /// Cancels the current generation's health checks.
     health: Mutex<CancellationToken>,
     /// Serialises reloads.
     reloading: tokio::sync::Mutex<()>,
+}
+
+/// `node.workers`, or one data-plane thread per CPU.
+fn worker_count(configured: Option<usize>) -> usize {
+    configured.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
 fn read_token(config: &Config) -> Result<Option<Arc<String>>> {
@@ -97,7 +105,8 @@ impl RunningNode {
     /// Binds every socket first (so a port conflict fails the start with
     /// nothing half-running), then starts serving.
     pub async fn start(config: Config) -> Result<Self> {
-        let upstreams = generation::build_upstreams(&config, None).await?;
+        let workers = Workers::start(worker_count(config.node.workers)).context("starting the data-plane threads")?;
+        let upstreams = generation::build_upstreams(&config, None, workers.count()).await?;
         for u in &upstreams {
             u.pool.activate();
         }
@@ -106,7 +115,7 @@ impl RunningNode {
             generation::sticky_capacity(&config),
         ));
         let mut listeners = Listeners::default();
-        let plan = listeners.plan(&config, &upstreams, &affinity)?;
+        let plan = listeners.plan(&config, &upstreams, &affinity, &workers)?;
         let admin_sock = listener::bind(config.node.admin_addr)
             .with_context(|| format!("admin API: cannot listen on {}", config.node.admin_addr))?;
         let admin_addr = admin_sock.local_addr().context("admin socket address")?;
@@ -141,7 +150,7 @@ impl RunningNode {
             _ => None,
         };
         spawn_sweeper(&affinity, &cancel);
-        listeners.commit(plan, &cancel, &tracker);
+        listeners.commit(plan, &cancel, &tracker, &workers);
         let applied = Generation {
             listeners: generation::listener_infos(&config, &listeners.stats()),
             upstreams,
@@ -196,6 +205,7 @@ impl RunningNode {
             tracker,
             shutdown_timeout,
             listeners: Mutex::new(listeners),
+            workers,
             health: Mutex::new(health),
             reloading: tokio::sync::Mutex::new(()),
         })
@@ -210,10 +220,10 @@ impl RunningNode {
         for what in restart_only_changes(&old.config, &config) {
             tracing::warn!("reload: {what} changed; that takes effect only after a restart");
         }
-        let upstreams = generation::build_upstreams(&config, Some(&old)).await?;
+        let upstreams = generation::build_upstreams(&config, Some(&old), self.workers.count()).await?;
         let admin_token = read_token(&config)?;
         let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        let plan = listeners.plan(&config, &upstreams, &self.state.affinity)?;
+        let plan = listeners.plan(&config, &upstreams, &self.state.affinity, &self.workers)?;
         // Nothing below can fail.
         for u in &upstreams {
             u.pool.activate();
@@ -221,7 +231,7 @@ impl RunningNode {
         self.state
             .affinity
             .set_max_entries(generation::sticky_capacity(&config));
-        let changes = listeners.commit(plan, &self.cancel, &self.tracker);
+        let changes = listeners.commit(plan, &self.cancel, &self.tracker, &self.workers);
 
         let applied = Generation {
             listeners: generation::listener_infos(&config, &listeners.stats()),

@@ -1,0 +1,131 @@
+//! Data-plane threads: one single-threaded tokio runtime per core. Every
+//! listener has one SO_REUSEPORT socket per worker, so the kernel spreads
+//! new connections over the workers, and a connection, the backend
+//! connections it uses and their timers then stay on one thread: no task
+//! migrates, no wakeup crosses threads, and each worker has its own backend
+//! connection pools (no pool lock shared between cores).
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+thread_local! {
+    static CURRENT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The index of the worker running the caller; 0 on any other thread.
+/// Picks the worker's own backend connection pool.
+pub fn current() -> usize {
+    CURRENT.with(Cell::get)
+}
+
+/// The running data-plane threads; they stop when this is dropped (after
+/// the node has drained: their tasks end with them).
+pub struct Workers {
+    handles: Vec<Handle>,
+    stop: CancellationToken,
+}
+
+impl Workers {
+    /// Starts `n` worker threads, or none for `n == 0`: then everything
+    /// runs on the caller's runtime (tests, tools).
+    pub fn start(n: usize) -> io::Result<Self> {
+        let stop = CancellationToken::new();
+        let mut handles = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            handles.push(rt.handle().clone());
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("shoal-dp-{i}"))
+                .spawn(move || {
+                    CURRENT.with(|c| c.set(i));
+                    rt.block_on(stop.cancelled());
+                })?;
+        }
+        Ok(Self { handles, stop })
+    }
+
+    /// How many accept sockets (and backend pools) each listener needs: one
+    /// per worker, or one on the caller's runtime.
+    pub fn count(&self) -> usize {
+        self.handles.len().max(1)
+    }
+
+    /// The runtime of each worker, or the caller's when there are none.
+    pub fn handles(&self) -> Vec<Handle> {
+        if self.handles.is_empty() {
+            vec![Handle::current()]
+        } else {
+            self.handles.clone()
+        }
+    }
+
+    /// Runs `make(i)` on every worker `i`.
+    pub fn spawn_each<F>(&self, mut make: impl FnMut(usize) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        for (i, h) in self.handles().iter().enumerate() {
+            h.spawn(make(i));
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn each_worker_runs_its_own_tasks_on_its_own_thread() -> io::Result<()> {
+        let workers = Workers::start(2)?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        workers.spawn_each(|i| {
+            let tx = tx.clone();
+            async move {
+                let name = std::thread::current().name().map(str::to_string);
+                let _ = tx.send((i, current(), name));
+            }
+        });
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            seen.extend(rx.recv().await);
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                (0, 0, Some("shoal-dp-0".to_string())),
+                (1, 1, Some("shoal-dp-1".to_string()))
+            ]
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn without_workers_tasks_run_on_the_callers_runtime() -> io::Result<()> {
+        let workers = Workers::start(0)?;
+        assert_eq!(workers.count(), 1);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut tx = Some(tx);
+        workers.spawn_each(|i| {
+            let tx = tx.take();
+            async move {
+                if let Some(tx) = tx {
+                    let _ = tx.send(i);
+                }
+            }
+        });
+        assert_eq!(rx.await.ok(), Some(0));
+        Ok(())
+    }
+}
