@@ -382,3 +382,32 @@ pub async fn serve_tcp(
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::workers::Workers;
+
+    #[tokio::test]
+    async fn each_worker_gets_a_socket_and_a_taken_port_is_refused() -> std::io::Result<()> {
+        let workers = Workers::start(2)?;
+        let held = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let taken = held.local_addr()?;
+        let err = bind_each(taken, &workers.handles()).err();
+        assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::AddrInUse));
+
+        let free = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+            probe.local_addr()?
+        };
+        let group = bind_each(free, &workers.handles())?;
+        assert_eq!(group.len(), 2);
+        // SO_REUSEPORT would let a second group (another node, say) share
+        // the port silently: the plain probe bind refuses it.
+        let err = bind_each(free, &workers.handles()).err();
+        assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::AddrInUse));
+        // Connections reach the group.
+        let _client = tokio::net::TcpStream::connect(free).await?;
+        Ok(())
+    }
+}
