@@ -52,6 +52,9 @@ pub fn bind_each(addr: SocketAddr, on: &[Handle]) -> std::io::Result<Vec<Arc<Tcp
 
 fn bind_std(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     let socket = bound(addr, reuse_port)?;
+    // Accepted sockets inherit it: one system call per listener instead
+    // of one per connection.
+    socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.listen(4096)?;
     Ok(socket.into())
@@ -86,10 +89,15 @@ pub struct Stop {
 /// slot before the listener starts refusing them.
 pub const QUEUE_WAIT: Duration = Duration::from_secs(1);
 
-/// A listener's cap on open connections. At the cap the accept loop stops
-/// accepting, so new clients wait in the kernel's accept queue (bounded by
-/// the listen backlog); if no slot frees within [`QUEUE_WAIT`], it accepts
-/// and closes them at once, counting each as refused, until one does.
+/// A listener's cap on open connections, shared by its accept loops (one
+/// per worker). A loop that accepts a connection at the cap holds it and
+/// stops accepting, so further clients wait in the kernel's accept queue
+/// (bounded by the listen backlog); if no slot frees within
+/// [`QUEUE_WAIT`], that connection is closed, and the loop accepts and
+/// closes new ones at once, counting each as refused, until a slot frees.
+/// Slots are taken only by accepted connections: an accept loop waiting
+/// for a client holds none (with a slot per waiting loop, a cap of 2 and
+/// two workers would leave no slot for clients).
 #[derive(Clone)]
 pub struct ConnLimit {
     max: u32,
@@ -106,42 +114,32 @@ impl ConnLimit {
         }
     }
 
-    /// A free slot, refusing connections meanwhile once the queue has
-    /// waited [`QUEUE_WAIT`]; `None` when cancelled.
-    async fn slot(
-        &self,
-        name: &str,
-        listener: &TcpListener,
-        cancel: &CancellationToken,
-    ) -> Option<OwnedSemaphorePermit> {
+    /// A slot for a connection just accepted: at once if one is free;
+    /// never while `refusing` (the last wait found none); else after
+    /// waiting up to [`QUEUE_WAIT`] for one. `None` means refuse it (the
+    /// refusal is counted); cancellation refuses too.
+    async fn admit(&self, name: &str, refusing: &mut bool, cancel: &CancellationToken) -> Option<OwnedSemaphorePermit> {
         if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
+            *refusing = false;
             return Some(permit);
         }
-        let wait = tokio::select! {
-            () = cancel.cancelled() => return None,
-            r = tokio::time::timeout(QUEUE_WAIT, Arc::clone(&self.slots).acquire_owned()) => r,
-        };
-        if let Ok(permit) = wait {
-            return permit.ok();
-        }
-        tracing::warn!(
-            listener = name,
-            limit = self.max,
-            "listener at max_connections: refusing new connections"
-        );
-        loop {
-            tokio::select! {
+        if !*refusing {
+            let wait = tokio::select! {
                 () = cancel.cancelled() => return None,
-                permit = Arc::clone(&self.slots).acquire_owned() => return permit.ok(),
-                accepted = listener.accept() => match accepted {
-                    Ok(_) => {
-                        self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // Out of descriptors, say: pause rather than spin.
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                },
+                r = tokio::time::timeout(QUEUE_WAIT, Arc::clone(&self.slots).acquire_owned()) => r,
+            };
+            if let Ok(Ok(permit)) = wait {
+                return Some(permit);
             }
+            tracing::warn!(
+                listener = name,
+                limit = self.max,
+                "listener at max_connections: refusing new connections"
+            );
+            *refusing = true;
         }
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        None
     }
 }
 
@@ -156,18 +154,18 @@ async fn accept_loop(
     cancel: &CancellationToken,
     mut on_accept: impl FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit),
 ) {
+    let mut refusing = false;
     loop {
-        let Some(slot) = limit.slot(name, listener, cancel).await else {
-            return;
-        };
         let accepted = tokio::select! {
             () = cancel.cancelled() => return,
             r = listener.accept() => r,
         };
         match accepted {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                on_accept(stream, peer, slot);
+                // Refused: dropping the stream closes it.
+                if let Some(slot) = limit.admit(name, &mut refusing, cancel).await {
+                    on_accept(stream, peer, slot);
+                }
             }
             Err(e) => {
                 tracing::error!(listener = name, error = %e, "accept failed; pausing accepts for 50ms");
@@ -408,6 +406,48 @@ mod tests {
         assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::AddrInUse));
         // Connections reach the group.
         let _client = tokio::net::TcpStream::connect(free).await?;
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_cap_a_connection_waits_for_a_slot_then_the_listener_refuses_until_one_frees() {
+        let stats = Arc::new(ListenerStats::default());
+        let limit = ConnLimit::new(1, Arc::clone(&stats));
+        let cancel = CancellationToken::new();
+        let mut refusing = false;
+        let first = limit.admit("l", &mut refusing, &cancel).await;
+        assert!(first.is_some());
+
+        // A slot that frees during the wait is taken.
+        let started = tokio::time::Instant::now();
+        let (admitted, ()) = tokio::join!(limit.admit("l", &mut refusing, &cancel), async {
+            tokio::time::sleep(QUEUE_WAIT / 2).await;
+            drop(first);
+        });
+        assert!(admitted.is_some());
+        assert_eq!(started.elapsed(), QUEUE_WAIT / 2);
+
+        // None frees: refused after the full wait, then at once.
+        let started = tokio::time::Instant::now();
+        assert!(limit.admit("l", &mut refusing, &cancel).await.is_none());
+        assert_eq!(started.elapsed(), QUEUE_WAIT);
+        assert!(refusing);
+        assert!(limit.admit("l", &mut refusing, &cancel).await.is_none());
+        assert_eq!(started.elapsed(), QUEUE_WAIT, "refusing does not wait");
+        assert_eq!(stats.refused.load(Ordering::Relaxed), 2);
+
+        // A freed slot ends the refusal.
+        drop(admitted);
+        assert!(limit.admit("l", &mut refusing, &cancel).await.is_some());
+        assert!(!refusing);
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_inherit_tcp_nodelay() -> std::io::Result<()> {
+        let listener = bind("127.0.0.1:0".parse().map_err(std::io::Error::other)?)?;
+        let _client = TcpStream::connect(listener.local_addr()?).await?;
+        let (accepted, _) = listener.accept().await?;
+        assert!(accepted.nodelay()?);
         Ok(())
     }
 }
