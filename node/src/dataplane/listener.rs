@@ -116,8 +116,8 @@ impl ConnLimit {
 
     /// A slot for a connection just accepted: at once if one is free;
     /// never while `refusing` (the last wait found none); else after
-    /// waiting up to [`QUEUE_WAIT`] for one. `None` means refuse it (the
-    /// refusal is counted); cancellation refuses too.
+    /// waiting up to [`QUEUE_WAIT`] for one. `None` means refuse it: the
+    /// refusal is counted, unless the loop was cancelled meanwhile.
     async fn admit(&self, name: &str, refusing: &mut bool, cancel: &CancellationToken) -> Option<OwnedSemaphorePermit> {
         if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
             *refusing = false;
