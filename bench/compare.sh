@@ -188,17 +188,7 @@ pids+=("$shoal_pid")
 "$shoal" certs --dir "$work" --nodes lb1,lb2,lb3 >/dev/null
 for i in 1 2 3; do
     cat >"$work/lb$i.toml" <<CONF
-[node]
-id = "lb$i"
-admin_addr = "127.0.0.1:1991$i"
-
-[cluster]
-name = "bench"
-gossip_addr = "127.0.0.1:1992$i"
-replication_addr = "127.0.0.1:1993$i"
-seeds = ["127.0.0.1:19921"]
-gossip_key_file = "$work/gossip.key"
-tls = { ca = "$work/ca.pem", cert = "$work/lb$i.pem", key = "$work/lb$i.key" }
+$(cluster_node "$i" 199 "$work")
 
 [[listener]]
 name = "l7"

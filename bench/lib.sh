@@ -64,3 +64,23 @@ name = "b3"
 address = "127.0.0.1:18003"
 CONF
 }
+
+# cluster_node I PREFIX DIR: the [node] and [cluster] sections of node lbI
+# of a three-node cluster "bench" on loopback: admin on port PREFIX1I,
+# gossip PREFIX2I (seeded by node 1), replication PREFIX3I; certificates
+# and gossip key from `shoal certs --dir DIR --nodes lb1,lb2,lb3`.
+cluster_node() {
+    cat <<CONF
+[node]
+id = "lb$1"
+admin_addr = "127.0.0.1:${2}1$1"
+
+[cluster]
+name = "bench"
+gossip_addr = "127.0.0.1:${2}2$1"
+replication_addr = "127.0.0.1:${2}3$1"
+seeds = ["127.0.0.1:${2}21"]
+gossip_key_file = "$3/gossip.key"
+tls = { ca = "$3/ca.pem", cert = "$3/lb$1.pem", key = "$3/lb$1.key" }
+CONF
+}

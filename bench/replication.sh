@@ -34,17 +34,7 @@ trap cleanup EXIT INT TERM
 "$shoal" backend --bind 127.0.0.1:28002 --name b2 >/dev/null 2>&1 & pids+=($!)
 for i in 1 2 3; do
     cat >"$work/lb$i.toml" <<CONF
-[node]
-id = "lb$i"
-admin_addr = "127.0.0.1:2891$i"
-
-[cluster]
-name = "bench"
-gossip_addr = "127.0.0.1:2892$i"
-replication_addr = "127.0.0.1:2893$i"
-seeds = ["127.0.0.1:28921"]
-gossip_key_file = "$work/gossip.key"
-tls = { ca = "$work/ca.pem", cert = "$work/lb$i.pem", key = "$work/lb$i.key" }
+$(cluster_node "$i" 289 "$work")
 
 [[listener]]
 name = "web"
