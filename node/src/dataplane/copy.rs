@@ -140,29 +140,25 @@ where
 /// One direction. The buffer is allocated on the first readable event, so
 /// a connection that never sends costs no buffer.
 async fn pump(
-    from: OwnedReadHalf,
+    mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     start: Instant,
     last: &AtomicU64,
     mut on_read: impl FnMut(),
 ) -> io::Result<u64> {
-    let mut buf: Vec<u8> = Vec::new();
+    from.readable().await?;
+    let mut buf = vec![0; BUF_SIZE];
     let mut total = 0u64;
     loop {
-        from.readable().await?;
-        if buf.is_empty() {
-            buf = vec![0; BUF_SIZE];
+        // `read`, not `readable` + `try_read`: tokio takes a short read as
+        // proof the socket is drained, where `try_read` would need one more
+        // read (EAGAIN) per chunk to learn it.
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            // Propagate the half-close; the other direction carries on.
+            let _ = to.shutdown().await;
+            return Ok(total);
         }
-        let n = match from.try_read(&mut buf) {
-            Ok(0) => {
-                // Propagate the half-close; the other direction carries on.
-                let _ = to.shutdown().await;
-                return Ok(total);
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
         on_read();
         // fetch_max: the two directions race, and time must not go back.
         last.fetch_max(start.elapsed().as_millis() as u64, Ordering::Relaxed);
