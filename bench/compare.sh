@@ -14,10 +14,16 @@
 #   cluster   Shoal alone vs Shoal in a 3-node cluster (gossip, QUIC
 #             replication to two peers) with header-sticky sessions; both
 #             get the same 1 000 rotating session ids
-# then prints the medians (requests/s, p50, p99), the ratios Shoal/HAProxy
-# and Shoal/nginx, and each proxy's memory per idle client connection
-# (RSS growth with IDLE connections open, none of them sending, measured
-# before the load runs).
+# then prints the medians (requests/s, p50, p99, the proxy's CPU time per
+# request), the ratios Shoal/HAProxy and Shoal/nginx, and each proxy's
+# memory per idle client connection (RSS growth with IDLE connections
+# open, none of them sending, measured before the load runs).
+#
+# The l7 and close runs also measure bench/forwarder, a yardstick that is
+# not a product: the least an HTTP/1.1 proxy can do (parse, add
+# X-Forwarded-For, pick the least-loaded backend, forward over a kept-alive
+# connection). wrk, the backends and the proxy share the same cores, so
+# what the forwarder reaches bounds what any proxy can reach here.
 #
 # Usage: bench/compare.sh [--no-write]
 #   ROUNDS=3 DURATION=10 CONNECTIONS=64 IDLE=10000 (environment)
@@ -46,6 +52,8 @@ if [ ! -f "$stream_module" ] && [ "$(id -u)" -eq 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnginx-mod-stream >/dev/null 2>&1 || true
 fi
 shoal_binary
+cargo build --release --quiet -p shoal-bench-forwarder
+forwarder="${CARGO_TARGET_DIR:-$PWD/target}/release/forwarder"
 
 work=$(mktemp -d)
 pids=()
@@ -159,6 +167,11 @@ $nginx_stream
 CONF
 nginx -c "$work/proxy.conf" -p "$work"
 
+# --- the yardstick: a thread per core ------------------------------------------
+"$forwarder" 127.0.0.1:18380 127.0.0.1:18001 127.0.0.1:18002 127.0.0.1:18003 >"$work/forwarder.log" 2>&1 &
+forwarder_pid=$!
+pids+=("$forwarder_pid")
+
 # --- Shoal: one node alone, and a three-node sticky cluster ------------------
 cat >"$work/shoal.toml" <<CONF
 [node]
@@ -201,6 +214,7 @@ $(web_pool 'sticky = { mode = "header", header = "x-session", ttl = "10m" }')
 CONF
     SHOAL_LOG=warn "$shoal" run -c "$work/lb$i.toml" >"$work/lb$i.log" 2>&1 &
     pids+=($!)
+    [ "$i" = 1 ] && cluster_pid=$!
 done
 
 wait_http() { # URL: up to 10 s
@@ -211,7 +225,7 @@ wait_http() { # URL: up to 10 s
     echo "compare: $1 did not answer within 10 s" >&2
     exit 1
 }
-for port in 18001 18002 18003 18180 18181 18280 18080 18081 18082; do
+for port in 18001 18002 18003 18180 18181 18280 18380 18080 18081 18082; do
     wait_http "http://127.0.0.1:$port/"
 done
 [ -n "$nginx_stream" ] && wait_http "http://127.0.0.1:18281/"
@@ -233,22 +247,48 @@ request = function()
 end
 LUA
 
+nginx_pids() { echo "$(cat "$work/proxy.pid") $(pgrep -P "$(cat "$work/proxy.pid")" | tr '\n' ' ')"; }
+proxy_pids() { # PRODUCT: the processes that do its work
+    case $1 in
+        shoal) echo "$shoal_pid" ;;
+        shoal-cluster) echo "$cluster_pid" ;;
+        haproxy) echo "$haproxy_pid" ;;
+        nginx) nginx_pids ;;
+        forwarder) echo "$forwarder_pid" ;;
+    esac
+}
+cpu_ticks() { # PID...: user + system clock ticks used so far
+    local total=0 p
+    for p in "$@"; do
+        # Fields after the ")" that closes the command name: utime is the 12th.
+        total=$((total + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+    done
+    echo "$total"
+}
+clk_tck=$(getconf CLK_TCK)
+
 results="$work/results.tsv"
 : >"$results"
 # run ROUND SCENARIO PRODUCT URL [wrk args...]
 run() {
-    local round=$1 scenario=$2 product=$3 url=$4
+    local round=$1 scenario=$2 product=$3 url=$4 pidlist ticks
     shift 4
     local out="$work/run.txt"
+    pidlist=$(proxy_pids "$product")
+    # shellcheck disable=SC2086
+    ticks=$(cpu_ticks $pidlist)
     if ! wrk -t2 -c"$connections" -d"${duration}s" --latency "$@" "$url" >"$out" 2>&1 \
         || ! grep -q '^Requests/sec:' "$out"; then
         echo "compare: wrk against $product ($scenario) failed:" >&2
         cat "$out" >&2
         exit 1
     fi
-    python3 - "$round" "$scenario" "$product" "$out" >>"$results" <<'PY'
+    # shellcheck disable=SC2086
+    ticks=$(($(cpu_ticks $pidlist) - ticks))
+    python3 - "$round" "$scenario" "$product" "$out" "$ticks" "$clk_tck" >>"$results" <<'PY'
 import re, sys
 round_, scenario, product, path = sys.argv[1:5]
+ticks, clk_tck = int(sys.argv[5]), int(sys.argv[6])
 text = open(path).read()
 def ms(v):
     m = re.match(r"([\d.]+)(us|ms|s)$", v)
@@ -261,12 +301,14 @@ p99 = re.search(r"^\s+99%\s+(\S+)", text, re.M)
 errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
 non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 errors += int(non2xx.group(1)) if non2xx else 0
+done = re.search(r"^\s*(\d+) requests in", text, re.M)
+cpu_us = ticks * 1e6 / clk_tck / int(done.group(1)) if done and int(done.group(1)) else float("nan")
 print("\t".join([round_, scenario, product,
                  f"{float(rps.group(1)) if rps else 0:.0f}",
                  f"{ms(p50.group(1)) if p50 else float('nan'):.3f}",
-                 f"{ms(p99.group(1)) if p99 else float('nan'):.3f}", str(errors)]))
+                 f"{ms(p99.group(1)) if p99 else float('nan'):.3f}", str(errors), f"{cpu_us:.1f}"]))
 PY
-    tail -n1 "$results" | awk -F'\t' '{printf "  round %s %-8s %-16s %8s req/s  p50 %7s ms  p99 %7s ms  errors %s\n", $1, $2, $3, $4, $5, $6, $7}'
+    tail -n1 "$results" | awk -F'\t' '{printf "  round %s %-8s %-16s %8s req/s  p50 %7s ms  p99 %7s ms  CPU %5s us/req  errors %s\n", $1, $2, $3, $4, $5, $6, $8, $7}'
 }
 
 # rotate: prints its arguments starting at the (round mod n)-th.
@@ -288,14 +330,9 @@ rss_kib() { # PID...: total VmRSS in KiB
     done
     echo "$total"
 }
-nginx_pids() { echo "$(cat "$work/proxy.pid") $(pgrep -P "$(cat "$work/proxy.pid")" | tr '\n' ' ')"; }
 memory() { # PRODUCT PORT
     local product=$1 port=$2 pidlist before after
-    case $product in
-        shoal) pidlist=$shoal_pid ;;
-        haproxy) pidlist=$haproxy_pid ;;
-        nginx) pidlist=$(nginx_pids) ;;
-    esac
+    pidlist=$(proxy_pids "$product")
     # shellcheck disable=SC2086
     before=$(rss_kib $pidlist)
     exec {hold_in}> >(python3 bench/hold_connections.py 127.0.0.1 "$port" "$idle" >"$work/hold.txt")
@@ -334,15 +371,15 @@ memory haproxy 18180
 memory nginx 18280
 
 echo "compare: $(nproc) cores, $(uname -r), $rounds rounds of ${duration}s, wrk -t2 -c$connections"
-declare -A l7=([shoal]=http://127.0.0.1:18080/ [haproxy]=http://127.0.0.1:18180/ [nginx]=http://127.0.0.1:18280/)
+declare -A l7=([shoal]=http://127.0.0.1:18080/ [haproxy]=http://127.0.0.1:18180/ [nginx]=http://127.0.0.1:18280/ [forwarder]=http://127.0.0.1:18380/)
 declare -A l4=([shoal]=http://127.0.0.1:18081/ [haproxy]=http://127.0.0.1:18181/)
 [ -n "$nginx_stream" ] && l4[nginx]=http://127.0.0.1:18281/
 for ((r = 1; r <= rounds; r++)); do
-    for p in $(rotate "$r" shoal haproxy nginx); do run "$r" l7 "$p" "${l7[$p]}"; done
+    for p in $(rotate "$r" shoal haproxy nginx forwarder); do run "$r" l7 "$p" "${l7[$p]}"; done
     for p in $(rotate "$r" shoal haproxy nginx); do
         [ -n "${l4[$p]:-}" ] && run "$r" l4 "$p" "${l4[$p]}"
     done
-    for p in $(rotate "$r" shoal haproxy nginx); do
+    for p in $(rotate "$r" shoal haproxy nginx forwarder); do
         run "$r" close "$p" "${l7[$p]}" -H "Connection: close"
     done
     for p in $(rotate "$r" shoal shoal-cluster); do
@@ -359,23 +396,24 @@ import statistics, sys
 from collections import defaultdict
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 by = defaultdict(list)
-for _r, scenario, product, rps, p50, p99, errors in rows:
-    by[(scenario, product)].append((float(rps), float(p50), float(p99), int(errors)))
+for _r, scenario, product, rps, p50, p99, errors, cpu in rows:
+    by[(scenario, product)].append((float(rps), float(p50), float(p99), int(errors), float(cpu)))
 def med(key, i):
     v = [x[i] for x in by.get(key, [])]
     return statistics.median(v) if v else None
 titles = {"l7": "L7 HTTP, keep-alive", "l4": "L4 TCP, keep-alive",
           "close": "L7 HTTP, connection per request", "cluster": "Shoal cluster + sticky cost"}
-print("| scenario | proxy | requests/s (median) | p50 ms | p99 ms | runs (requests/s) | errors |")
-print("|---|---|---|---|---|---|---|")
+print("| scenario | proxy | requests/s (median) | p50 ms | p99 ms | proxy CPU µs/request | runs (requests/s) | errors |")
+print("|---|---|---|---|---|---|---|---|")
 for scenario in ["l7", "l4", "close", "cluster"]:
-    for product in ["shoal", "haproxy", "nginx", "shoal-cluster"]:
+    for product in ["shoal", "haproxy", "nginx", "forwarder", "shoal-cluster"]:
         key = (scenario, product)
         if key not in by:
             continue
         runs = ", ".join(f"{x[0]:.0f}" for x in by[key])
         errs = sum(x[3] for x in by[key])
-        print(f"| {titles[scenario]} | {product} | {med(key, 0):.0f} | {med(key, 1):.2f} | {med(key, 2):.2f} | {runs} | {errs} |")
+        name = "forwarder (yardstick)" if product == "forwarder" else product
+        print(f"| {titles[scenario]} | {name} | {med(key, 0):.0f} | {med(key, 1):.2f} | {med(key, 2):.2f} | {med(key, 4):.1f} | {runs} | {errs} |")
 print()
 print("| ratio (medians) | value |")
 print("|---|---|")
@@ -388,6 +426,8 @@ for scenario in ["l7", "l4", "close"]:
             print(f"| {titles[scenario]}: Shoal / {other} requests/s | {ratio(scenario, 'shoal', other)} |")
     if ("l7", "haproxy") in by and scenario == "l7":
         print(f"| L7 p99: Shoal / haproxy | {ratio('l7', 'shoal', 'haproxy', 2)} |")
+    if (scenario, "forwarder") in by:
+        print(f"| {titles[scenario]}: yardstick forwarder / haproxy requests/s | {ratio(scenario, 'forwarder', 'haproxy')} |")
 print(f"| cluster + sticky / single node requests/s | {ratio('cluster', 'shoal-cluster', 'shoal')} |")
 idle = int(sys.argv[3])
 print()

@@ -1,0 +1,319 @@
+//! A yardstick for `bench/compare.sh`, not part of Shoal: the least work an
+//! HTTP/1.1 reverse proxy can do on this machine. It parses a request head,
+//! adds X-Forwarded-For, picks the backend with the fewest requests in
+//! flight, forwards over a kept-alive backend connection and copies the
+//! response back; nothing else (no health checks, timeouts, retries,
+//! metrics, chunked bodies or streaming). Whatever it reaches is an upper
+//! bound for any proxy doing the same work on the same cores, so it tells
+//! which throughput targets the machine allows at all.
+//!
+//! Usage: forwarder LISTEN BACKEND... (one single-threaded runtime and one
+//! SO_REUSEPORT listener per core).
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Largest request or response head, and largest request body, it accepts.
+const MAX_HEAD: usize = 16 * 1024;
+const MAX_BODY: usize = 1024 * 1024;
+const MAX_HEADERS: usize = 64;
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let listen: SocketAddr = args
+        .next()
+        .context("usage: forwarder LISTEN BACKEND...")?
+        .parse()
+        .context("LISTEN is not an address")?;
+    let backends = args
+        .map(|a| a.parse().with_context(|| format!("backend {a} is not an address")))
+        .collect::<anyhow::Result<Vec<SocketAddr>>>()?;
+    if backends.is_empty() {
+        bail!("usage: forwarder LISTEN BACKEND...");
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = (0..cores)
+        .map(|i| {
+            let listener = bind(listen)?;
+            let backends = backends.clone();
+            std::thread::Builder::new()
+                .name(format!("forwarder-{i}"))
+                .spawn(move || worker(listener, backends))
+                .context("spawning a worker")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for w in workers {
+        match w.join() {
+            Ok(result) => result?,
+            Err(_) => bail!("a worker panicked"),
+        }
+    }
+    Ok(())
+}
+
+fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn worker(listener: std::net::TcpListener, addrs: Vec<SocketAddr>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let listener = TcpListener::from_std(listener)?;
+        let backends = Rc::new(Backends::new(addrs));
+        loop {
+            let (client, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    eprintln!("forwarder: accept: {e}");
+                    continue;
+                }
+            };
+            let backends = Rc::clone(&backends);
+            tokio::task::spawn_local(async move {
+                if let Err(e) = serve(client, peer, &backends).await
+                    && !is_disconnect(&e)
+                {
+                    eprintln!("forwarder: {peer}: {e:#}");
+                }
+            });
+        }
+    })
+}
+
+/// One worker's backends: its idle connections and requests in flight.
+struct Backends {
+    addrs: Vec<SocketAddr>,
+    idle: RefCell<Vec<Vec<TcpStream>>>,
+    in_flight: RefCell<Vec<u32>>,
+}
+
+impl Backends {
+    fn new(addrs: Vec<SocketAddr>) -> Self {
+        let n = addrs.len();
+        Self {
+            addrs,
+            idle: RefCell::new((0..n).map(|_| Vec::new()).collect()),
+            in_flight: RefCell::new(vec![0; n]),
+        }
+    }
+
+    fn least_loaded(&self) -> usize {
+        let in_flight = self.in_flight.borrow();
+        (0..in_flight.len()).min_by_key(|&i| in_flight[i]).unwrap_or(0)
+    }
+}
+
+/// A byte buffer holding what was read and not yet consumed.
+struct Buffer {
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+impl Buffer {
+    fn new() -> Self {
+        Self {
+            bytes: vec![0; MAX_HEAD],
+            len: 0,
+        }
+    }
+
+    /// Reads more; false at end of stream.
+    async fn fill(&mut self, from: &mut TcpStream) -> anyhow::Result<bool> {
+        if self.len == self.bytes.len() {
+            bail!("head larger than {MAX_HEAD} bytes");
+        }
+        let n = from.read(&mut self.bytes[self.len..]).await?;
+        self.len += n;
+        Ok(n > 0)
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.bytes.copy_within(n..self.len, 0);
+        self.len -= n;
+    }
+}
+
+async fn serve(mut client: TcpStream, peer: SocketAddr, backends: &Backends) -> anyhow::Result<()> {
+    let forwarded = format!("x-forwarded-for: {}\r\n", peer.ip());
+    let mut from_client = Buffer::new();
+    let mut from_backend = Buffer::new();
+    let mut request = Vec::with_capacity(1024);
+    let mut response = Vec::with_capacity(4096);
+    loop {
+        let Some(head) = read_request(&mut client, &mut from_client, &mut request, &forwarded).await? else {
+            return Ok(());
+        };
+        let i = backends.least_loaded();
+        backends.in_flight.borrow_mut()[i] += 1;
+        let outcome = exchange(backends, i, &request, &head, &mut from_backend, &mut response).await;
+        backends.in_flight.borrow_mut()[i] -= 1;
+        outcome?;
+        client.write_all(&response).await?;
+        if head.close {
+            return Ok(());
+        }
+    }
+}
+
+struct RequestHead {
+    is_head: bool,
+    close: bool,
+}
+
+/// Reads one request into `out` (head with X-Forwarded-For, then body);
+/// None when the client closed between requests.
+async fn read_request(
+    client: &mut TcpStream,
+    buf: &mut Buffer,
+    out: &mut Vec<u8>,
+    forwarded: &str,
+) -> anyhow::Result<Option<RequestHead>> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        if let httparse::Status::Complete(head_len) = req.parse(&buf.bytes[..buf.len])? {
+            let method = req.method.unwrap_or("GET");
+            out.clear();
+            out.extend_from_slice(method.as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
+            out.extend_from_slice(b" HTTP/1.1\r\n");
+            let mut body_len = 0;
+            let mut close = req.version == Some(0);
+            for h in req.headers.iter() {
+                if h.name.eq_ignore_ascii_case("content-length") {
+                    body_len = content_length(h.value)?;
+                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                    bail!("chunked request bodies are not supported");
+                } else if h.name.eq_ignore_ascii_case("connection") {
+                    close = h.value.eq_ignore_ascii_case(b"close");
+                    continue;
+                }
+                out.extend_from_slice(h.name.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(h.value);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(forwarded.as_bytes());
+            out.extend_from_slice(b"\r\n");
+            let is_head = method == "HEAD";
+            if body_len > MAX_BODY {
+                bail!("request body over {MAX_BODY} bytes");
+            }
+            buf.consume(head_len);
+            let buffered = body_len.min(buf.len);
+            out.extend_from_slice(&buf.bytes[..buffered]);
+            buf.consume(buffered);
+            let start = out.len();
+            out.resize(start + body_len - buffered, 0);
+            client.read_exact(&mut out[start..]).await?;
+            return Ok(Some(RequestHead { is_head, close }));
+        }
+        if !buf.fill(client).await? {
+            if buf.len == 0 {
+                return Ok(None);
+            }
+            bail!("client closed within a request");
+        }
+    }
+}
+
+/// Sends `request` to backend `i` and reads its whole response into `out`
+/// (its head rewritten for the client's Connection), keeping the backend
+/// connection when the backend allows.
+async fn exchange(
+    backends: &Backends,
+    i: usize,
+    request: &[u8],
+    client: &RequestHead,
+    buf: &mut Buffer,
+    out: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    let idle = backends.idle.borrow_mut()[i].pop();
+    let mut upstream = match idle {
+        Some(conn) => conn,
+        None => {
+            let conn = TcpStream::connect(backends.addrs[i]).await?;
+            conn.set_nodelay(true)?;
+            conn
+        }
+    };
+    upstream.write_all(request).await?;
+    buf.len = 0;
+    out.clear();
+    let (head_len, body_len, keep) = loop {
+        if !buf.fill(&mut upstream).await? {
+            bail!("backend closed before its response head");
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let httparse::Status::Complete(head_len) = resp.parse(&buf.bytes[..buf.len])? {
+            let code = resp.code.unwrap_or(0);
+            let mut body_len = None;
+            let mut keep = resp.version == Some(1);
+            out.extend_from_slice(format!("HTTP/1.1 {code} {}\r\n", resp.reason.unwrap_or("")).as_bytes());
+            for h in resp.headers.iter() {
+                if h.name.eq_ignore_ascii_case("content-length") {
+                    body_len = Some(content_length(h.value)?);
+                } else if h.name.eq_ignore_ascii_case("connection") {
+                    keep = !h.value.eq_ignore_ascii_case(b"close");
+                    continue;
+                }
+                out.extend_from_slice(h.name.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(h.value);
+                out.extend_from_slice(b"\r\n");
+            }
+            if client.close {
+                out.extend_from_slice(b"connection: close\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+            let body_len = match body_len {
+                _ if client.is_head || code == 204 || code == 304 => 0,
+                Some(n) => n,
+                None => bail!("a response without Content-Length is not supported"),
+            };
+            break (head_len, body_len, keep);
+        }
+    };
+    let have = buf.len.min(head_len + body_len);
+    out.extend_from_slice(&buf.bytes[head_len..have]);
+    let start = out.len();
+    out.resize(start + head_len + body_len - have, 0);
+    upstream.read_exact(&mut out[start..]).await?;
+    if keep && buf.len == have {
+        backends.idle.borrow_mut()[i].push(upstream);
+    }
+    Ok(())
+}
+
+/// A peer going away (wrk resets its connections when it stops) is not
+/// worth a line.
+fn is_disconnect(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>().is_some_and(|e| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof
+        )
+    })
+}
+
+fn content_length(value: &[u8]) -> anyhow::Result<usize> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .context("bad Content-Length")
+}
