@@ -450,3 +450,45 @@ fn maglev_table_grows_with_the_pool() {
     let big = maglev::Maglev::new(&many);
     assert!(big.table_len() >= 100_000, "{}", big.table_len());
 }
+
+#[test]
+fn random_picks_stay_weight_proportional_after_weights_grow() {
+    // The sampler's bound is learnt from the weights of the first picks; a
+    // weight that grows past it (slow start ending, say) must not lose its
+    // share.
+    for alg in [Algorithm::Random, Algorithm::P2c] {
+        let b = Balancer::new(alg, &members(&[1, 2, 3]));
+        let mut rng = fastrand::Rng::with_seed(7);
+        let before = cands(&[1, 1, 1]);
+        for _ in 0..100 {
+            assert!(b.pick(&before, &mut PickCtx::with_rng(None, rng.fork())).is_some());
+        }
+        let weights = [1, 2, 30];
+        let cs = cands(&weights);
+        let mut got = vec![0u64; 3];
+        for _ in 0..200_000 {
+            let i = b.pick(&cs, &mut PickCtx::with_rng(None, rng.fork()));
+            got[i.unwrap_or_else(|| panic!("{alg} picked nothing"))] += 1;
+        }
+        assert_shares(alg, &weights, &got, 0.01);
+    }
+}
+
+#[test]
+fn random_picks_find_the_only_usable_backend_among_ten_thousand() {
+    let weights = vec![1; 10_000];
+    let mut cs = cands(&weights);
+    for c in &mut cs {
+        c.usable = false;
+    }
+    cs[7_777].usable = true;
+    for alg in [Algorithm::Random, Algorithm::P2c] {
+        let b = Balancer::new(alg, &members(&[1]));
+        for _ in 0..100 {
+            assert_eq!(b.pick(&cs, &mut seeded(None)), Some(7_777), "{alg}");
+        }
+        cs[7_777].usable = false;
+        assert_eq!(b.pick(&cs, &mut seeded(None)), None, "{alg}");
+        cs[7_777].usable = true;
+    }
+}
