@@ -242,22 +242,9 @@ async fn exchange(
     buf: &mut Buffer,
     out: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
-    let idle = backends.idle.borrow_mut()[i].pop();
-    let mut upstream = match idle {
-        Some(conn) => conn,
-        None => {
-            let conn = TcpStream::connect(backends.addrs[i]).await?;
-            conn.set_nodelay(true)?;
-            conn
-        }
-    };
-    upstream.write_all(request).await?;
-    buf.len = 0;
+    let mut upstream = send(backends, i, request, buf).await?;
     out.clear();
     let (head_len, body_len, keep) = loop {
-        if !buf.fill(&mut upstream).await? {
-            bail!("backend closed before its response head");
-        }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
         if let httparse::Status::Complete(head_len) = resp.parse(&buf.bytes[..buf.len])? {
@@ -288,6 +275,9 @@ async fn exchange(
             };
             break (head_len, body_len, keep);
         }
+        if !buf.fill(&mut upstream).await? {
+            bail!("backend closed within its response head");
+        }
     };
     let have = buf.len.min(head_len + body_len);
     out.extend_from_slice(&buf.bytes[head_len..have]);
@@ -309,6 +299,28 @@ fn is_disconnect(e: &anyhow::Error) -> bool {
             std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof
         )
     })
+}
+
+/// Writes `request` to backend `i` and waits for the first bytes of the
+/// answer. A kept-alive connection the backend has meanwhile closed fails
+/// before any byte comes back; then the request goes once more, over a new
+/// connection, as every proxy does.
+async fn send(backends: &Backends, i: usize, request: &[u8], buf: &mut Buffer) -> anyhow::Result<TcpStream> {
+    buf.len = 0;
+    let idle = backends.idle.borrow_mut()[i].pop();
+    if let Some(mut conn) = idle
+        && conn.write_all(request).await.is_ok()
+        && buf.fill(&mut conn).await.unwrap_or(false)
+    {
+        return Ok(conn);
+    }
+    let mut conn = TcpStream::connect(backends.addrs[i]).await?;
+    conn.set_nodelay(true)?;
+    conn.write_all(request).await?;
+    if !buf.fill(&mut conn).await? {
+        bail!("backend closed before its response head");
+    }
+    Ok(conn)
 }
 
 fn content_length(value: &[u8]) -> anyhow::Result<usize> {
