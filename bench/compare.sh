@@ -396,8 +396,10 @@ import statistics, sys
 from collections import defaultdict
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 by = defaultdict(list)
-for _r, scenario, product, rps, p50, p99, errors, cpu in rows:
+per_round = {}
+for r, scenario, product, rps, p50, p99, errors, cpu in rows:
     by[(scenario, product)].append((float(rps), float(p50), float(p99), int(errors), float(cpu)))
+    per_round[(r, scenario, product)] = float(rps)
 def med(key, i):
     v = [x[i] for x in by.get(key, [])]
     return statistics.median(v) if v else None
@@ -429,6 +431,17 @@ for scenario in ["l7", "l4", "close"]:
     if (scenario, "forwarder") in by:
         print(f"| {titles[scenario]}: yardstick forwarder / haproxy requests/s | {ratio(scenario, 'forwarder', 'haproxy')} |")
 print(f"| cluster + sticky / single node requests/s | {ratio('cluster', 'shoal-cluster', 'shoal')} |")
+# The host's speed drifts over tens of seconds; two proxies measured in the
+# same round saw nearly the same host, so their ratio per round is less
+# exposed to that drift than the ratio of medians.
+for scenario in ["l7", "l4", "close"]:
+    for other in ["haproxy", "nginx"]:
+        pairs = sorted(per_round[(r, scenario, "shoal")] / per_round[(r, scenario, other)]
+                       for (r, s, p) in per_round if s == scenario and p == other
+                       and per_round.get((r, scenario, "shoal")))
+        if pairs:
+            print(f"| {titles[scenario]}: Shoal / {other}, median of per-round ratios (range) "
+                  f"| {statistics.median(pairs):.2f} ({pairs[0]:.2f}–{pairs[-1]:.2f}) |")
 idle = int(sys.argv[3])
 print()
 print(f"| proxy | RSS before | RSS with {idle} idle connections | bytes per idle connection |")
