@@ -76,7 +76,11 @@ impl Sampler {
                 total += u64::from(w);
             }
         }
-        self.bound.fetch_max(largest, AtomicOrdering::Relaxed);
+        // Read first: the bound is shared by every worker, and most scans
+        // find nothing larger.
+        if largest > self.bound.load(AtomicOrdering::Relaxed) {
+            self.bound.fetch_max(largest, AtomicOrdering::Relaxed);
+        }
         if total == 0 {
             return None;
         }
