@@ -2,9 +2,10 @@
 //! HTTP/1.1 reverse proxy can do on this machine. It parses a request head,
 //! adds X-Forwarded-For, picks the backend with the fewest requests in
 //! flight, forwards over a kept-alive backend connection and copies the
-//! response back; nothing else (no health checks, timeouts, retries,
-//! metrics, chunked bodies or streaming). Whatever it reaches is an upper
-//! bound for any proxy doing the same work on the same cores, so it tells
+//! response back; nothing else (no health checks, timeouts, metrics,
+//! chunked bodies or streaming; its one retry is for a kept-alive backend
+//! connection closed meanwhile). What it reaches is about the most any
+//! proxy doing the same work on the same cores can reach, so it tells
 //! which throughput targets the machine allows at all.
 //!
 //! Usage: forwarder LISTEN BACKEND... (one single-threaded runtime and one
