@@ -82,8 +82,8 @@ where
     let (br, bw) = tokio::io::split(b);
     let both = async {
         tokio::try_join!(
-            pump_io(ar, bw, start, &last_activity),
-            pump_io(br, aw, start, &last_activity)
+            pump_io(ar, bw, start, &last_activity, || {}),
+            pump_io(br, aw, start, &last_activity, || {})
         )
     };
     with_idle_watchdog(both, start, &last_activity, idle).await
@@ -116,8 +116,15 @@ async fn with_idle_watchdog(
     }
 }
 
-/// One direction between generic streams.
-async fn pump_io<R, W>(mut from: R, mut to: W, start: Instant, last: &AtomicU64) -> io::Result<u64>
+/// One direction between generic streams, until the source ends (then
+/// the half-close is passed on) or either side fails.
+async fn pump_io<R, W>(
+    mut from: R,
+    mut to: W,
+    start: Instant,
+    last: &AtomicU64,
+    mut on_read: impl FnMut(),
+) -> io::Result<u64>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -125,34 +132,9 @@ where
     let mut buf = vec![0u8; BUF_SIZE];
     let mut total = 0u64;
     loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            let _ = to.shutdown().await;
-            return Ok(total);
-        }
-        last.fetch_max(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        to.write_all(&buf[..n]).await?;
-        last.fetch_max(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        total += n as u64;
-    }
-}
-
-/// One direction. The buffer is allocated on the first readable event, so
-/// a connection that never sends costs no buffer.
-async fn pump(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
-    start: Instant,
-    last: &AtomicU64,
-    mut on_read: impl FnMut(),
-) -> io::Result<u64> {
-    from.readable().await?;
-    let mut buf = vec![0; BUF_SIZE];
-    let mut total = 0u64;
-    loop {
-        // `read`, not `readable` + `try_read`: tokio takes a short read as
-        // proof the socket is drained, where `try_read` would need one more
-        // read (EAGAIN) per chunk to learn it.
+        // `read`, not `readable` + `try_read`: tokio takes a short read from
+        // a socket as proof it is drained, where `try_read` would need one
+        // more read (EAGAIN) per chunk to learn it.
         let n = from.read(&mut buf).await?;
         if n == 0 {
             // Propagate the half-close; the other direction carries on.
@@ -167,6 +149,19 @@ async fn pump(
         last.fetch_max(start.elapsed().as_millis() as u64, Ordering::Relaxed);
         total += n as u64;
     }
+}
+
+/// One direction between TCP sockets. The buffer is allocated on the
+/// first readable event, so a connection that never sends costs no buffer.
+async fn pump(
+    from: OwnedReadHalf,
+    to: OwnedWriteHalf,
+    start: Instant,
+    last: &AtomicU64,
+    on_read: impl FnMut(),
+) -> io::Result<u64> {
+    from.readable().await?;
+    pump_io(from, to, start, last, on_read).await
 }
 
 #[cfg(test)]
