@@ -214,7 +214,7 @@ $(web_pool 'sticky = { mode = "header", header = "x-session", ttl = "10m" }')
 CONF
     SHOAL_LOG=warn "$shoal" run -c "$work/lb$i.toml" >"$work/lb$i.log" 2>&1 &
     pids+=($!)
-    [ "$i" = 1 ] && cluster_pid=$!
+    if [ "$i" = 1 ]; then cluster_pid=$!; fi
 done
 
 wait_http() { # URL: up to 10 s

@@ -19,9 +19,11 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Largest request or response head, and largest request body, it accepts.
+/// Largest request or response head, request body and response body it
+/// accepts (bodies are buffered whole).
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 1024 * 1024;
+const MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
 const MAX_HEADERS: usize = 64;
 
 fn main() -> anyhow::Result<()> {
@@ -203,10 +205,7 @@ async fn read_request(
                     close = h.value.eq_ignore_ascii_case(b"close");
                     continue;
                 }
-                out.extend_from_slice(h.name.as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(h.value);
-                out.extend_from_slice(b"\r\n");
+                push_header(out, h);
             }
             out.extend_from_slice(forwarded.as_bytes());
             out.extend_from_slice(b"\r\n");
@@ -260,10 +259,7 @@ async fn exchange(
                     keep = !h.value.eq_ignore_ascii_case(b"close");
                     continue;
                 }
-                out.extend_from_slice(h.name.as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(h.value);
-                out.extend_from_slice(b"\r\n");
+                push_header(out, h);
             }
             if client.close {
                 out.extend_from_slice(b"connection: close\r\n");
@@ -274,6 +270,9 @@ async fn exchange(
                 Some(n) => n,
                 None => bail!("a response without Content-Length is not supported"),
             };
+            if body_len > MAX_RESPONSE_BODY {
+                bail!("response body over {MAX_RESPONSE_BODY} bytes");
+            }
             break (head_len, body_len, keep);
         }
         if !buf.fill(&mut upstream).await? {
@@ -289,6 +288,13 @@ async fn exchange(
         backends.idle.borrow_mut()[i].push(upstream);
     }
     Ok(())
+}
+
+fn push_header(out: &mut Vec<u8>, h: &httparse::Header<'_>) {
+    out.extend_from_slice(h.name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(h.value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A peer going away (wrk resets its connections when it stops) is not
