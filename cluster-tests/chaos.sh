@@ -7,6 +7,9 @@
 # See docs/chaos.md for what each scenario proves.
 #
 # Usage: cluster-tests/chaos.sh [SCENARIO...]   (all by default)
+# A failed scenario leaves every container's log and the probe's summary
+# in $CHAOS_LOGS (default target/chaos-logs/SCENARIO/); CHAOS_KEEP_LOGS=1
+# keeps them for passing scenarios too.
 # Scenarios: kill_master pause_master partition backend_failure
 #            rolling_restart bad_config
 # Needs a Docker engine with compose, Rust (the image is built here from
@@ -302,7 +305,8 @@ scenario_rolling_restart() {
         check quiet compose restart -t 10 "lb$n" "lb$n restarted"
         check wait_until 20 "lb$n back in the cluster" peers_alive "$n" 2 "lb$n back in the cluster"
         check wait_until 10 "lb$n's table synced" table_caught_up "$n" 20 "lb$n has the 20 sessions again"
-        check wait_until 5 "one master" one_master "one master ($(masters))"
+        wait_until 5 "one master" one_master
+        check one_master "one master ($(masters))"
         sleep 1
     done
     wait_probe
@@ -354,6 +358,18 @@ YML
 }
 container_exited() { [ "$(docker inspect -f '{{.State.Running}}' "$(cid "$1")" 2>/dev/null)" = false ]; }
 
+# keep_logs SCENARIO: every service's log (with timestamps) and the
+# probe's output, for reading after the containers are gone.
+keep_logs() {
+    local dir=${CHAOS_LOGS:-target/chaos-logs}/$1 svc
+    rm -rf "$dir" && mkdir -p "$dir" || return
+    for svc in lb1 lb2 lb3 backend1 backend2 backend3; do
+        compose logs --no-color --timestamps "$svc" >"$dir/$svc.log" 2>&1
+    done
+    cp "$work"/p.json* "$dir/" 2>/dev/null
+    echo "    logs kept in $dir"
+}
+
 # --- run -----------------------------------------------------------------
 
 for s in "${scenarios[@]}"; do
@@ -367,6 +383,9 @@ for s in "${scenarios[@]}"; do
         echo "    FAILED: the cluster did not come up"
         compose logs --no-color --tail=20 >&2
         scenario_ok=0
+    fi
+    if [ "$scenario_ok" -eq 0 ] || [ "${CHAOS_KEEP_LOGS:-0}" = 1 ]; then
+        keep_logs "$s"
     fi
     compose down -v --remove-orphans >/dev/null 2>&1
     if [ "$scenario_ok" -eq 1 ]; then

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use shoal_cluster_tests::client::KeepAlive;
@@ -75,10 +75,12 @@ fn the_health_penalty_moves_the_vip_to_the_node_with_healthy_backends() -> Resul
 
 /// Sessions bound through the VIP on lb1 (learned cookies, round robin
 /// underneath) go to the same backends through the VIP on lb2 after lb1
-/// is killed: the replicated table, reached through VRRP failover.
+/// is killed: the replicated table, reached through VRRP failover. And
+/// through lb1 again once it restarts: it takes the VIP back only after
+/// its table is synced.
 #[test]
-fn sticky_sessions_made_through_the_vip_survive_a_failover() -> Result<()> {
-    let Some((lab, _b1)) = lab("sticky_sessions_made_through_the_vip_survive_a_failover")? else {
+fn sticky_sessions_made_through_the_vip_survive_a_failover_and_the_failback() -> Result<()> {
+    let Some((lab, _b1)) = lab("sticky_sessions_made_through_the_vip_survive_a_failover_and_the_failback")? else {
         return Ok(());
     };
     let _b2 = backend(&lab, "be", B2, "b2")?;
@@ -149,6 +151,59 @@ fn sticky_sessions_made_through_the_vip_survive_a_failover() -> Result<()> {
     })?;
     assert_eq!(same, 40, "{same} of 40 sessions kept their backend after the failover");
     assert_eq!(lb2.vip(VIP)?, ("master".into(), "lb2".into()));
+
+    // The failback. lb1 restarts with replication into it blocked, so its
+    // table stays empty: it must leave the VIP with lb2 (it would preempt
+    // 0.35 s after starting) until lb2's snapshot has reached it.
+    which("iptables").context("iptables is needed (apt-get install iptables)")?;
+    replication_into(&lab, "lb1", "-A")?;
+    let lb1 = LabNode::start_config(&lab, "lb1", "10.77.0.11", &config("lb1", "10.77.0.11", 150))?;
+    wait_for("lb1 to hear lb2's adverts", Duration::from_secs(5), || {
+        lb1.vip(VIP).is_ok_and(|v| v == ("backup".into(), "lb2".into()))
+    })
+    .with_context(|| format!("lb1:\n{}", lb1.log()))?;
+    let window = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < window {
+        assert_eq!(holder(&lab, VIP), ["lb2"], "lb1 preempted with an unsynced table");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let held = lb1.vip_status(VIP)?;
+    assert_eq!(held["preemption_held"].as_bool(), Some(true), "{held}");
+    assert_eq!(entries(&lb1), 0, "replication into lb1 was not blocked");
+
+    replication_into(&lab, "lb1", "-D")?;
+    let took = wait_for("lb1 to take the VIP back once synced", Duration::from_secs(15), || {
+        holder(&lab, VIP) == ["lb1"]
+    })
+    .with_context(|| format!("lb1:\n{}", lb1.log()))?;
+    eprintln!("failback: lb1 master {took:?} after replication was let through");
+    assert!(entries(&lb1) >= 40, "lb1 took the VIP with {} bindings", entries(&lb1));
+    assert_eq!(lb1.vip_status(VIP)?["preemption_held"].as_bool(), Some(false));
+    let same = run_in(&lab.ns("cl"), || {
+        let mut conn = KeepAlive::open(vip_addr, None)?;
+        let mut same = 0;
+        for (sid, backend) in &sessions {
+            let r = conn.send("GET", "/", &[("Cookie", &format!("sid={sid}"))], b"", false)?;
+            if r.backend() == Some(backend.as_str()) {
+                same += 1;
+            }
+        }
+        Ok(same)
+    })?;
+    assert_eq!(same, 40, "{same} of 40 sessions kept their backend after the failback");
+    Ok(())
+}
+
+/// Adds (`-A`) or deletes (`-D`) a rule in `node`'s namespace dropping
+/// sticky-table replication (QUIC, UDP 7947) into it, both ways: the
+/// node's own dials answer to that port too.
+fn replication_into(lab: &Lab, node: &str, op: &str) -> Result<()> {
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns(node), "iptables", op, "INPUT", "-p", "udp"])
+        .args(["--dport", "7947", "-j", "DROP"])
+        .status()
+        .context("running iptables")?;
+    anyhow::ensure!(status.success(), "iptables {op} in {node} failed");
     Ok(())
 }
 

@@ -1,9 +1,11 @@
 //! The node's side of the vip-manager: one VRRP router per `[[vip]]`, fed
-//! with the node's health (priority penalty) and gossip (split-brain
-//! guard), and their state for status and gossip.
+//! with the node's health (priority penalty), gossip (split-brain guard)
+//! and its sticky table's sync (preemption hold), and their state for
+//! status and gossip.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -62,6 +64,7 @@ pub async fn start(config: &Config, state: &Arc<NodeState>) -> Result<Vec<Manage
             address: address.to_string(),
             pools: vip_pools(config, address),
             penalty: u8::try_from(v.health_penalty).unwrap_or(u8::MAX),
+            preempt_ready: AtomicBool::new(false),
         });
         let router = Router::start(spec, hooks)
             .await
@@ -97,6 +100,41 @@ struct NodeHooks {
     address: String,
     pools: BTreeSet<String>,
     penalty: u8,
+    /// The sync gate opened (it stays open: a running node's table is
+    /// kept current by live replication).
+    preempt_ready: AtomicBool,
+}
+
+/// Longest a started node holds off preempting while its sticky table is
+/// not synced from its peers. The live master serves meanwhile, so holding
+/// costs nothing but the wait; past it, a peer that never syncs (a broken
+/// replication link) must not keep the preferred node off its VIP forever.
+pub const PREEMPT_SYNC_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether a node may take a VIP from a live lower-priority master, as far
+/// as its sticky table is concerned.
+#[derive(Debug, PartialEq, Eq)]
+enum SyncGate {
+    /// Not yet: some live peer has not sent its snapshot.
+    Hold,
+    /// Every live peer (at least one) has sent its snapshot.
+    Synced,
+    /// `PREEMPT_SYNC_WAIT` passed without a snapshot from these peers.
+    GaveUp { missing: Vec<String> },
+}
+
+/// `live` are the peers gossip shows alive with a replication address. A
+/// node that knows no live peer yet holds too: right after a start gossip
+/// has not found them, and a live lower master is a peer to sync from.
+fn sync_gate(uptime: Duration, live: &[&str], synced: impl Fn(&str) -> bool) -> SyncGate {
+    let missing: Vec<String> = live.iter().filter(|p| !synced(p)).map(|p| p.to_string()).collect();
+    if !live.is_empty() && missing.is_empty() {
+        SyncGate::Synced
+    } else if uptime >= PREEMPT_SYNC_WAIT {
+        SyncGate::GaveUp { missing }
+    } else {
+        SyncGate::Hold
+    }
 }
 
 impl Hooks for NodeHooks {
@@ -113,6 +151,53 @@ impl Hooks for NodeHooks {
             configured
         } else {
             configured.saturating_sub(self.penalty).max(1)
+        }
+    }
+
+    /// A node that has just started preempts only once its sticky table
+    /// holds what its peers' do, so taking the VIP back moves no session.
+    fn may_preempt(&self) -> bool {
+        if self.preempt_ready.load(Ordering::Relaxed) {
+            return true;
+        }
+        let Some(state) = self.state.upgrade() else {
+            return true;
+        };
+        let (Some(cluster), Some(replication)) = (&state.cluster, &state.replication) else {
+            return self.open_gate();
+        };
+        let current = state.current.load();
+        let uses_table = current
+            .pools()
+            .filter(|p| self.pools.contains(&*p.name))
+            .any(|p| p.sticky.as_ref().is_some_and(|s| s.uses_table()));
+        if !uses_table {
+            return self.open_gate();
+        }
+        let view = cluster.view();
+        let live: Vec<&str> = view
+            .peers
+            .iter()
+            .filter(|p| p.alive && !p.left && p.replication_addr.is_some() && p.id != state.id.as_str())
+            .map(|p| p.id.as_str())
+            .collect();
+        match sync_gate(state.started.elapsed(), &live, |p| replication.has_synced_from(p)) {
+            SyncGate::Hold => false,
+            SyncGate::Synced => {
+                tracing::info!(vip = %self.address, peers = ?live, "sticky table synced from every live peer: this node may preempt");
+                self.open_gate()
+            }
+            SyncGate::GaveUp { missing } if missing.is_empty() => {
+                tracing::info!(vip = %self.address, wait = ?PREEMPT_SYNC_WAIT, "no live peer to sync the sticky table from: this node may preempt");
+                self.open_gate()
+            }
+            SyncGate::GaveUp { missing } => {
+                tracing::warn!(
+                    vip = %self.address, ?missing, wait = ?PREEMPT_SYNC_WAIT,
+                    "no sticky-table snapshot from these peers: this node may preempt anyway, and sessions only they know can move"
+                );
+                self.open_gate()
+            }
         }
     }
 
@@ -135,6 +220,13 @@ impl Hooks for NodeHooks {
     }
 }
 
+impl NodeHooks {
+    fn open_gate(&self) -> bool {
+        self.preempt_ready.store(true, Ordering::Relaxed);
+        true
+    }
+}
+
 /// The node id of a VIP's master: this node, or the live peer that says
 /// it is master in gossip; else its address, if known.
 pub fn master_name(state: &NodeState, vip: &ManagedVip, status: &VipStatus) -> Option<String> {
@@ -154,4 +246,35 @@ pub fn master_name(state: &NodeState, vip: &ManagedVip, status: &VipStatus) -> O
         }
     }
     status.master_ip.map(|ip| ip.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sync_gate_opens_once_every_live_peer_synced_or_the_wait_is_over() {
+        let early = Duration::from_millis(300);
+        let synced = |p: &str| p == "lb2";
+        // Gossip has found no peer yet: hold.
+        assert_eq!(sync_gate(early, &[], synced), SyncGate::Hold);
+        // lb3 has not sent its snapshot: hold.
+        assert_eq!(sync_gate(early, &["lb2", "lb3"], synced), SyncGate::Hold);
+        assert_eq!(sync_gate(early, &["lb2"], synced), SyncGate::Synced);
+        // Never longer than the wait.
+        assert_eq!(
+            sync_gate(PREEMPT_SYNC_WAIT, &["lb2", "lb3"], synced),
+            SyncGate::GaveUp {
+                missing: vec!["lb3".into()]
+            }
+        );
+        assert_eq!(
+            sync_gate(PREEMPT_SYNC_WAIT, &[], synced),
+            SyncGate::GaveUp { missing: vec![] }
+        );
+        assert_eq!(
+            sync_gate(PREEMPT_SYNC_WAIT - Duration::from_millis(1), &["lb3"], synced),
+            SyncGate::Hold
+        );
+    }
 }

@@ -30,13 +30,19 @@ pub struct VipSpec {
     pub checksum: Checksum,
 }
 
-/// What the node supplies: the effective priority (health penalty) and
-/// the split-brain guard's view of the master from gossip.
+/// What the node supplies: the effective priority (health penalty), the
+/// split-brain guard's view of the master from gossip, and whether it is
+/// ready to take the VIP from a live master.
 pub trait Hooks: Send + Sync + 'static {
     /// The priority to advertise now, given the configured one.
     fn priority(&self, configured: u8) -> u8;
     /// Whether gossip shows this VIP's master alive and fresh right now.
     fn master_alive_in_gossip(&self) -> bool;
+    /// Whether this node may preempt a live lower-priority master now
+    /// (polled with the priority); see `Machine::hold_preemption`.
+    fn may_preempt(&self) -> bool {
+        true
+    }
 }
 
 /// A snapshot for status.
@@ -53,6 +59,9 @@ pub struct VipStatus {
     /// Datagrams dropped (bad TTL, checksum, version, length).
     pub adverts_rejected: u64,
     pub guard_holds: u64,
+    /// The node holds off preempting a lower-priority master (it is not
+    /// ready to serve as it does: see `Hooks::may_preempt`).
+    pub preemption_held: bool,
     pub last_error: Option<String>,
 }
 
@@ -83,6 +92,7 @@ impl Router {
         // A crash may have left the address here: a backup must not hold it.
         addresses.remove(info.index, spec.address, spec.prefix).await?;
         let priority = hooks.priority(spec.priority);
+        let held = !hooks.may_preempt();
         let shared = Arc::new(Mutex::new(Shared {
             status: VipStatus {
                 state: State::Init,
@@ -94,14 +104,17 @@ impl Router {
                 adverts_received: 0,
                 adverts_rejected: 0,
                 guard_holds: 0,
+                preemption_held: held,
                 last_error: None,
             },
             changed_at: None,
         }));
         let (stop_tx, stop_rx) = oneshot::channel();
         let link_up = usable(&info, spec.address);
+        let mut machine = Machine::new(spec.settings.clone(), source, priority);
+        machine.hold_preemption(held);
         let task = Task {
-            machine: Machine::new(spec.settings.clone(), source, priority),
+            machine,
             spec,
             hooks,
             socket,
@@ -245,6 +258,11 @@ impl Task {
                     }
                     let priority = self.hooks.priority(self.spec.priority);
                     actions.extend(self.machine.set_priority(now, priority));
+                    let held = !self.hooks.may_preempt();
+                    if held != self.machine.preemption_held() {
+                        self.machine.hold_preemption(held);
+                        self.status(|s| s.preemption_held = held);
+                    }
                     self.perform(actions).await;
                 }
                 _ = tick_opt(refresh.as_mut()) => {

@@ -110,6 +110,8 @@ pub struct Machine {
     preempting: Option<u8>,
     /// As master: another router claimed the VIP until about then.
     contested_until: Option<Duration>,
+    /// Preemption is held off (see `hold_preemption`).
+    preempt_held: bool,
 }
 
 impl Machine {
@@ -128,7 +130,25 @@ impl Machine {
             master_resigned: false,
             preempting: None,
             contested_until: None,
+            preempt_held: false,
         }
+    }
+
+    /// Holds preemption off, or lifts the hold. While held, a live
+    /// lower-priority master is tolerated as if `preempt` were off; a
+    /// master that falls silent is still taken over. (A node that has just
+    /// started holds until its sticky table has caught up, so it takes the
+    /// VIP back only once it routes sessions as the current master does.)
+    pub fn hold_preemption(&mut self, hold: bool) {
+        if hold && !self.preempt_held {
+            // preempt_delay counts from when the hold lifts.
+            self.lower_since = None;
+        }
+        self.preempt_held = hold;
+    }
+
+    pub fn preemption_held(&self) -> bool {
+        self.preempt_held
     }
 
     /// Our address in adverts and ties (an IPv6 link-local address can
@@ -245,7 +265,8 @@ impl Machine {
                     return actions;
                 }
                 let lower = priority < self.priority;
-                let tolerated = match (self.settings.preempt, lower) {
+                let preempt = self.settings.preempt && !self.preempt_held;
+                let tolerated = match (preempt, lower) {
                     (false, _) | (true, false) => true,
                     (true, true) => {
                         let since = *self.lower_since.get_or_insert(now);
@@ -611,6 +632,48 @@ mod tests {
         }
         // The last tolerated advert is at 900 ms: 900 + 341.4.
         assert_eq!(took_over, Some(1_242));
+    }
+
+    /// Lower master advertising every 100 ms from `from` to `to`; the first
+    /// time this machine took over.
+    fn hear_lower_master(m: &mut Machine, from: u64, to: u64) -> Option<u64> {
+        (from..to).step_by(100).find_map(|t| {
+            m.on_advert(ms(t), OTHER_LOW_IP, 100, ADV);
+            run(m, t, t + 99, NO_GOSSIP).map(|(at, _)| at)
+        })
+    }
+
+    #[test]
+    fn a_held_preemption_waits_for_the_hold_to_lift_but_a_silent_master_is_taken_over() {
+        let mut m = Machine::new(
+            Settings {
+                preempt_delay: ms(500),
+                ..settings()
+            },
+            ME,
+            150,
+        );
+        m.hold_preemption(true);
+        m.startup(ms(0));
+        // Held: the lower master is tolerated for as long as the hold lasts
+        // (without it, master at 841).
+        assert_eq!(hear_lower_master(&mut m, 0, 3_000), None);
+        assert_eq!(m.master(), Some(OTHER_LOW_IP));
+        assert!(m.preemption_held());
+        // Lifted at 3 000: preempt_delay counts from there, not from the
+        // first lower advert (0), so the last tolerated advert is at 3 400.
+        m.hold_preemption(false);
+        assert_eq!(hear_lower_master(&mut m, 3_000, 6_000), Some(3_400 + 342));
+        assert_eq!(m.state(), State::Master);
+
+        // Held, but the master falls silent after its advert at 900:
+        // taken over one master-down interval later, as always.
+        let mut m = machine(150);
+        m.hold_preemption(true);
+        m.startup(ms(0));
+        assert_eq!(hear_lower_master(&mut m, 0, 1_000), None);
+        assert_eq!(run(&mut m, 1_000, 5_000, NO_GOSSIP).map(|r| r.0), Some(900 + 342));
+        assert_eq!(m.state(), State::Master);
     }
 
     #[test]

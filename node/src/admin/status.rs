@@ -77,6 +77,9 @@ pub struct Vip {
     pub adverts_received: u64,
     pub adverts_rejected: u64,
     pub guard_holds: u64,
+    /// This node holds off taking the VIP from a lower-priority master
+    /// until its sticky table is synced (after a start).
+    pub preemption_held: bool,
     pub last_error: Option<String>,
 }
 
@@ -345,6 +348,7 @@ fn vips(state: &NodeState) -> Vec<Vip> {
                 adverts_received: s.adverts_received,
                 adverts_rejected: s.adverts_rejected,
                 guard_holds: s.guard_holds,
+                preemption_held: s.preemption_held,
                 last_error: s.last_error,
             }
         })

@@ -98,10 +98,14 @@ pub fn render(status: &Value) -> String {
         let rows: Vec<Vec<String>> = vips
             .iter()
             .map(|v| {
+                let mut state = s(&v["state"]);
+                if v["preemption_held"] == true && state == "backup" {
+                    state.push_str(" (syncing)");
+                }
                 vec![
                     s(&v["address"]),
                     s(&v["vrid"]),
-                    s(&v["state"]),
+                    state,
                     s(&v["priority"]),
                     s(&v["master"]),
                 ]

@@ -11,7 +11,7 @@
 //! it dials; an acceptor checks that the dialer's certificate names the
 //! node id its Hello claims. Both certificates must come from the cluster CA.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,6 +74,8 @@ pub struct Replication {
     node: String,
     table: Arc<AffinityTable>,
     links: Mutex<HashMap<String, PeerLink>>,
+    /// Peers whose full snapshot this node has received since it started.
+    synced_from: Mutex<HashSet<String>>,
     pub stats: ReplicationStats,
     cancel: CancellationToken,
 }
@@ -174,6 +176,7 @@ impl Replication {
             node: node.to_string(),
             table,
             links: Mutex::new(HashMap::new()),
+            synced_from: Mutex::new(HashSet::new()),
             stats: ReplicationStats::default(),
             cancel: parent.child_token(),
         });
@@ -184,6 +187,14 @@ impl Replication {
 
     pub fn links(&self) -> HashMap<String, PeerLink> {
         self.links.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether `peer` has sent this node a whole snapshot of its table.
+    pub fn has_synced_from(&self, peer: &str) -> bool {
+        self.synced_from
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(peer)
     }
 
     fn link(&self, peer: &str, f: impl FnOnce(&mut PeerLink)) {
@@ -486,6 +497,10 @@ impl Replication {
                 Frame::SyncEnd { seq, entries } => {
                     syncing = false;
                     tracing::info!(peer = %node, entries, "full sync received");
+                    self.synced_from
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(node.clone());
                     write_frame(&mut send, &Frame::Ack { seq }).await?;
                 }
                 Frame::Hello { .. } | Frame::Ack { .. } => bail!("{node}: unexpected frame"),

@@ -34,6 +34,16 @@ pub struct ProbeSpec {
     pub timeout: Duration,
 }
 
+/// A run's summary, with when it started so that its `at_ms` figures
+/// line up with the nodes' logs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// Wall-clock start of the run (after the sessions were created).
+    pub started_unix_ms: u64,
+    #[serde(flatten)]
+    pub summary: Summary,
+}
+
 /// What one response said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseHead {
@@ -126,7 +136,7 @@ async fn create_sessions(spec: &ProbeSpec) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-pub async fn run(spec: ProbeSpec) -> Result<Summary> {
+pub async fn run(spec: ProbeSpec) -> Result<Report> {
     // rate × duration requests, one every 1/rate s.
     let planned = (f64::from(spec.rate) * spec.duration.as_secs_f64()).round();
     if spec.rate == 0 || spec.rate > 1000 || planned > MAX_REQUESTS as f64 || planned < 1.0 {
@@ -140,6 +150,7 @@ pub async fn run(spec: ProbeSpec) -> Result<Summary> {
     let sessions = Arc::new(sessions);
     let outcomes = Arc::new(Mutex::new(Vec::new()));
     let start = Instant::now();
+    let started_unix_ms = crate::affinity::now_unix_ms();
     let mut tick = tokio::time::interval(Duration::from_secs(1) / spec.rate);
     // A stalled sender catches up in a burst rather than dropping
     // requests: the count stays rate × duration.
@@ -168,7 +179,10 @@ pub async fn run(spec: ProbeSpec) -> Result<Summary> {
     while tasks.join_next().await.is_some() {}
     let origins: Vec<String> = sessions.iter().map(|s| s.0.clone()).collect();
     let outcomes = outcomes.lock().await;
-    Ok(summary::summarize(&outcomes, &origins, run_for))
+    Ok(Report {
+        started_unix_ms,
+        summary: summary::summarize(&outcomes, &origins, run_for),
+    })
 }
 
 #[cfg(test)]

@@ -34,7 +34,20 @@ pub struct Summary {
     /// Sessions with at least one successful request, all of which went
     /// to the backend that created them.
     pub sessions_kept: u64,
+    /// For each session that moved, its first request served elsewhere:
+    /// what a failed chaos run is read by.
+    pub moves: Vec<Move>,
     pub by_backend: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Move {
+    pub session: usize,
+    /// The backend that created the session.
+    pub origin: String,
+    pub served_by: String,
+    /// When that request started, in ms from the run's start.
+    pub at_ms: u64,
 }
 
 /// `sessions[i]` is the backend that created session `i`.
@@ -57,7 +70,7 @@ pub fn summarize(outcomes: &[Outcome], sessions: &[String], run: Duration) -> Su
         prev = Some(t);
     }
 
-    let mut moved = vec![false; sessions.len()];
+    let mut moved: Vec<Option<Move>> = vec![None; sessions.len()];
     let mut served = vec![false; sessions.len()];
     let mut by_backend = BTreeMap::new();
     for o in outcomes {
@@ -66,8 +79,16 @@ pub fn summarize(outcomes: &[Outcome], sessions: &[String], run: Duration) -> Su
             if let Some(i) = o.session
                 && let (Some(m), Some(s), Some(origin)) = (moved.get_mut(i), served.get_mut(i), sessions.get(i))
             {
-                *m |= origin != b;
                 *s = true;
+                // Outcomes arrive in completion order: keep the earliest start.
+                if origin != b && m.as_ref().is_none_or(|m| o.at.as_millis() < u128::from(m.at_ms)) {
+                    *m = Some(Move {
+                        session: i,
+                        origin: origin.clone(),
+                        served_by: b.clone(),
+                        at_ms: u64::try_from(o.at.as_millis()).unwrap_or(u64::MAX),
+                    });
+                }
             }
         }
     }
@@ -85,7 +106,8 @@ pub fn summarize(outcomes: &[Outcome], sessions: &[String], run: Duration) -> Su
         },
         longest_outage_ms: u64::try_from(longest.as_millis()).unwrap_or(u64::MAX),
         sessions: sessions.len() as u64,
-        sessions_kept: moved.iter().zip(&served).filter(|(m, s)| !**m && **s).count() as u64,
+        sessions_kept: moved.iter().zip(&served).filter(|(m, s)| m.is_none() && **s).count() as u64,
+        moves: moved.into_iter().flatten().collect(),
         by_backend,
     }
 }
@@ -146,5 +168,31 @@ mod tests {
         // Session 3 was never served: not counted as kept.
         let s = summarize(&run, &sessions, ms(10));
         assert_eq!((s.sessions, s.sessions_kept), (4, 2));
+        assert_eq!(
+            s.moves,
+            vec![Move {
+                session: 2,
+                origin: "a".into(),
+                served_by: "b".into(),
+                at_ms: 4
+            }]
+        );
+    }
+
+    #[test]
+    fn a_move_names_the_sessions_earliest_request_served_elsewhere() {
+        let sessions = vec!["a".to_string()];
+        // Completion order differs from start order.
+        let run = [
+            o(30, Some(0), Some("c")),
+            o(20, Some(0), Some("b")),
+            o(25, Some(0), Some("a")),
+        ];
+        let s = summarize(&run, &sessions, ms(40));
+        assert_eq!(s.sessions_kept, 0);
+        assert_eq!(
+            (s.moves.len(), s.moves[0].served_by.as_str(), s.moves[0].at_ms),
+            (1, "b", 20)
+        );
     }
 }
