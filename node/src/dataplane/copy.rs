@@ -45,9 +45,12 @@ pub async fn proxy(
     let client_first = AtomicU64::new(u64::MAX);
     let (cr, cw) = client.into_split();
     let (br, bw) = backend.into_split();
+    // Only the first chunk is stamped: later ones cost one load.
     let on_client_read = || {
-        let now = start.elapsed().as_micros() as u64;
-        let _ = client_first.compare_exchange(u64::MAX, now, Ordering::Relaxed, Ordering::Relaxed);
+        if client_first.load(Ordering::Relaxed) == u64::MAX {
+            let now = start.elapsed().as_micros() as u64;
+            let _ = client_first.compare_exchange(u64::MAX, now, Ordering::Relaxed, Ordering::Relaxed);
+        }
     };
     let mut on_first_response = Some(on_first_response);
     let on_backend_read = || {
