@@ -138,17 +138,7 @@ fn sticky_sessions_made_through_the_vip_survive_a_failover_and_the_failback() ->
     wait_for("the client to reach lb2", Duration::from_secs(3), || {
         run_in(&lab.ns("cl"), || Ok(request(VIP))).unwrap_or(false)
     })?;
-    let same = run_in(&lab.ns("cl"), || {
-        let mut conn = KeepAlive::open(vip_addr, None)?;
-        let mut same = 0;
-        for (sid, backend) in &sessions {
-            let r = conn.send("GET", "/", &[("Cookie", &format!("sid={sid}"))], b"", false)?;
-            if r.backend() == Some(backend.as_str()) {
-                same += 1;
-            }
-        }
-        Ok(same)
-    })?;
+    let same = kept(&lab, vip_addr, &sessions)?;
     assert_eq!(same, 40, "{same} of 40 sessions kept their backend after the failover");
     assert_eq!(lb2.vip(VIP)?, ("master".into(), "lb2".into()));
 
@@ -179,19 +169,25 @@ fn sticky_sessions_made_through_the_vip_survive_a_failover_and_the_failback() ->
     eprintln!("failback: lb1 master {took:?} after replication was let through");
     assert!(entries(&lb1) >= 40, "lb1 took the VIP with {} bindings", entries(&lb1));
     assert_eq!(lb1.vip_status(VIP)?["preemption_held"].as_bool(), Some(false));
-    let same = run_in(&lab.ns("cl"), || {
-        let mut conn = KeepAlive::open(vip_addr, None)?;
+    let same = kept(&lab, vip_addr, &sessions)?;
+    assert_eq!(same, 40, "{same} of 40 sessions kept their backend after the failback");
+    Ok(())
+}
+
+/// How many of `sessions` (cookie → backend) a request through `vip`
+/// from the client's namespace reaches on their own backend.
+fn kept(lab: &Lab, vip: SocketAddr, sessions: &BTreeMap<String, String>) -> Result<usize> {
+    run_in(&lab.ns("cl"), || {
+        let mut conn = KeepAlive::open(vip, None)?;
         let mut same = 0;
-        for (sid, backend) in &sessions {
+        for (sid, backend) in sessions {
             let r = conn.send("GET", "/", &[("Cookie", &format!("sid={sid}"))], b"", false)?;
             if r.backend() == Some(backend.as_str()) {
                 same += 1;
             }
         }
         Ok(same)
-    })?;
-    assert_eq!(same, 40, "{same} of 40 sessions kept their backend after the failback");
-    Ok(())
+    })
 }
 
 /// Adds (`-A`) or deletes (`-D`) a rule in `node`'s namespace dropping
