@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -154,6 +155,8 @@ impl HeadTimer {
 /// backend's in-flight slot) forever.
 pub struct ClientIo<T> {
     inner: T,
+    /// Bytes read from `inner` before it was wrapped, read first.
+    prefix: Bytes,
     timer: IdleTimer,
     head: Option<HeadTimer>,
     activity: Arc<ConnActivity>,
@@ -164,6 +167,7 @@ impl<T> ClientIo<T> {
         activity.touch();
         Self {
             inner,
+            prefix: Bytes::new(),
             timer: IdleTimer::new(idle_timeout),
             head: Some(HeadTimer {
                 timeout: header_timeout,
@@ -172,6 +176,13 @@ impl<T> ClientIo<T> {
             }),
             activity,
         }
+    }
+
+    /// `prefix` was read from the stream already: it is read first, and
+    /// counts as the client's bytes like any other.
+    pub fn with_prefix(mut self, prefix: Bytes) -> Self {
+        self.prefix = prefix;
+        self
     }
 
     /// The bytes so far were not a request head (a TLS handshake): the
@@ -203,7 +214,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
             head.started = None;
         }
         let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let r = if this.prefix.is_empty() {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        } else {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            Poll::Ready(Ok(()))
+        };
         if buf.filled().len() > before {
             this.activity.touch();
             if let Some(head) = &mut this.head
@@ -371,6 +389,29 @@ mod tests {
         let (lasted, e) = trickle_until_cut(&mut io, &mut client).await;
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         assert!(lasted >= HEADER_TIMEOUT, "cut after {lasted:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_prefix_is_read_first_and_starts_the_head_timer() {
+        let (io, mut client, _activity) = client_io();
+        let mut io = io.with_prefix(Bytes::from_static(b"GET / HT"));
+        // Reads smaller than the prefix take it in order.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 3];
+        while got.len() < 8 {
+            let n = io.read(&mut buf).await.unwrap_or_else(|e| panic!("{e}"));
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"GET / HT");
+        // Then the stream's bytes. The head began with the prefix, half a
+        // header timeout before the first of them: cut half a timeout on.
+        tokio::time::sleep(HEADER_TIMEOUT / 2).await;
+        let (lasted, e) = trickle_until_cut(&mut io, &mut client).await;
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            (HEADER_TIMEOUT / 2..HEADER_TIMEOUT / 2 + Duration::from_secs(1)).contains(&lasted),
+            "cut after {lasted:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,11 +5,13 @@
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -220,23 +222,23 @@ impl HttpListener {
     /// A connection costs only its socket and a small task (about 640
     /// bytes in all, docs/benchmarks.md) until the client speaks: the protocol
     /// state and its buffers (about 18 KiB) are allocated, boxed, after the
-    /// first byte.
-    async fn accept(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
+    /// first bytes.
+    async fn accept(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
         let _open = self.proxy.stats.open();
         let _slot = slot;
-        let first_byte = tokio::select! {
-            r = tokio::time::timeout(self.serving.idle_timeout, first_byte(&stream)) => {
+        let first = tokio::select! {
+            r = tokio::time::timeout(self.serving.idle_timeout, first_bytes(&mut stream)) => {
                 r.unwrap_or_else(|_| Err(std::io::Error::new(ErrorKind::TimedOut, "sent nothing within the idle timeout")))
             }
             () = self.shutdown.cancelled() => return,
         };
-        if let Err(e) = first_byte {
-            return tracing::debug!(client = %peer, error = %e, "client connection ended before its first byte");
+        match first {
+            Ok(first) => Box::pin(self.serve(stream, first, peer)).await,
+            Err(e) => tracing::debug!(client = %peer, error = %e, "client connection ended before its first byte"),
         }
-        Box::pin(self.serve(stream, peer)).await;
     }
 
-    async fn serve(&self, stream: TcpStream, peer: SocketAddr) {
+    async fn serve(&self, stream: TcpStream, first: Bytes, peer: SocketAddr) {
         let activity = Arc::new(ConnActivity::default());
         let conn = Conn {
             proxy: &self.proxy,
@@ -251,7 +253,8 @@ impl HttpListener {
             self.serving.idle_timeout,
             self.serving.header_timeout,
             Arc::clone(&activity),
-        );
+        )
+        .with_prefix(first);
         let result = match &self.serving.tls {
             None => conn.serve_h1(stream).await,
             Some(acceptor) => {
@@ -277,13 +280,30 @@ impl HttpListener {
     }
 }
 
-/// Resolves once `stream` has a byte to read or has closed. Peeks, because
-/// tokio assumes a freshly accepted socket readable; and polls, because
-/// `peek`'s future alone is 232 bytes while `poll_peek` waits in the
-/// socket's waker slot.
-fn first_byte(stream: &TcpStream) -> impl Future<Output = std::io::Result<()>> + '_ {
-    std::future::poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(&mut [0u8; 1])).map_ok(drop))
+/// The client's first bytes, read once it has sent some; an error if it
+/// closes first. Reading them here (rather than peeking, then letting the
+/// protocol read them again) saves a system call per connection; the stack
+/// buffer lives only during a poll, so a waiting connection holds none.
+/// (`poll_read`, not `try_read`: a short read clears the readiness, so the
+/// protocol's next read waits for more instead of failing with EAGAIN.)
+fn first_bytes(stream: &mut TcpStream) -> impl Future<Output = std::io::Result<Bytes>> + '_ {
+    std::future::poll_fn(move |cx| {
+        let mut chunk = [0u8; FIRST_READ];
+        let mut buf = ReadBuf::new(&mut chunk);
+        std::task::ready!(Pin::new(&mut *stream).poll_read(cx, &mut buf))?;
+        Poll::Ready(match buf.filled() {
+            [] => Err(std::io::Error::new(
+                ErrorKind::UnexpectedEof,
+                "closed before sending anything",
+            )),
+            read => Ok(Bytes::copy_from_slice(read)),
+        })
+    })
 }
+
+/// Most bytes the first read takes: a typical request head, or a TLS
+/// ClientHello; the rest is read by the protocol.
+const FIRST_READ: usize = 4096;
 
 /// One client connection being served.
 struct Conn<'a> {
