@@ -288,8 +288,9 @@ impl HttpListener {
 /// protocol's next read waits for more instead of failing with EAGAIN.)
 fn first_bytes(stream: &mut TcpStream) -> impl Future<Output = std::io::Result<Bytes>> + '_ {
     std::future::poll_fn(move |cx| {
-        let mut chunk = [0u8; FIRST_READ];
-        let mut buf = ReadBuf::new(&mut chunk);
+        // Uninitialised: no 4 KiB memset per poll.
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut buf = ReadBuf::uninit(&mut chunk);
         std::task::ready!(Pin::new(&mut *stream).poll_read(cx, &mut buf))?;
         Poll::Ready(match buf.filled() {
             [] => Err(std::io::Error::new(
