@@ -202,7 +202,16 @@ scenario_kill_master() {
     check le "$(summary "$work/p.json" longest_outage_ms)" 1000 "client outage at most 1 s"
     check eq "$(summary "$work/p.json" sessions_kept)" 20 "all 20 sticky sessions kept their backend"
 }
-new_master_besides() { local m; m=$(masters); [ -n "$m" ] && [ "$m" != "$1" ]; }
+# new_master_besides lbN: another node reports itself master. lbN itself
+# is not asked: a killed or frozen node's status only times out (1 s),
+# which would count against the takeover.
+new_master_besides() {
+    local n
+    for n in 1 2 3; do
+        [ "lb$n" != "$1" ] && [ "$(vip_state "$n")" = master ] && return 0
+    done
+    return 1
+}
 
 # 2. pause the master (SIGSTOP of the whole container), then unpause:
 #    a backup takes over, and once the old master resumes there is exactly
