@@ -159,6 +159,21 @@ pub fn neighbour(ns: &str, addr: &str) -> Option<String> {
 }
 
 /// Polls `f` every 5 ms until it holds or `deadline` passes.
+/// Adds (`-A`) or deletes (`-D`) an iptables rule in namespace `ns`
+/// dropping input that matches `rule` (e.g. `["-p", "112"]`).
+pub fn drop_input(ns: &str, op: &str, rule: &[&str]) -> Result<()> {
+    let status = Command::new("ip")
+        .args(["netns", "exec", ns, "iptables", op, "INPUT"])
+        .args(rule)
+        .args(["-j", "DROP"])
+        .status()
+        .context("running iptables")?;
+    if !status.success() {
+        bail!("iptables {op} INPUT {} -j DROP in {ns} failed", rule.join(" "));
+    }
+    Ok(())
+}
+
 pub fn wait_for(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) -> Result<Duration> {
     let start = std::time::Instant::now();
     while start.elapsed() < deadline {

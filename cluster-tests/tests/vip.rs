@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use shoal_cluster_tests::netns::{has_address, mac, neighbour, run_in, wait_for};
+use shoal_cluster_tests::netns::{drop_input, has_address, mac, neighbour, run_in, wait_for};
 use shoal_cluster_tests::viplab::{
     BACKEND, LabNode, Proc, base_config, check_client_after_failover, client, holder, lab, request, vip, web_pool,
     which,
@@ -205,16 +205,10 @@ fn active_active_puts_one_vip_on_each_node_and_both_on_the_survivor() -> Result<
 /// Adds (`-A`) or deletes (`-D`) a rule dropping VRRP (to `dest`, if
 /// given) on input.
 fn iptables_to(ns: &str, op: &str, dest: Option<&str>) -> Result<()> {
-    let mut cmd = std::process::Command::new("ip");
-    cmd.args(["netns", "exec", ns, "iptables", op, "INPUT", "-p", "112"]);
-    if let Some(d) = dest {
-        cmd.args(["-d", d]);
+    match dest {
+        Some(d) => drop_input(ns, op, &["-p", "112", "-d", d]),
+        None => drop_input(ns, op, &["-p", "112"]),
     }
-    let status = cmd.args(["-j", "DROP"]).status().context("running iptables")?;
-    if !status.success() {
-        bail!("iptables {op} failed");
-    }
-    Ok(())
 }
 
 fn iptables(ns: &str, op: &str) -> Result<()> {

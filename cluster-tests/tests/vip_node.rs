@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use shoal_cluster_tests::client::KeepAlive;
-use shoal_cluster_tests::netns::{Lab, has_address, run_in, wait_for};
+use shoal_cluster_tests::netns::{Lab, drop_input, has_address, run_in, wait_for};
 use shoal_cluster_tests::procs::{run_shoal, shoal_bin};
 use shoal_cluster_tests::viplab::{LabNode, Proc, backend, base_config, holder, lab, request, vip, web_pool, which};
 
@@ -194,13 +194,7 @@ fn kept(lab: &Lab, vip: SocketAddr, sessions: &BTreeMap<String, String>) -> Resu
 /// sticky-table replication (QUIC, UDP 7947) into it, both ways: the
 /// node's own dials answer to that port too.
 fn replication_into(lab: &Lab, node: &str, op: &str) -> Result<()> {
-    let status = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.ns(node), "iptables", op, "INPUT", "-p", "udp"])
-        .args(["--dport", "7947", "-j", "DROP"])
-        .status()
-        .context("running iptables")?;
-    anyhow::ensure!(status.success(), "iptables {op} in {node} failed");
-    Ok(())
+    drop_input(&lab.ns(node), op, &["-p", "udp", "--dport", "7947"])
 }
 
 /// Without CAP_NET_RAW and CAP_NET_ADMIN (dropped from the bounding set,
