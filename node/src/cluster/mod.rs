@@ -164,6 +164,13 @@ impl Cluster {
             }
             let generation = state.current.load_full();
             let wanted = local_values(&generation, &state);
+            // Peers' copies keep only the keys this node publishes too: when
+            // that set changes (the VIPs start after the first rounds, a
+            // reload adds a backend), copy every peer again, or a quiet
+            // peer's VIP state would stay filtered out until it changes.
+            if !same_keys(&wanted, &published) {
+                cache.clear();
+            }
             let snapshots = self
                 .handle
                 .with_chitchat(|c| {
@@ -186,6 +193,10 @@ impl Cluster {
             self.view.store(Arc::new(view));
         }
     }
+}
+
+fn same_keys(a: &HashMap<String, String>, b: &HashMap<String, String>) -> bool {
+    a.len() == b.len() && a.keys().all(|k| b.contains_key(k))
 }
 
 /// What this node publishes, from the current generation and its VIPs.
@@ -319,7 +330,24 @@ impl Members {
 
 #[cfg(test)]
 mod tests {
-    use super::advertised_admin;
+    use std::collections::HashMap;
+
+    use super::{advertised_admin, same_keys};
+
+    #[test]
+    fn a_new_or_dropped_key_changes_the_key_set_but_a_new_value_does_not() {
+        let map = |kv: &[(&str, &str)]| -> HashMap<String, String> {
+            kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let before = map(&[("fp", "1"), ("b:web:b1", "up:0")]);
+        assert!(same_keys(&before, &map(&[("fp", "1"), ("b:web:b1", "up:7")])));
+        assert!(!same_keys(
+            &before,
+            &map(&[("fp", "1"), ("b:web:b1", "up:0"), ("v:10.0.0.100", "master:150")])
+        ));
+        assert!(!same_keys(&before, &map(&[("fp", "1"), ("b:web:b2", "up:0")])));
+        assert!(!same_keys(&before, &map(&[("fp", "1")])));
+    }
 
     #[test]
     fn an_unspecified_admin_bind_is_published_at_the_gossip_ip() -> Result<(), std::net::AddrParseError> {
