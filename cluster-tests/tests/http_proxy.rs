@@ -614,3 +614,157 @@ fn requests_that_cannot_be_forwarded_faithfully_are_refused() -> Result<()> {
     node.assert_no_panic();
     Ok(())
 }
+
+/// A backend written out byte by byte, for framings and connection
+/// behaviour the demo backend does not have. Per connection it reads
+/// request heads (bodies are not expected) and answers by path:
+/// `/chunked` a chunked body, `/until-close` a body ended by closing,
+/// `/early-hints` a 103 before the 200, anything else a 2-byte body.
+/// Its `Drop` modes close connections that the responses call
+/// kept-alive, as a backend whose keep-alive timeout ends does.
+struct ScriptedBackend {
+    addr: SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// When a scripted backend closes a kept-alive connection.
+#[derive(Clone, Copy, PartialEq)]
+enum Drop {
+    Never,
+    /// Right after the first response.
+    AfterFirstResponse,
+    /// When the second request arrives, unanswered.
+    OnSecondRequest,
+}
+
+impl ScriptedBackend {
+    fn start(drop: Drop) -> Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&connections);
+        // Ends with the test process.
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                std::thread::spawn(move || Self::serve(conn, drop));
+            }
+        });
+        Ok(Self { addr, connections })
+    }
+
+    fn serve(conn: TcpStream, drop: Drop) {
+        let mut reader = std::io::BufReader::new(conn);
+        for n in 0.. {
+            let mut path = None;
+            loop {
+                let mut line = String::new();
+                match std::io::BufRead::read_line(&mut reader, &mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                if path.is_none() {
+                    path = line.split_whitespace().nth(1).map(str::to_string);
+                } else if line == "\r\n" {
+                    break;
+                }
+            }
+            if n == 1 && drop == Drop::OnSecondRequest {
+                return;
+            }
+            let reply: &[u8] = match path.as_deref() {
+                Some("/chunked") => {
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+                }
+                Some("/until-close") => b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of this, then FIN",
+                Some("/early-hints") => {
+                    b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                }
+                _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            };
+            if reader.get_mut().write_all(reply).is_err()
+                || path.as_deref() == Some("/until-close")
+                || drop == Drop::AfterFirstResponse
+            {
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn chunked_close_delimited_and_interim_responses_reach_the_client_intact() -> Result<()> {
+    let b = ScriptedBackend::start(Drop::Never)?;
+    let (node, http) = node_with(&[("a", b.addr)], "")?;
+    let mut conn = KeepAlive::open(http, None)?;
+    for _ in 0..3 {
+        let r = conn.send("GET", "/chunked", &[], b"", false)?;
+        assert_eq!((r.status, r.text().as_str()), (200, "hello world"));
+        assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+        let r = conn.send("GET", "/early-hints", &[], b"", false)?;
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"), "the 103 is not forwarded");
+    }
+    // The backend's connection was reused: chunked bodies end where they
+    // end, with nothing left over.
+    assert_eq!(b.connections.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let r = conn.send("GET", "/until-close", &[], b"", false)?;
+    assert_eq!((r.status, r.text().as_str()), (200, "all of this, then FIN"));
+    assert_eq!(
+        r.header("connection"),
+        Some("close"),
+        "a body ended by closing ends the client connection too"
+    );
+    node.assert_no_panic();
+    Ok(())
+}
+
+#[test]
+fn kept_alive_backend_connections_that_the_backend_closed_cost_no_request() -> Result<()> {
+    // Closed while idle: the proxy sees the FIN and does not use it.
+    // Closed as the request arrives: the proxy sends it again on a new
+    // connection (a GET may be sent twice).
+    for drop in [Drop::AfterFirstResponse, Drop::OnSecondRequest] {
+        let b = ScriptedBackend::start(drop)?;
+        let (node, http) = node_with(&[("a", b.addr)], "")?;
+        let mut conn = KeepAlive::open(http, None)?;
+        for i in 0..20 {
+            let r = conn.send("GET", "/", &[], b"", false)?;
+            assert_eq!((r.status, r.text().as_str()), (200, "ok"), "request {i}");
+        }
+        let backend = &node.status()?["pools"][0]["backends"][0];
+        assert_eq!(backend["failures"], 0, "{backend}");
+        assert_eq!(backend["requests"], 20, "{backend}");
+        node.assert_no_panic();
+    }
+    Ok(())
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_and_hyper_takes_over_mid_connection() -> Result<()> {
+    let b = Backend::start("a")?;
+    let (node, http) = node_with(&[("a", b.addr)], "")?;
+    let s = client::connect(http, None)?;
+    let mut reader = std::io::BufReader::new(s.try_clone()?);
+    let mut w = s;
+    // Three requests in one write: two for Shoal's own path, then a
+    // chunked upload, which hyper serves, on the same connection.
+    w.write_all(
+        b"GET /headers HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nfirst\
+          POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nsecond\r\n0\r\n\r\n",
+    )?;
+    let r = client::read_response(&mut reader, "GET")?;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("x-forwarded-for: 127.0.0.1"), "{}", r.text());
+    let r = client::read_response(&mut reader, "POST")?;
+    assert_eq!((r.status, r.text().as_str()), (200, "first"));
+    let r = client::read_response(&mut reader, "POST")?;
+    assert_eq!((r.status, r.text().as_str()), (200, "second"));
+    // hyper keeps serving the connection.
+    w.write_all(b"GET /headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let r = client::read_response(&mut reader, "GET")?;
+    assert_eq!(r.status, 200);
+    assert_eq!(node.status()?["listeners"][0]["requests"], 4);
+    node.assert_no_panic();
+    Ok(())
+}

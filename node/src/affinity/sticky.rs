@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
-use http::header::{HeaderMap, HeaderName};
+use http::header::HeaderName;
 
 use crate::config::{StickyConfig, StickyMode};
+use crate::dataplane::headers::HeaderSource;
 use crate::dataplane::http::cookie_value;
 
 pub struct Sticky {
@@ -51,12 +52,12 @@ impl Sticky {
 
     /// The request's sticky key: the cookie's or header's value, or the
     /// client address. `None` when the request carries none.
-    pub fn request_key(&self, headers: &HeaderMap, client: IpAddr) -> Option<Vec<u8>> {
+    pub fn request_key(&self, headers: &(impl HeaderSource + ?Sized), client: IpAddr) -> Option<Vec<u8>> {
         match self.mode {
             StickyMode::InsertCookie | StickyMode::LearnCookie => cookie_value(headers, self.cookie.as_deref()?)
                 .filter(|v| !v.is_empty())
                 .map(<[u8]>::to_vec),
-            StickyMode::Header => headers.get(self.header.as_ref()?).map(|v| v.as_bytes().to_vec()),
+            StickyMode::Header => headers.first(self.header.as_ref()?.as_str()).map(<[u8]>::to_vec),
             StickyMode::SourceIp => Some(ip_key(client)),
         }
     }
@@ -79,12 +80,11 @@ impl Sticky {
 
     /// learn_cookie: what the backend's response says about the session
     /// cookie: `Some(Some(value))` it set one, `Some(None)` it expired it.
-    pub fn learned<'a>(&self, response: &'a HeaderMap) -> Option<Option<&'a [u8]>> {
+    pub fn learned<'a>(&self, response: &'a (impl HeaderSource + ?Sized)) -> Option<Option<&'a [u8]>> {
         let name = self.cookie.as_deref()?;
         response
-            .get_all(http::header::SET_COOKIE)
-            .iter()
-            .find_map(|v| parse_set_cookie(v.as_bytes(), name))
+            .values(http::header::SET_COOKIE.as_str())
+            .find_map(|v| parse_set_cookie(v, name))
     }
 }
 
@@ -121,6 +121,7 @@ fn parse_set_cookie<'a>(line: &'a [u8], name: &str) -> Option<Option<&'a [u8]>> 
 mod tests {
     use super::*;
     use crate::config::Dur;
+    use http::HeaderMap;
 
     fn sticky(mode: StickyMode, cookie: Option<&str>, header: Option<&str>) -> Sticky {
         let cfg = StickyConfig {

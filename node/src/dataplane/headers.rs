@@ -1,5 +1,7 @@
 //! Header rewriting for proxied HTTP: hop-by-hop removal, forwarding
-//! headers and request ids. Pure functions over a `HeaderMap`.
+//! headers and request ids. Pure functions over a `HeaderMap`, and the
+//! lookups routing and affinity share between a `HeaderMap` (hyper's
+//! path) and the raw headers of Shoal's own HTTP/1.1 path.
 
 use std::cell::Cell;
 use std::net::IpAddr;
@@ -26,6 +28,30 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
     &header::TRANSFER_ENCODING,
     &header::UPGRADE,
 ];
+
+/// Read access to a request's or response's headers, whichever form they
+/// are in. `name` is lower case.
+pub trait HeaderSource {
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a;
+
+    fn first<'a>(&'a self, name: &'a str) -> Option<&'a [u8]> {
+        self.values(name).next()
+    }
+}
+
+impl HeaderSource for HeaderMap {
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.get_all(name).into_iter().map(HeaderValue::as_bytes)
+    }
+}
+
+impl HeaderSource for [httparse::Header<'_>] {
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
 
 /// Removes hop-by-hop headers, including those the `Connection` header
 /// names.
@@ -91,10 +117,10 @@ const MAX_REQUEST_ID: usize = 128;
 
 /// The request's id: the client's `X-Request-Id` when it is sane (so a
 /// request can be traced through several proxies), else a fresh one.
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    match headers.get(&X_REQUEST_ID) {
-        Some(v) if !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) => {
-            v.clone()
+pub fn request_id(headers: &(impl HeaderSource + ?Sized)) -> HeaderValue {
+    match headers.first(X_REQUEST_ID.as_str()) {
+        Some(v) if !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.iter().all(|b| b.is_ascii_graphic()) => {
+            HeaderValue::from_bytes(v).unwrap_or_else(|_| new_request_id())
         }
         _ => new_request_id(),
     }

@@ -21,17 +21,18 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::body::{BodySlot, RequestBody, RequestBodyError, ResponseBody, Tracked};
 use super::copy;
-use super::headers;
+use super::h1::BackendConns;
+use super::headers::{self, HeaderSource};
 use super::idle::ConnActivity;
 use super::ratelimit::RateLimiter;
 use super::route::RouteMatch;
 use super::stats::ListenerStats;
 use super::workers;
-use crate::affinity::{AffinityTable, Sticky, now_unix_ms};
+use crate::affinity::{AffinityTable, now_unix_ms};
 use crate::balance::{PickCtx, hash_bytes, hash_ip};
 use crate::config::HashKey;
 use crate::config::StickyMode;
-use crate::pool::{Backend, InFlight, NoAttempt, NoBackend, Outcome, Pool};
+use crate::pool::{Backend, InFlight, NoAttempt, NoBackend, Outcome, Pool, RequestGuard, RetryGuard};
 
 pub type HttpClient = Client<HttpConnector, RequestBody>;
 
@@ -40,23 +41,33 @@ pub type HttpClient = Client<HttpConnector, RequestBody>;
 pub struct Upstream {
     pub pool: Arc<Pool>,
     clients: Vec<HttpClient>,
+    /// Shoal's own HTTP/1.1 path's kept-alive backend connections.
+    pub(super) conns: Arc<BackendConns>,
 }
 
 impl Upstream {
     /// Keeps `previous`'s connection pools when the connection settings are
     /// unchanged, so a reload does not drop warm backend connections.
     pub fn new(pool: Arc<Pool>, previous: Option<&Upstream>, workers: usize) -> Self {
-        let clients = match previous {
+        let (clients, conns) = match previous {
             Some(p)
                 if p.pool.connect_timeout == pool.connect_timeout
                     && p.pool.keepalive_timeout == pool.keepalive_timeout
                     && p.clients.len() == workers.max(1) =>
             {
-                p.clients.clone()
+                (p.clients.clone(), Arc::clone(&p.conns))
             }
-            _ => (0..workers.max(1)).map(|_| build_client(&pool)).collect(),
+            _ => (
+                (0..workers.max(1)).map(|_| build_client(&pool)).collect(),
+                Arc::new(BackendConns::new(pool.keepalive_timeout, workers)),
+            ),
         };
-        Self { pool, clients }
+        Self { pool, clients, conns }
+    }
+
+    /// The kept-alive connections of Shoal's own HTTP/1.1 path.
+    pub fn backend_conns(&self) -> &Arc<BackendConns> {
+        &self.conns
     }
 
     /// The calling worker's connection pool: a connection is reused only by
@@ -108,8 +119,138 @@ pub struct HttpProxy {
     pub stats: Arc<ListenerStats>,
 }
 
+/// The attempts of one request on a pool's backends, within the pool's
+/// retries and retry budget. A failed attempt is repeated on another
+/// backend only when nothing reached the backend (a connect failure) or
+/// the request may be sent twice, and never once its body has begun to
+/// stream.
+pub(super) struct Tries<'a> {
+    site: &'a HttpSite,
+    pool: &'a Pool,
+    ctx: PickCtx,
+    preferred: Option<&'a Arc<Backend>>,
+    idempotent: bool,
+    next: u32,
+    last_error: Option<(Arc<Backend>, AttemptError)>,
+    no_backend: NoBackend,
+    done: bool,
+    _counted: RequestGuard<'a>,
+}
+
+impl<'a> Tries<'a> {
+    pub(super) fn new(
+        site: &'a HttpSite,
+        pool: &'a Pool,
+        hash: Option<u64>,
+        preferred: Option<&'a Arc<Backend>>,
+        idempotent: bool,
+    ) -> Self {
+        Self {
+            site,
+            pool,
+            ctx: PickCtx::new(hash),
+            preferred,
+            idempotent,
+            next: 0,
+            last_error: None,
+            no_backend: NoBackend::NoneUsable,
+            done: false,
+            _counted: pool.budget.request(),
+        }
+    }
+
+    /// A slot on the backend for the next attempt (and, for a retry, its
+    /// place in the retry budget, held until dropped); `None` when there
+    /// is no further attempt.
+    pub(super) async fn next(&mut self) -> Option<(InFlight, Option<RetryGuard<'a>>)> {
+        if self.done || self.next > self.pool.retries {
+            return None;
+        }
+        let n = self.next;
+        self.next += 1;
+        match self.pool.next_attempt(&mut self.ctx, n, self.preferred).await {
+            Ok(a) => Some(a),
+            Err(NoAttempt::Budget) => None,
+            Err(NoAttempt::NoBackend(e)) => {
+                self.no_backend = e;
+                None
+            }
+        }
+    }
+
+    /// Records a failed attempt on `backend`; whether to try another.
+    pub(super) fn failed(&mut self, backend: Arc<Backend>, e: AttemptError, body_untouched: bool) -> bool {
+        let pool = self.pool;
+        pool.report(&backend, Outcome::Failure);
+        self.ctx.exclude(backend.id);
+        let retryable = body_untouched
+            && match &e {
+                AttemptError::Connect => true,
+                AttemptError::BeforeResponse(_) => self.idempotent,
+                AttemptError::Timeout | AttemptError::ClientBody(..) => false,
+            };
+        let (kind, detail) = match &e {
+            AttemptError::Connect => ("connect", ""),
+            AttemptError::BeforeResponse(d) => ("request", d.as_str()),
+            AttemptError::Timeout => ("timeout", ""),
+            AttemptError::ClientBody(_, d) => ("client", d.as_str()),
+        };
+        let attempt = self.next - 1;
+        tracing::warn!(
+            listener = %self.site.listener, pool = %pool.name, backend = %backend.name,
+            attempt, kind, detail, will_retry = retryable && attempt < pool.retries,
+            "backend attempt failed"
+        );
+        self.last_error = Some((backend, e));
+        self.done = !retryable;
+        retryable
+    }
+
+    /// What the client is told when no attempt got an answer.
+    pub(super) fn unanswered(self) -> (StatusCode, String) {
+        let pool = self.pool;
+        match self.last_error {
+            None if self.no_backend == NoBackend::Saturated => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "every usable backend in pool {:?} is at its connection limit",
+                    &*pool.name
+                ),
+            ),
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no usable backend in pool {:?}", &*pool.name),
+            ),
+            Some((b, AttemptError::Timeout)) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "backend {:?} did not respond within {:?}",
+                    &*b.name, pool.response_timeout
+                ),
+            ),
+            Some((b, AttemptError::Connect)) => (
+                StatusCode::BAD_GATEWAY,
+                format!("could not connect to backend {:?} (pool {:?})", &*b.name, &*pool.name),
+            ),
+            Some((b, AttemptError::BeforeResponse(_) | AttemptError::ClientBody(..))) => (
+                StatusCode::BAD_GATEWAY,
+                format!("backend {:?} failed before responding", &*b.name),
+            ),
+        }
+    }
+}
+
+/// A sticky pool's view of one request.
+pub(super) struct Binding {
+    /// The sticky key the request carries, if any.
+    key: Option<Vec<u8>>,
+    /// The backend the key is bound to, when it is in the pool.
+    pub(super) bound: Option<Arc<Backend>>,
+    now: u64,
+}
+
 /// Why an attempt on one backend failed.
-enum AttemptError {
+pub(super) enum AttemptError {
     /// The connection was never established: nothing reached the backend.
     Connect,
     /// Failed before any response byte arrived (reset, closed).
@@ -213,7 +354,9 @@ impl HttpSite {
             Some(pq) => pq.clone(),
             None => http::uri::PathAndQuery::from_static("/"),
         };
-        let hash = pool.needs_hash().then(|| request_hash(&pool.hash_key, &parts, client));
+        let hash = pool
+            .needs_hash()
+            .then(|| request_hash(&pool.hash_key, parts.uri.path(), &parts.headers, client));
         headers::strip_hop_by_hop(&mut parts.headers);
         restore_upgrade(&mut parts.headers, upgrade_header);
         // HTTP/2 carries the host in the URI; HTTP/1.1 backends want Host.
@@ -227,42 +370,21 @@ impl HttpSite {
         }
         headers::set_forwarding(&mut parts.headers, client.ip(), self.proto, request_id);
         let idempotent = is_idempotent(&parts.method);
-        let sticky = pool.sticky.as_ref().map(|s| {
-            let key = s.request_key(&parts.headers, client.ip());
-            let now = now_unix_ms();
-            let bound = key.as_deref().and_then(|k| {
-                let name = if s.uses_table() {
-                    self.affinity.lookup(&pool.name, k, now)?
-                } else {
-                    Arc::clone(s.backend_for_token(k)?)
-                };
-                pool.backend(&name).cloned()
-            });
-            (s, key, bound, now)
-        });
-        let preferred = sticky.as_ref().and_then(|(_, _, bound, _)| bound.clone());
+        let binding = self.binding(pool, &parts.headers, client);
+        let preferred = binding.as_ref().and_then(|b| b.bound.clone());
         let body = BodySlot::new(body);
-        let _counted = pool.budget.request();
-        let mut ctx = PickCtx::new(hash);
-        let mut last_error = None;
-        let mut no_backend = NoBackend::NoneUsable;
-        for attempt in 0..=pool.retries {
-            let (in_flight, _retry) = match pool.next_attempt(&mut ctx, attempt, preferred.as_ref()).await {
-                Ok(a) => a,
-                Err(NoAttempt::Budget) => break,
-                Err(NoAttempt::NoBackend(e)) => {
-                    no_backend = e;
-                    break;
-                }
-            };
+        let mut tries = Tries::new(self, pool, hash, preferred.as_ref(), idempotent);
+        while let Some((in_flight, _retry)) = tries.next().await {
             let backend = Arc::clone(in_flight.backend());
             match self
                 .attempt(&upstream, in_flight, &parts, &path, &body, &mut client_upgrade)
                 .await
             {
                 Ok(mut resp) => {
-                    if let Some((s, key, bound, now)) = &sticky {
-                        self.stick(pool, s, key.as_deref(), bound.as_ref(), &backend, &mut resp, *now);
+                    if let Some(binding) = &binding
+                        && let Some(cookie) = self.stick(pool, binding, &backend, resp.headers())
+                    {
+                        resp.headers_mut().append(header::SET_COOKIE, cookie);
                     }
                     return resp;
                 }
@@ -271,82 +393,57 @@ impl HttpSite {
                     return closing(local(status, &why));
                 }
                 Err(e) => {
-                    pool.report(&backend, Outcome::Failure);
-                    ctx.exclude(backend.id);
-                    let retryable = body.untouched()
-                        && match &e {
-                            AttemptError::Connect => true,
-                            AttemptError::BeforeResponse(_) => idempotent,
-                            AttemptError::Timeout | AttemptError::ClientBody(..) => false,
-                        };
-                    let (kind, detail) = match &e {
-                        AttemptError::Connect => ("connect", ""),
-                        AttemptError::BeforeResponse(d) => ("request", d.as_str()),
-                        AttemptError::Timeout => ("timeout", ""),
-                        AttemptError::ClientBody(_, d) => ("client", d.as_str()),
-                    };
-                    tracing::warn!(
-                        listener = %self.listener, pool = %pool.name, backend = %backend.name,
-                        attempt, kind, detail, will_retry = retryable && attempt < pool.retries,
-                        "backend attempt failed"
-                    );
-                    last_error = Some((backend, e));
-                    if !retryable {
+                    if !tries.failed(backend, e, body.untouched()) {
                         break;
                     }
                 }
             }
         }
-        match last_error {
-            None if no_backend == NoBackend::Saturated => local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!(
-                    "every usable backend in pool {:?} is at its connection limit",
-                    &*pool.name
-                ),
-            ),
-            None => local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("no usable backend in pool {:?}", &*pool.name),
-            ),
-            Some((b, AttemptError::Timeout)) => local(
-                StatusCode::GATEWAY_TIMEOUT,
-                &format!(
-                    "backend {:?} did not respond within {:?}",
-                    &*b.name, pool.response_timeout
-                ),
-            ),
-            Some((b, AttemptError::Connect)) => local(
-                StatusCode::BAD_GATEWAY,
-                &format!("could not connect to backend {:?} (pool {:?})", &*b.name, &*pool.name),
-            ),
-            Some((b, AttemptError::BeforeResponse(_) | AttemptError::ClientBody(..))) => local(
-                StatusCode::BAD_GATEWAY,
-                &format!("backend {:?} failed before responding", &*b.name),
-            ),
-        }
+        let (status, why) = tries.unanswered();
+        local(status, &why)
     }
 
-    /// Records the session's binding after `backend` answered.
-    #[allow(clippy::too_many_arguments)]
-    fn stick(
+    /// The request's sticky key and the backend it is bound to, for a
+    /// sticky pool.
+    pub(super) fn binding(
         &self,
         pool: &Pool,
-        s: &Sticky,
-        key: Option<&[u8]>,
-        bound: Option<&Arc<Backend>>,
+        headers: &(impl HeaderSource + ?Sized),
+        client: SocketAddr,
+    ) -> Option<Binding> {
+        let s = pool.sticky.as_ref()?;
+        let key = s.request_key(headers, client.ip());
+        let now = now_unix_ms();
+        let bound = key.as_deref().and_then(|k| {
+            let name = if s.uses_table() {
+                self.affinity.lookup(&pool.name, k, now)?
+            } else {
+                Arc::clone(s.backend_for_token(k)?)
+            };
+            pool.backend(&name).cloned()
+        });
+        Some(Binding { key, bound, now })
+    }
+
+    /// Records the session's binding after `backend` answered with
+    /// `response` headers; the Set-Cookie to add for `insert_cookie`.
+    pub(super) fn stick(
+        &self,
+        pool: &Pool,
+        binding: &Binding,
         backend: &Arc<Backend>,
-        resp: &mut Response<ResponseBody>,
-        now: u64,
-    ) {
-        let same = bound.is_some_and(|b| Arc::ptr_eq(b, backend));
+        response: &(impl HeaderSource + ?Sized),
+    ) -> Option<HeaderValue> {
+        let s = pool.sticky.as_ref()?;
+        let (key, now) = (binding.key.as_deref(), binding.now);
+        let same = binding.bound.as_ref().is_some_and(|b| Arc::ptr_eq(b, backend));
         match s.mode {
             StickyMode::InsertCookie => {
-                if !same && let Some(cookie) = s.set_cookie(&pool.name, &backend.name) {
-                    resp.headers_mut().append(header::SET_COOKIE, cookie);
+                if !same {
+                    return s.set_cookie(&pool.name, &backend.name);
                 }
             }
-            StickyMode::LearnCookie => match s.learned(resp.headers()) {
+            StickyMode::LearnCookie => match s.learned(response) {
                 Some(Some(value)) => self.affinity.bind(&pool.name, value, &backend.name, s.ttl, now),
                 Some(None) => {
                     if let Some(k) = key {
@@ -365,6 +462,7 @@ impl HttpSite {
                 }
             }
         }
+        None
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -571,24 +669,23 @@ pub fn local(status: StatusCode, why: &str) -> Response<ResponseBody> {
 
 /// The hash of a request's balancing key; falls back to the client address
 /// when the header or cookie is absent.
-pub fn request_hash(key: &HashKey, parts: &Parts, client: SocketAddr) -> u64 {
+/// `path` is without the query.
+pub fn request_hash(key: &HashKey, path: &str, headers: &(impl HeaderSource + ?Sized), client: SocketAddr) -> u64 {
     match key {
         HashKey::ClientIp => hash_ip(client.ip()),
-        HashKey::Path => hash_bytes(parts.uri.path().as_bytes()),
-        HashKey::Header(name) => parts
-            .headers
-            .get(name.as_str())
-            .map_or_else(|| hash_ip(client.ip()), |v| hash_bytes(v.as_bytes())),
-        HashKey::Cookie(name) => cookie_value(&parts.headers, name).map_or_else(|| hash_ip(client.ip()), hash_bytes),
+        HashKey::Path => hash_bytes(path.as_bytes()),
+        HashKey::Header(name) => headers
+            .first(name.as_str())
+            .map_or_else(|| hash_ip(client.ip()), hash_bytes),
+        HashKey::Cookie(name) => cookie_value(headers, name).map_or_else(|| hash_ip(client.ip()), hash_bytes),
     }
 }
 
 /// The value of cookie `name` in the request's Cookie headers.
-pub fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
+pub fn cookie_value<'a>(headers: &'a (impl HeaderSource + ?Sized), name: &str) -> Option<&'a [u8]> {
     headers
-        .get_all(header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .values(header::COOKIE.as_str())
+        .flat_map(|v| v.split(|&b| b == b';'))
         .find_map(|pair| {
             let pair = pair.trim_ascii();
             let eq = pair.iter().position(|&b| b == b'=')?;

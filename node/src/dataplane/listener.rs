@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::h1;
 use super::http::{HttpProxy, service};
 use super::idle::{ClientIo, ConnActivity};
 use super::stats::ListenerStats;
@@ -239,6 +240,29 @@ impl HttpListener {
     }
 
     async fn serve(&self, stream: TcpStream, first: Bytes, peer: SocketAddr) {
+        let (stream, first) = match &self.serving.tls {
+            // Plain HTTP/1.1: Shoal's own path, hyper for what it does not
+            // take.
+            None => {
+                let settings = h1::Settings {
+                    proxy: &self.proxy,
+                    peer,
+                    idle_timeout: self.serving.idle_timeout,
+                    header_timeout: self.serving.header_timeout,
+                    max_header_bytes: self.serving.max_header_bytes,
+                    shutdown: &self.shutdown,
+                };
+                match h1::serve(&settings, stream, first).await {
+                    Ok(h1::Ending::Handoff { stream, buffered }) => (stream, buffered),
+                    Ok(h1::Ending::Closed) => return,
+                    Err(e) => {
+                        tracing::debug!(listener = %self.proxy.site.load().listener, client = %peer, error = %e, "client connection ended with an error");
+                        return;
+                    }
+                }
+            }
+            Some(_) => (stream, first),
+        };
         let activity = Arc::new(ConnActivity::default());
         let conn = Conn {
             proxy: &self.proxy,

@@ -2,6 +2,7 @@
 
 mod body;
 mod copy;
+pub mod h1;
 pub mod headers;
 pub mod http;
 pub mod idle;

@@ -4,6 +4,7 @@
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 
+use super::headers::HeaderSource;
 use crate::config::RouteConfig;
 
 #[derive(Debug, Clone)]
@@ -44,8 +45,13 @@ impl RouteMatch {
     }
 
     pub fn matches(&self, parts: &Parts) -> bool {
+        self.matches_request(request_host(parts), parts.uri.path(), &parts.headers)
+    }
+
+    /// `host` is the request's host without port; `path` without query.
+    pub fn matches_request(&self, host: Option<&str>, path: &str, headers: &(impl HeaderSource + ?Sized)) -> bool {
         if let Some(want) = &self.host {
-            let Some(host) = request_host(parts) else { return false };
+            let Some(host) = host else { return false };
             let ok = match want {
                 HostMatch::Exact(h) => host.eq_ignore_ascii_case(h),
                 HostMatch::Suffix(s) => {
@@ -60,12 +66,12 @@ impl RouteMatch {
             }
         }
         if let Some(prefix) = &self.path_prefix
-            && !parts.uri.path().starts_with(prefix.as_str())
+            && !path.starts_with(prefix.as_str())
         {
             return false;
         }
         if let Some((name, value)) = &self.header
-            && !parts.headers.get_all(name).iter().any(|v| v == value)
+            && !headers.values(name.as_str()).any(|v| v == value.as_bytes())
         {
             return false;
         }
@@ -83,7 +89,8 @@ fn request_host(parts: &Parts) -> Option<&str> {
     Some(strip_port(raw))
 }
 
-fn strip_port(host: &str) -> &str {
+/// A Host header's value without its port.
+pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // [v6]:port
         return host.split_once(']').map_or(host, |(h, _)| h.trim_start_matches('['));

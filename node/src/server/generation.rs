@@ -13,6 +13,7 @@ use anyhow::{Context, Result, anyhow};
 use crate::affinity::AffinityTable;
 use crate::config::{Config, HostPort, ListenerConfig, PoolConfig, Protocol};
 use crate::dataplane::ListenerStats;
+use crate::dataplane::h1::BackendConns;
 use crate::dataplane::http::{HttpSite, Route, Upstream};
 use crate::dataplane::ratelimit::RateLimiter;
 use crate::dataplane::route::RouteMatch;
@@ -89,7 +90,28 @@ async fn build_pool(pc: &PoolConfig, previous: Option<&Upstream>, workers: usize
         );
     }
     let pool = Arc::new(Pool::new(pc, &addrs, previous.map(|u| &*u.pool)));
-    Ok(Arc::new(Upstream::new(pool, previous, workers)))
+    let upstream = Upstream::new(pool, previous, workers);
+    if !previous.is_some_and(|p| Arc::ptr_eq(p.backend_conns(), upstream.backend_conns())) {
+        spawn_conn_sweeper(Arc::downgrade(upstream.backend_conns()));
+    }
+    Ok(Arc::new(upstream))
+}
+
+/// Closes kept-alive backend connections idle past the pool's keep-alive
+/// time, for as long as the connections are in use: a pool that gets no
+/// more requests would otherwise hold them (and the backend's sockets).
+fn spawn_conn_sweeper(conns: Weak<BackendConns>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let Some(c) = conns.upgrade() else { return };
+            let closed = c.sweep();
+            if closed > 0 {
+                tracing::debug!(closed, "closed idle backend connections");
+            }
+        }
+    });
 }
 
 /// Builds the pools of `config`, reusing what `previous` has of them, with

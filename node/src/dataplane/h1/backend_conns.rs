@@ -1,0 +1,180 @@
+//! Kept-alive backend connections of Shoal's own HTTP/1.1 path, one set
+//! per data-plane worker: a connection is registered with its worker's
+//! runtime, and is only ever taken by a request on that worker, so the
+//! lock around each set is never contended. The request's own task uses
+//! the connection: no connection task, no channel, no extra wakeup.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::super::workers;
+
+/// Most idle connections kept per backend and worker; more are closed.
+const MAX_IDLE_PER_BACKEND: usize = 1024;
+
+struct Idle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+pub struct BackendConns {
+    /// Connections idle longer than this are closed rather than reused.
+    keepalive: Duration,
+    per_worker: Vec<Mutex<HashMap<u64, Vec<Idle>>>>,
+}
+
+impl BackendConns {
+    pub fn new(keepalive: Duration, workers: usize) -> Self {
+        Self {
+            keepalive,
+            per_worker: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    fn mine(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Idle>>> {
+        let slot = &self.per_worker[workers::current() % self.per_worker.len()];
+        // A poisoned set only lost the connection being moved.
+        slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection to `backend` that is still
+    /// open and quiet; stale ones met on the way are closed.
+    pub fn take(&self, backend: u64) -> Option<TcpStream> {
+        let now = Instant::now();
+        let mut idle = self.mine();
+        let list = idle.get_mut(&backend)?;
+        while let Some(conn) = list.pop() {
+            if now.duration_since(conn.since) < self.keepalive && quiet(&conn.stream) {
+                return Some(conn.stream);
+            }
+        }
+        None
+    }
+
+    /// Keeps `stream` for the next request to `backend`. Connections past
+    /// the keep-alive time are closed here, oldest first.
+    pub fn put(&self, backend: u64, stream: TcpStream) {
+        let now = Instant::now();
+        let mut idle = self.mine();
+        let list = idle.entry(backend).or_default();
+        let expired = list
+            .iter()
+            .take_while(|c| now.duration_since(c.since) >= self.keepalive)
+            .count();
+        list.drain(..expired);
+        if list.len() >= MAX_IDLE_PER_BACKEND {
+            list.remove(0);
+        }
+        list.push(Idle { stream, since: now });
+    }
+
+    /// Closes every connection idle past the keep-alive time, of every
+    /// worker (from any thread: a socket may be closed anywhere; each
+    /// worker's lock is taken briefly, once).
+    pub fn sweep(&self) -> usize {
+        let now = Instant::now();
+        let mut closed = 0;
+        for slot in &self.per_worker {
+            let mut idle = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for list in idle.values_mut() {
+                let before = list.len();
+                list.retain(|c| now.duration_since(c.since) < self.keepalive);
+                closed += before - list.len();
+            }
+            idle.retain(|_, list| !list.is_empty());
+        }
+        closed
+    }
+
+    #[cfg(test)]
+    pub fn idle_count(&self, backend: u64) -> usize {
+        self.mine().get(&backend).map_or(0, Vec::len)
+    }
+}
+
+/// An idle backend connection has nothing to say: if it is readable, the
+/// backend closed it (or sent bytes no request asked for), and it must
+/// not carry a request. Readiness is what the runtime already knows: no
+/// system call.
+fn quiet(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    matches!(stream.poll_read_ready(&mut cx), Poll::Pending)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn pair(listener: &tokio::net::TcpListener) -> std::io::Result<(TcpStream, TcpStream)> {
+        let client = TcpStream::connect(listener.local_addr()?).await?;
+        let (server, _) = listener.accept().await?;
+        Ok((client, server))
+    }
+
+    /// Polls until the runtime has seen `stream` become readable.
+    async fn until_readable(stream: &TcpStream) -> std::io::Result<()> {
+        tokio::time::timeout(Duration::from_secs(5), stream.readable())
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_until_the_backend_closes_it() -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let conns = BackendConns::new(Duration::from_secs(60), 1);
+        let (client, server) = pair(&listener).await?;
+        conns.put(7, client);
+        let Some(client) = conns.take(7) else {
+            panic!("a quiet connection is reused");
+        };
+        assert!(conns.take(7).is_none(), "taken once");
+
+        conns.put(7, client);
+        drop(server);
+        // What take() sees is the runtime's readiness: let the FIN arrive.
+        let probe = conns.take(7);
+        let Some(probe) = probe else {
+            panic!("still quiet before the FIN was polled");
+        };
+        until_readable(&probe).await?;
+        conns.put(7, probe);
+        assert!(conns.take(7).is_none(), "a closed connection is not reused");
+        assert_eq!(conns.idle_count(7), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn unasked_bytes_make_a_connection_unusable() -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let conns = BackendConns::new(Duration::from_secs(60), 1);
+        let (client, mut server) = pair(&listener).await?;
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await?;
+        until_readable(&client).await?;
+        conns.put(1, client);
+        assert!(conns.take(1).is_none());
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_idle_past_the_keepalive_are_closed() -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let conns = BackendConns::new(Duration::from_secs(10), 1);
+        let (a, _sa) = pair(&listener).await?;
+        let (b, _sb) = pair(&listener).await?;
+        conns.put(1, a);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        conns.put(1, b);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(conns.sweep(), 1, "only the first is past 10 s");
+        assert_eq!(conns.idle_count(1), 1);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(conns.take(1).is_none(), "expired connections are not handed out");
+        Ok(())
+    }
+}

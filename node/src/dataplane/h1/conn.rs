@@ -1,0 +1,588 @@
+//! One client connection on Shoal's own HTTP/1.1 path: requests are read
+//! whole into the connection's buffer, forwarded on a kept-alive backend
+//! connection, and the response streamed back, until the client closes,
+//! goes idle, the node drains, or a request needs hyper.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http::header::HeaderValue;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::chunked::ChunkedEnd;
+use super::head::{self, Framing, MAX_HEADERS, Parsed};
+use crate::dataplane::headers;
+use crate::dataplane::http::{AttemptError, Binding, HttpProxy, HttpSite, Tries, Upstream, request_hash};
+use crate::pool::{Backend, InFlight, Outcome};
+
+/// How a connection left this path.
+pub enum Ending {
+    /// Closed (by either side, a timeout or the node draining).
+    Closed,
+    /// A request this path does not take: hyper serves the connection
+    /// from here, starting with `buffered` (the request's bytes so far).
+    Handoff { stream: TcpStream, buffered: Bytes },
+}
+
+/// What a client connection needs from its listener.
+pub struct Settings<'a> {
+    pub proxy: &'a HttpProxy,
+    pub peer: SocketAddr,
+    /// Longest wait for a next request on a kept-alive connection.
+    pub idle_timeout: Duration,
+    /// Longest a request head may take from its first byte.
+    pub header_timeout: Duration,
+    /// Largest request head; a bigger one goes to hyper, which answers 431.
+    pub max_header_bytes: usize,
+    pub shutdown: &'a CancellationToken,
+}
+
+/// Size of the buffer a response body is read into.
+const BODY_CHUNK: usize = 16 * 1024;
+
+/// Serves `stream`, whose first bytes (`first`) were read already.
+/// Errors are the connection's end, said for the debug log.
+pub async fn serve(settings: &Settings<'_>, mut stream: TcpStream, first: Bytes) -> Result<Ending, String> {
+    let mut conn = ClientConn {
+        s: settings,
+        inbuf: Vec::with_capacity(first.len().max(4096)),
+        out: Vec::with_capacity(4096),
+        rbuf: Vec::with_capacity(BODY_CHUNK),
+    };
+    conn.inbuf.extend_from_slice(&first);
+    let mut head_started = Instant::now();
+    loop {
+        let (prepared, arrived) = loop {
+            match conn.prepare() {
+                Step::Ready(p) => break (p, Instant::now()),
+                Step::Handoff(why) => {
+                    tracing::trace!(client = %settings.peer, why, "request handed to hyper");
+                    return Ok(Ending::Handoff {
+                        stream,
+                        buffered: Bytes::from(std::mem::take(&mut conn.inbuf)),
+                    });
+                }
+                Step::Partial if conn.inbuf.len() >= settings.max_header_bytes => {
+                    return Ok(Ending::Handoff {
+                        stream,
+                        buffered: Bytes::from(std::mem::take(&mut conn.inbuf)),
+                    });
+                }
+                Step::Partial => {}
+            }
+            let waiting = conn.inbuf.is_empty();
+            let read = if waiting {
+                // Between requests: the idle timeout, and a draining node
+                // closes the connection here.
+                tokio::select! {
+                    r = tokio::time::timeout(settings.idle_timeout, read_more(&mut stream, &mut conn.inbuf)) => r,
+                    () = settings.shutdown.cancelled() => return Ok(Ending::Closed),
+                }
+            } else {
+                tokio::time::timeout_at(
+                    head_started + settings.header_timeout,
+                    read_more(&mut stream, &mut conn.inbuf),
+                )
+                .await
+            };
+            match read {
+                Ok(Ok(0)) if waiting => return Ok(Ending::Closed),
+                Ok(Ok(0)) => return Err("client closed within a request head".into()),
+                Ok(Ok(_)) if waiting => head_started = Instant::now(),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("reading a request: {e}")),
+                Err(_) if waiting => return Ok(Ending::Closed),
+                Err(_) => {
+                    return Err(format!(
+                        "request head not complete within {:?}",
+                        settings.header_timeout
+                    ));
+                }
+            }
+        };
+        let keep = conn.exchange(&mut stream, prepared, arrived).await?;
+        if !keep {
+            // Our FIN after the last response byte.
+            let _ = stream.shutdown().await;
+            return Ok(Ending::Closed);
+        }
+        head_started = Instant::now();
+    }
+}
+
+/// Reads what the client sent next into `buf`; 0 at its end.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(4096);
+    }
+    stream.read_buf(buf).await
+}
+
+/// A request whose head is complete, taken apart into what the exchange
+/// needs (nothing here borrows the connection's buffer).
+struct Prepared {
+    head_len: usize,
+    body_len: usize,
+    /// The client asked to close after this request.
+    close: bool,
+    is_head: bool,
+    idempotent: bool,
+    request_id: HeaderValue,
+    site: Arc<HttpSite>,
+    upstream: Arc<Upstream>,
+    hash: Option<u64>,
+    binding: Option<Binding>,
+}
+
+enum Step {
+    Partial,
+    Handoff(&'static str),
+    Ready(Prepared),
+}
+
+struct ClientConn<'a, 's> {
+    s: &'a Settings<'s>,
+    /// The client's bytes not yet served: the current request first.
+    inbuf: Vec<u8>,
+    /// The request as the backend gets it, then the response head (and
+    /// first body bytes) as the client gets it.
+    out: Vec<u8>,
+    /// The backend's bytes.
+    rbuf: Vec<u8>,
+}
+
+impl ClientConn<'_, '_> {
+    /// Parses the buffered head; on success the backend's request head is
+    /// in `out`.
+    fn prepare(&mut self) -> Step {
+        let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let head = match head::parse_request(&self.inbuf, &mut header_slots) {
+            Parsed::Partial => return Step::Partial,
+            Parsed::Unsupported(why) => return Step::Handoff(why),
+            Parsed::Complete(h) => h,
+        };
+        let site = self.s.proxy.site.load_full();
+        // Beyond the listener's limit: hyper streams it and answers 413.
+        if head.body_len > site.max_body_bytes {
+            return Step::Handoff("request body over max_body_bytes");
+        }
+        let upstream = Arc::clone(
+            site.routes
+                .iter()
+                .find(|r| r.matcher.matches_request(Some(head.host), head.path(), head.headers))
+                .map_or(&site.default, |r| &r.upstream),
+        );
+        let pool = &upstream.pool;
+        let client = self.s.peer;
+        let request_id = headers::request_id(head.headers);
+        let hash = pool
+            .needs_hash()
+            .then(|| request_hash(&pool.hash_key, head.path(), head.headers, client));
+        let binding = site.binding(pool, head.headers, client);
+        self.out.clear();
+        head::write_backend_request(&head, client.ip(), site.proto, request_id.as_bytes(), &mut self.out);
+        // The head fits in the buffer, so its length fits in usize; the
+        // body is at most MAX_BUFFERED_BODY.
+        let body_len = usize::try_from(head.body_len).unwrap_or(usize::MAX);
+        Step::Ready(Prepared {
+            head_len: head.len,
+            body_len,
+            close: head.close,
+            is_head: head.is_head(),
+            idempotent: head.idempotent(),
+            request_id,
+            hash,
+            binding,
+            upstream,
+            site,
+        })
+    }
+
+    /// Reads the body, forwards the request, answers the client. Whether
+    /// the connection stays open for another request.
+    async fn exchange(&mut self, stream: &mut TcpStream, mut p: Prepared, arrived: Instant) -> Result<bool, String> {
+        let proxy = self.s.proxy;
+        proxy.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let site = Arc::clone(&p.site);
+        let whole = p.head_len + p.body_len;
+        while self.inbuf.len() < whole {
+            match tokio::time::timeout(site.client_idle, read_more(stream, &mut self.inbuf)).await {
+                Ok(Ok(0)) => return Err("client closed within a request body".into()),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("reading a request body: {e}")),
+                Err(_) => {
+                    // As hyper's path answers a stalled upload; the rest
+                    // of the body may still come, so the connection ends.
+                    p.close = true;
+                    let why = format!("the client sent no request body data for {:?}", site.client_idle);
+                    return self
+                        .answer_locally(stream, &p, arrived, StatusCode::BAD_REQUEST, &why, None)
+                        .await;
+                }
+            }
+        }
+        self.out.extend_from_slice(&self.inbuf[p.head_len..whole]);
+        self.inbuf.drain(..whole);
+
+        if let Some(limiter) = &site.rate_limit
+            && let Err(wait) = limiter.check(self.s.peer.ip(), std::time::Instant::now())
+        {
+            proxy.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let mut digits = itoa::Buffer::new();
+            let retry_after = digits.format(secs).as_bytes();
+            return self
+                .answer_locally(
+                    stream,
+                    &p,
+                    arrived,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate limit exceeded for your address",
+                    Some((b"retry-after", retry_after)),
+                )
+                .await;
+        }
+
+        let upstream = &*p.upstream;
+        let pool = &*upstream.pool;
+        let preferred = p.binding.as_ref().and_then(|b| b.bound.clone());
+        let mut tries = Tries::new(&site, pool, p.hash, preferred.as_ref(), p.idempotent);
+        while let Some((in_flight, _retry)) = tries.next().await {
+            let backend = Arc::clone(in_flight.backend());
+            match self.attempt(upstream, &in_flight, p.idempotent, p.is_head).await {
+                Ok((backend_conn, head_len)) => {
+                    drop(tries);
+                    return self.relay(stream, &p, arrived, in_flight, backend_conn, head_len).await;
+                }
+                // A body read whole cannot fail later.
+                Err(e) => {
+                    if !tries.failed(backend, e, true) {
+                        break;
+                    }
+                }
+            }
+        }
+        let (status, why) = tries.unanswered();
+        self.answer_locally(stream, &p, arrived, status, &why, None).await
+    }
+
+    /// A response the proxy makes itself.
+    async fn answer_locally(
+        &mut self,
+        stream: &mut TcpStream,
+        p: &Prepared,
+        arrived: Instant,
+        status: StatusCode,
+        why: &str,
+        extra: Option<(&[u8], &[u8])>,
+    ) -> Result<bool, String> {
+        let close = p.close || self.s.shutdown.is_cancelled();
+        self.out.clear();
+        head::write_local_response(status, why, p.request_id.as_bytes(), extra, close, &mut self.out);
+        self.s.proxy.stats.count_status(status);
+        self.s.proxy.stats.latency.observe(arrived.elapsed());
+        self.write_client(stream, p.site.client_idle).await?;
+        Ok(!close)
+    }
+
+    async fn write_client(&mut self, stream: &mut TcpStream, idle: Duration) -> Result<(), String> {
+        match tokio::time::timeout(idle, stream.write_all(&self.out)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("writing to the client: {e}")),
+            Err(_) => Err(format!("client read nothing for {idle:?}")),
+        }
+    }
+
+    /// One try on `in_flight`'s backend: sends `out` and reads the
+    /// response head into `rbuf`. The connection and the head's length.
+    async fn attempt(
+        &mut self,
+        upstream: &Upstream,
+        in_flight: &InFlight,
+        idempotent: bool,
+        is_head: bool,
+    ) -> Result<(TcpStream, usize), AttemptError> {
+        let pool = &*upstream.pool;
+        let backend = in_flight.backend();
+        let started = Instant::now();
+        let mut kept = upstream.conns.take(backend.id);
+        loop {
+            let reused = kept.is_some();
+            let mut conn = match kept.take() {
+                Some(c) => c,
+                None => match tokio::time::timeout(pool.connect_timeout, TcpStream::connect(backend.addr)).await {
+                    Ok(Ok(c)) => {
+                        // Set on the listening socket for clients; a
+                        // connected one needs its own.
+                        let _ = c.set_nodelay(true);
+                        c
+                    }
+                    Ok(Err(_)) | Err(_) => {
+                        backend.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+                        backend.observe_latency(pool.connect_timeout);
+                        return Err(AttemptError::Connect);
+                    }
+                },
+            };
+            self.rbuf.clear();
+            // The response timeout covers the send too: a backend that
+            // stops reading is as stuck as one that does not answer.
+            let head = tokio::time::timeout(pool.response_timeout, async {
+                conn.write_all(&self.out).await.map_err(HeadError::Send)?;
+                read_head(&mut conn, &mut self.rbuf, is_head).await
+            })
+            .await;
+            let failure = match head {
+                Ok(Ok((head_len, code))) => {
+                    backend.observe_latency(started.elapsed());
+                    let outcome = if code >= 500 {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success
+                    };
+                    pool.report(backend, outcome);
+                    return Ok((conn, head_len));
+                }
+                Err(_) => {
+                    backend.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    backend.observe_latency(pool.response_timeout);
+                    return Err(AttemptError::Timeout);
+                }
+                Ok(Err(e)) => e,
+            };
+            // A kept-alive connection the backend closed meanwhile: the
+            // request goes again on a new one, as every proxy does, if it
+            // surely was not processed (the write failed) or may be sent
+            // twice. Not the backend's failure.
+            let nothing_back = self.rbuf.is_empty() && failure.is_disconnect();
+            if reused && nothing_back && (matches!(failure, HeadError::Send(_)) || idempotent) {
+                tracing::debug!(backend = %backend.name, error = %failure, "kept-alive backend connection was closed; retrying on a new one");
+                continue;
+            }
+            backend.counters.failures.fetch_add(1, Ordering::Relaxed);
+            backend.observe_latency(started.elapsed().max(Duration::from_millis(1)));
+            return Err(AttemptError::BeforeResponse(failure.to_string()));
+        }
+    }
+
+    /// Sends the response whose head (`head_len` bytes) is in `rbuf` to
+    /// the client, then its body as it arrives; keeps the backend
+    /// connection when it can carry another request.
+    async fn relay(
+        &mut self,
+        stream: &mut TcpStream,
+        p: &Prepared,
+        arrived: Instant,
+        in_flight: InFlight,
+        mut backend_conn: TcpStream,
+        head_len: usize,
+    ) -> Result<bool, String> {
+        let site = &*p.site;
+        let pool = &*p.upstream.pool;
+        let backend = Arc::clone(in_flight.backend());
+        let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let parsed = head::parse_response(&self.rbuf, &mut header_slots, p.is_head);
+        // `attempt` parsed the same bytes already.
+        let Ok(Some(resp)) = parsed else {
+            return Err("backend response head changed".into());
+        };
+        let framing = resp.framing;
+        let reusable = resp.reusable;
+        let close = p.close || framing == Framing::UntilClose || self.s.shutdown.is_cancelled();
+        let cookie = p
+            .binding
+            .as_ref()
+            .and_then(|b| site.stick(pool, b, &backend, resp.headers));
+        self.out.clear();
+        head::write_client_response(
+            &resp,
+            p.request_id.as_bytes(),
+            cookie.as_ref().map(HeaderValue::as_bytes),
+            close,
+            &mut self.out,
+        );
+        let stats = &self.s.proxy.stats;
+        stats.count_status(StatusCode::from_u16(resp.code).unwrap_or(StatusCode::BAD_GATEWAY));
+        stats.latency.observe(arrived.elapsed());
+
+        // The body bytes that came with the head.
+        let mut body = BodyEnd::new(framing);
+        let after_head = &self.rbuf[head_len..];
+        let (take, done) = body
+            .scan(after_head)
+            .map_err(|e| format!("backend {:?}: {e}", backend.name))?;
+        let mut clean = take == after_head.len();
+        self.out.extend_from_slice(&after_head[..take]);
+        self.write_client(stream, site.client_idle).await?;
+
+        if !done {
+            clean = relay_rest(stream, &mut backend_conn, &mut self.rbuf, &mut body, p, &backend).await?;
+        }
+        if reusable && clean {
+            p.upstream.conns.put(backend.id, backend_conn);
+        }
+        drop(in_flight);
+        Ok(!close)
+    }
+}
+
+/// Copies the rest of the body from the backend to the client; whether
+/// the backend sent nothing past its end.
+async fn relay_rest(
+    stream: &mut TcpStream,
+    backend_conn: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    body: &mut BodyEnd,
+    p: &Prepared,
+    backend: &Arc<Backend>,
+) -> Result<bool, String> {
+    let pool = &*p.upstream.pool;
+    let client_idle = p.site.client_idle;
+    loop {
+        buf.clear();
+        let read = tokio::time::timeout(pool.response_timeout, backend_conn.read_buf(buf)).await;
+        let n = match read {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                backend.counters.failures.fetch_add(1, Ordering::Relaxed);
+                return Err(format!("backend {:?} failed mid-response: {e}", backend.name));
+            }
+            Err(_) => {
+                backend.counters.failures.fetch_add(1, Ordering::Relaxed);
+                pool.report(backend, Outcome::Failure);
+                tracing::warn!(backend = %backend.name, idle = ?pool.response_timeout, "backend stalled mid-response; cutting it");
+                return Err(format!("backend {:?} stalled mid-response", backend.name));
+            }
+        };
+        if n == 0 {
+            if body.until_close() {
+                return Ok(true);
+            }
+            backend.counters.failures.fetch_add(1, Ordering::Relaxed);
+            return Err(format!("backend {:?} closed mid-response", backend.name));
+        }
+        let (take, done) = body.scan(buf).map_err(|e| format!("backend {:?}: {e}", backend.name))?;
+        match tokio::time::timeout(client_idle, stream.write_all(&buf[..take])).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("writing to the client: {e}")),
+            Err(_) => return Err(format!("client read nothing for {client_idle:?}")),
+        }
+        if done {
+            return Ok(take == buf.len());
+        }
+    }
+}
+
+/// Why a response head did not arrive.
+#[derive(Debug, thiserror::Error)]
+enum HeadError {
+    /// Sending the request failed: the backend did not get all of it.
+    #[error("sending the request: {0}")]
+    Send(std::io::Error),
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("closed before responding")]
+    Closed,
+    #[error("{0}")]
+    Malformed(&'static str),
+}
+
+impl HeadError {
+    /// The connection was gone (not a bad answer).
+    fn is_disconnect(&self) -> bool {
+        match self {
+            Self::Closed => true,
+            Self::Send(e) | Self::Io(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+            ),
+            Self::Malformed(_) => false,
+        }
+    }
+}
+
+/// Reads a backend's response head into `buf`, skipping interim (1xx)
+/// responses; the final head's length and status code.
+async fn read_head(conn: &mut TcpStream, buf: &mut Vec<u8>, is_head: bool) -> Result<(usize, u16), HeadError> {
+    loop {
+        if !buf.is_empty() {
+            let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match head::parse_response(buf, &mut header_slots, is_head) {
+                Err(why) => return Err(HeadError::Malformed(why)),
+                Ok(Some(h)) if h.code == 101 => return Err(HeadError::Malformed("101 to a request without upgrade")),
+                Ok(Some(h)) if (100..200).contains(&h.code) => {
+                    let len = h.len;
+                    buf.drain(..len);
+                    continue;
+                }
+                Ok(Some(h)) => return Ok((h.len, h.code)),
+                Ok(None) if buf.len() >= MAX_RESPONSE_HEAD => {
+                    return Err(HeadError::Malformed("response head too large"));
+                }
+                Ok(None) => {}
+            }
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(BODY_CHUNK);
+        }
+        match conn.read_buf(buf).await {
+            Ok(0) => return Err(HeadError::Closed),
+            Ok(_) => {}
+            Err(e) => return Err(HeadError::Io(e)),
+        }
+    }
+}
+
+/// Largest backend response head accepted.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Where a response body ends, by its framing.
+enum BodyEnd {
+    Empty,
+    Length(u64),
+    Chunked(ChunkedEnd),
+    UntilClose,
+}
+
+impl BodyEnd {
+    fn new(framing: Framing) -> Self {
+        match framing {
+            Framing::Empty | Framing::Length(0) => Self::Empty,
+            Framing::Length(n) => Self::Length(n),
+            Framing::Chunked => Self::Chunked(ChunkedEnd::default()),
+            Framing::UntilClose => Self::UntilClose,
+        }
+    }
+
+    fn until_close(&self) -> bool {
+        matches!(self, Self::UntilClose)
+    }
+
+    /// Of `bytes` (the next ones from the backend): how many belong to the
+    /// body, and whether the body is complete with them.
+    fn scan(&mut self, bytes: &[u8]) -> Result<(usize, bool), super::chunked::ChunkError> {
+        Ok(match self {
+            Self::Empty => (0, true),
+            Self::Length(left) => {
+                let take = (*left).min(bytes.len() as u64);
+                *left -= take;
+                // `take` is at most `bytes.len()`.
+                (take as usize, *left == 0)
+            }
+            Self::Chunked(c) => match c.feed(bytes)? {
+                Some(n) => (n, true),
+                None => (bytes.len(), false),
+            },
+            Self::UntilClose => (bytes.len(), false),
+        })
+    }
+}
