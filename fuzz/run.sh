@@ -14,7 +14,7 @@ cd "$(dirname "$0")"
 seconds=${1:-30}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(vrrp replication config sticky_cookie)
+[ ${#targets[@]} -eq 0 ] && targets=(vrrp replication config sticky_cookie h1)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz: installing cargo-fuzz"

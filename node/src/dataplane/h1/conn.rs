@@ -58,9 +58,22 @@ pub async fn serve(settings: &Settings<'_>, mut stream: TcpStream, first: Bytes)
     };
     conn.inbuf.extend_from_slice(&first);
     let mut head_started = Instant::now();
+    // Where the search for the end of the head resumes: a head trickling
+    // in is scanned once, not parsed again from its start on every read
+    // (a client sending a byte at a time would make that quadratic).
+    let mut scanned = 0;
     loop {
         let (prepared, arrived) = loop {
-            match conn.prepare() {
+            // The first bytes are parsed at once, so a request line that
+            // is wrong (TLS on the plain port, say) goes to hyper's 400
+            // without waiting for a blank line that may never come.
+            let step = if scanned == 0 || ends_head(&conn.inbuf, scanned) {
+                conn.prepare()
+            } else {
+                Step::Partial
+            };
+            scanned = conn.inbuf.len();
+            match step {
                 Step::Ready(p) => break (p, Instant::now()),
                 Step::Handoff(why) => {
                     tracing::trace!(client = %settings.peer, why, "request handed to hyper");
@@ -108,6 +121,7 @@ pub async fn serve(settings: &Settings<'_>, mut stream: TcpStream, first: Bytes)
             }
         };
         let keep = conn.exchange(&mut stream, prepared, arrived).await?;
+        scanned = 0;
         if !keep {
             // Our FIN after the last response byte.
             let _ = stream.shutdown().await;
@@ -115,6 +129,14 @@ pub async fn serve(settings: &Settings<'_>, mut stream: TcpStream, first: Bytes)
         }
         head_started = Instant::now();
     }
+}
+
+/// Whether `buf` holds the blank line that ends a head, looking from a
+/// little before `from` (the line may straddle two reads).
+fn ends_head(buf: &[u8], from: usize) -> bool {
+    let start = from.saturating_sub(3);
+    buf.get(start..)
+        .is_some_and(|tail| tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n"))
 }
 
 /// Reads what the client sent next into `buf`; 0 at its end.
@@ -584,5 +606,23 @@ impl BodyEnd {
             },
             Self::UntilClose => (bytes.len(), false),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_of_a_head_is_found_across_reads() {
+        let head = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        assert!(ends_head(head, 0));
+        assert!(!ends_head(&head[..head.len() - 1], 0));
+        // The blank line straddles the previous read's end.
+        for from in head.len() - 4..head.len() {
+            assert!(ends_head(head, from), "from {from}");
+        }
+        assert!(ends_head(b"GET / HTTP/1.1\nHost: h\n\n", 20));
+        assert!(!ends_head(b"GET / HTTP/1.1\r\nHost: h\r\n", 10));
     }
 }

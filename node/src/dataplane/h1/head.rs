@@ -239,6 +239,10 @@ pub fn parse_response<'h, 'b>(
     let (Some(code), Some(version)) = (resp.code, resp.version) else {
         return Err("incomplete status line");
     };
+    // httparse takes any three digits; "099" would go out as "99".
+    if code < 100 {
+        return Err("status code below 100");
+    }
     let headers: &'h [Header<'b>] = resp.headers;
     let mut reusable = version == 1;
     let mut length = None;

@@ -8,9 +8,9 @@
 //! side effect, with the bytes read so far.
 
 mod backend_conns;
-mod chunked;
+pub mod chunked;
 mod conn;
-mod head;
+pub mod head;
 
 pub use backend_conns::BackendConns;
 pub use conn::{Ending, Settings, serve};
