@@ -620,7 +620,7 @@ fn requests_that_cannot_be_forwarded_faithfully_are_refused() -> Result<()> {
 /// request heads (bodies are not expected) and answers by path:
 /// `/chunked` a chunked body, `/until-close` a body ended by closing,
 /// `/early-hints` a 103 before the 200, anything else a 2-byte body.
-/// Its `Drop` modes close connections that the responses call
+/// Its `Closes` modes close connections that the responses call
 /// kept-alive, as a backend whose keep-alive timeout ends does.
 struct ScriptedBackend {
     addr: SocketAddr,
@@ -629,7 +629,7 @@ struct ScriptedBackend {
 
 /// When a scripted backend closes a kept-alive connection.
 #[derive(Clone, Copy, PartialEq)]
-enum Drop {
+enum Closes {
     Never,
     /// Right after the first response.
     AfterFirstResponse,
@@ -638,7 +638,7 @@ enum Drop {
 }
 
 impl ScriptedBackend {
-    fn start(drop: Drop) -> Result<Self> {
+    fn start(closes: Closes) -> Result<Self> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -647,13 +647,13 @@ impl ScriptedBackend {
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
                 counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                std::thread::spawn(move || Self::serve(conn, drop));
+                std::thread::spawn(move || Self::serve(conn, closes));
             }
         });
         Ok(Self { addr, connections })
     }
 
-    fn serve(conn: TcpStream, drop: Drop) {
+    fn serve(conn: TcpStream, closes: Closes) {
         let mut reader = std::io::BufReader::new(conn);
         for n in 0.. {
             let mut path = None;
@@ -669,7 +669,7 @@ impl ScriptedBackend {
                     break;
                 }
             }
-            if n == 1 && drop == Drop::OnSecondRequest {
+            if n == 1 && closes == Closes::OnSecondRequest {
                 return;
             }
             let reply: &[u8] = match path.as_deref() {
@@ -684,7 +684,7 @@ impl ScriptedBackend {
             };
             if reader.get_mut().write_all(reply).is_err()
                 || path.as_deref() == Some("/until-close")
-                || drop == Drop::AfterFirstResponse
+                || closes == Closes::AfterFirstResponse
             {
                 return;
             }
@@ -694,7 +694,7 @@ impl ScriptedBackend {
 
 #[test]
 fn chunked_close_delimited_and_interim_responses_reach_the_client_intact() -> Result<()> {
-    let b = ScriptedBackend::start(Drop::Never)?;
+    let b = ScriptedBackend::start(Closes::Never)?;
     let (node, http) = node_with(&[("a", b.addr)], "")?;
     let mut conn = KeepAlive::open(http, None)?;
     for _ in 0..3 {
@@ -723,8 +723,8 @@ fn kept_alive_backend_connections_that_the_backend_closed_cost_no_request() -> R
     // Closed while idle: the proxy sees the FIN and does not use it.
     // Closed as the request arrives: the proxy sends it again on a new
     // connection (a GET may be sent twice).
-    for drop in [Drop::AfterFirstResponse, Drop::OnSecondRequest] {
-        let b = ScriptedBackend::start(drop)?;
+    for closes in [Closes::AfterFirstResponse, Closes::OnSecondRequest] {
+        let b = ScriptedBackend::start(closes)?;
         let (node, http) = node_with(&[("a", b.addr)], "")?;
         let mut conn = KeepAlive::open(http, None)?;
         for i in 0..20 {

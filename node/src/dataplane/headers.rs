@@ -12,22 +12,39 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
 /// Headers that describe one hop's connection (RFC 9110 §7.6.1) and must not
-/// be forwarded.
-static HOP_BY_HOP: [&HeaderName; 9] = [
-    &header::CONNECTION,
-    &KEEP_ALIVE,
-    &PROXY_CONNECTION,
-    &header::PROXY_AUTHENTICATE,
-    &header::PROXY_AUTHORIZATION,
-    &header::TE,
-    &header::TRAILER,
-    &header::TRANSFER_ENCODING,
-    &header::UPGRADE,
+/// be forwarded (lower case, as `HeaderMap` and the own path both match).
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
+
+/// Methods that may be sent twice (RFC 9110 §9.2.2).
+pub fn is_idempotent(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
+}
+
+/// The body of a response the proxy makes itself: status and why.
+pub fn write_local_text(status: http::StatusCode, why: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(why.as_bytes());
+    out.push(b'\n');
+}
+
+/// Retry-After seconds for a client told to wait `wait` (at least 1).
+pub fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
 
 /// Read access to a request's or response's headers, whichever form they
 /// are in. `name` is lower case.
@@ -115,12 +132,37 @@ fn format_ip(ip: IpAddr, buf: &mut [u8; 48]) -> &str {
 /// Longest client-supplied request id kept as is.
 const MAX_REQUEST_ID: usize = 128;
 
+/// A request's id, held inline: taking it costs no allocation.
+#[derive(Clone, Copy)]
+pub struct RequestId {
+    bytes: [u8; MAX_REQUEST_ID],
+    len: u8,
+}
+
+impl RequestId {
+    /// Printable ASCII, 1 to 128 bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    pub fn to_header_value(&self) -> HeaderValue {
+        // Only printable ASCII gets in: always a valid header value.
+        HeaderValue::from_bytes(self.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+}
+
 /// The request's id: the client's `X-Request-Id` when it is sane (so a
 /// request can be traced through several proxies), else a fresh one.
-pub fn request_id(headers: &(impl HeaderSource + ?Sized)) -> HeaderValue {
+pub fn request_id(headers: &(impl HeaderSource + ?Sized)) -> RequestId {
     match headers.first(X_REQUEST_ID.as_str()) {
         Some(v) if !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.iter().all(|b| b.is_ascii_graphic()) => {
-            HeaderValue::from_bytes(v).unwrap_or_else(|_| new_request_id())
+            let mut id = RequestId {
+                bytes: [0; MAX_REQUEST_ID],
+                // At most 128: fits.
+                len: v.len() as u8,
+            };
+            id.bytes[..v.len()].copy_from_slice(v);
+            id
         }
         _ => new_request_id(),
     }
@@ -132,17 +174,19 @@ thread_local! {
 }
 
 /// A fresh 32-hex-digit request id.
-pub fn new_request_id() -> HeaderValue {
+pub fn new_request_id() -> RequestId {
     let (prefix, n) = ID_STATE.with(|s| {
         let (p, n) = s.get();
         s.set((p, n.wrapping_add(1)));
         (p, n)
     });
-    let mut buf = [0u8; 32];
-    hex_u64(prefix, &mut buf[..16]);
-    hex_u64(n, &mut buf[16..]);
-    // Hex digits are always a valid header value.
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let mut id = RequestId {
+        bytes: [0; MAX_REQUEST_ID],
+        len: 32,
+    };
+    hex_u64(prefix, &mut id.bytes[..16]);
+    hex_u64(n, &mut id.bytes[16..32]);
+    id
 }
 
 fn hex_u64(mut v: u64, out: &mut [u8]) {
@@ -235,15 +279,12 @@ mod tests {
     #[test]
     fn request_ids_are_kept_when_sane_and_unique_when_new() {
         let h = map(&[("x-request-id", "trace-123")]);
-        assert_eq!(request_id(&h), HeaderValue::from_static("trace-123"));
+        assert_eq!(request_id(&h).as_bytes(), b"trace-123");
         let long = "a".repeat(200);
         let h = map(&[("x-request-id", long.as_str())]);
-        assert_eq!(request_id(&h).len(), 32);
-        let ids: std::collections::HashSet<HeaderValue> = (0..1000).map(|_| new_request_id()).collect();
+        assert_eq!(request_id(&h).as_bytes().len(), 32);
+        let ids: std::collections::HashSet<Vec<u8>> = (0..1000).map(|_| new_request_id().as_bytes().to_vec()).collect();
         assert_eq!(ids.len(), 1000);
-        assert!(
-            ids.iter()
-                .all(|v| v.len() == 32 && v.as_bytes().iter().all(u8::is_ascii_hexdigit))
-        );
+        assert!(ids.iter().all(|v| v.len() == 32 && v.iter().all(u8::is_ascii_hexdigit)));
     }
 }

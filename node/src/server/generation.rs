@@ -13,7 +13,6 @@ use anyhow::{Context, Result, anyhow};
 use crate::affinity::AffinityTable;
 use crate::config::{Config, HostPort, ListenerConfig, PoolConfig, Protocol};
 use crate::dataplane::ListenerStats;
-use crate::dataplane::h1::BackendConns;
 use crate::dataplane::http::{HttpSite, Route, Upstream};
 use crate::dataplane::ratelimit::RateLimiter;
 use crate::dataplane::route::RouteMatch;
@@ -92,26 +91,14 @@ async fn build_pool(pc: &PoolConfig, previous: Option<&Upstream>, workers: usize
     let pool = Arc::new(Pool::new(pc, &addrs, previous.map(|u| &*u.pool)));
     let upstream = Upstream::new(pool, previous, workers);
     if !previous.is_some_and(|p| Arc::ptr_eq(p.backend_conns(), upstream.backend_conns())) {
-        spawn_conn_sweeper(Arc::downgrade(upstream.backend_conns()));
-    }
-    Ok(Arc::new(upstream))
-}
-
-/// Closes kept-alive backend connections idle past the pool's keep-alive
-/// time, for as long as the connections are in use: a pool that gets no
-/// more requests would otherwise hold them (and the backend's sockets).
-fn spawn_conn_sweeper(conns: Weak<BackendConns>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            let Some(c) = conns.upgrade() else { return };
+        spawn_sweeper(Arc::downgrade(upstream.backend_conns()), |c| {
             let closed = c.sweep();
             if closed > 0 {
                 tracing::debug!(closed, "closed idle backend connections");
             }
-        }
-    });
+        });
+    }
+    Ok(Arc::new(upstream))
 }
 
 /// Builds the pools of `config`, reusing what `previous` has of them, with
@@ -144,19 +131,24 @@ fn rate_limiter(l: &ListenerConfig, previous: Option<&Arc<RateLimiter>>) -> Opti
         return Some(Arc::clone(prev));
     }
     let limiter = Arc::new(RateLimiter::new(cfg));
-    spawn_sweeper(Arc::downgrade(&limiter));
+    spawn_sweeper(Arc::downgrade(&limiter), |l| {
+        l.sweep(Instant::now());
+    });
     Some(limiter)
 }
 
-/// Drops refilled buckets every few seconds for as long as the limiter
-/// is in use.
-fn spawn_sweeper(limiter: Weak<RateLimiter>) {
+/// Runs `sweep` on `what` every 5 s for as long as it is in use
+/// elsewhere: the rate limiter drops refilled buckets, a pool's backend
+/// connections close those idle past its keep-alive time (a pool that
+/// gets no more requests would otherwise hold them, and the backend's
+/// sockets).
+fn spawn_sweeper<T: Send + Sync + 'static>(what: Weak<T>, sweep: fn(&T)) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
-            let Some(l) = limiter.upgrade() else { return };
-            l.sweep(Instant::now());
+            let Some(it) = what.upgrade() else { return };
+            sweep(&it);
         }
     });
 }

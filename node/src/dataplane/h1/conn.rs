@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::chunked::ChunkedEnd;
 use super::head::{self, Framing, MAX_HEADERS, Parsed};
+use crate::dataplane::body::RequestBodyError;
 use crate::dataplane::headers;
 use crate::dataplane::http::{AttemptError, Binding, HttpProxy, HttpSite, Tries, Upstream, request_hash};
 use crate::pool::{Backend, InFlight, Outcome};
@@ -156,13 +157,25 @@ struct Prepared {
     close: bool,
     is_head: bool,
     idempotent: bool,
-    request_id: HeaderValue,
+    request_id: headers::RequestId,
     site: Arc<HttpSite>,
     upstream: Arc<Upstream>,
     hash: Option<u64>,
     binding: Option<Binding>,
 }
 
+/// A response the proxy makes itself, and whether the connection ends
+/// after it (a draining node ends it anyway).
+struct Local<'a> {
+    status: StatusCode,
+    why: &'a str,
+    extra: Option<(&'a [u8], &'a [u8])>,
+    close: bool,
+}
+
+// Returned once per request and matched at once; boxing `Ready` would
+// add the allocation the inline request id avoids.
+#[allow(clippy::large_enum_variant)]
 enum Step {
     Partial,
     Handoff(&'static str),
@@ -229,11 +242,11 @@ impl ClientConn<'_, '_> {
 
     /// Reads the body, forwards the request, answers the client. Whether
     /// the connection stays open for another request.
-    async fn exchange(&mut self, stream: &mut TcpStream, mut p: Prepared, arrived: Instant) -> Result<bool, String> {
+    async fn exchange(&mut self, stream: &mut TcpStream, p: Prepared, arrived: Instant) -> Result<bool, String> {
         let proxy = self.s.proxy;
         proxy.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let site = Arc::clone(&p.site);
-        let whole = p.head_len + p.body_len;
+        let site = &*p.site;
+        let whole = p.head_len.saturating_add(p.body_len);
         while self.inbuf.len() < whole {
             match tokio::time::timeout(site.client_idle, read_more(stream, &mut self.inbuf)).await {
                 Ok(Ok(0)) => return Err("client closed within a request body".into()),
@@ -242,11 +255,14 @@ impl ClientConn<'_, '_> {
                 Err(_) => {
                     // As hyper's path answers a stalled upload; the rest
                     // of the body may still come, so the connection ends.
-                    p.close = true;
-                    let why = format!("the client sent no request body data for {:?}", site.client_idle);
-                    return self
-                        .answer_locally(stream, &p, arrived, StatusCode::BAD_REQUEST, &why, None)
-                        .await;
+                    let stalled = RequestBodyError::Stalled(site.client_idle);
+                    let answer = Local {
+                        status: stalled.status(),
+                        why: &stalled.to_string(),
+                        extra: None,
+                        close: true,
+                    };
+                    return self.answer_locally(stream, &p, arrived, answer).await;
                 }
             }
         }
@@ -257,31 +273,29 @@ impl ClientConn<'_, '_> {
             && let Err(wait) = limiter.check(self.s.peer.ip(), std::time::Instant::now())
         {
             proxy.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
             let mut digits = itoa::Buffer::new();
-            let retry_after = digits.format(secs).as_bytes();
-            return self
-                .answer_locally(
-                    stream,
-                    &p,
-                    arrived,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate limit exceeded for your address",
-                    Some((b"retry-after", retry_after)),
-                )
-                .await;
+            let answer = Local {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                why: "rate limit exceeded for your address",
+                extra: Some((
+                    b"retry-after",
+                    digits.format(headers::retry_after_secs(wait)).as_bytes(),
+                )),
+                close: p.close,
+            };
+            return self.answer_locally(stream, &p, arrived, answer).await;
         }
 
         let upstream = &*p.upstream;
         let pool = &*upstream.pool;
         let preferred = p.binding.as_ref().and_then(|b| b.bound.clone());
-        let mut tries = Tries::new(&site, pool, p.hash, preferred.as_ref(), p.idempotent);
+        let mut tries = Tries::new(site, pool, p.hash, preferred.as_ref(), p.idempotent);
         while let Some((in_flight, _retry)) = tries.next().await {
             let backend = Arc::clone(in_flight.backend());
-            match self.attempt(upstream, &in_flight, p.idempotent, p.is_head).await {
-                Ok((backend_conn, head_len)) => {
+            match self.attempt(&p, &in_flight).await {
+                Ok(answer) => {
                     drop(tries);
-                    return self.relay(stream, &p, arrived, in_flight, backend_conn, head_len).await;
+                    return self.relay(stream, &p, arrived, in_flight, answer).await;
                 }
                 // A body read whole cannot fail later.
                 Err(e) => {
@@ -292,7 +306,13 @@ impl ClientConn<'_, '_> {
             }
         }
         let (status, why) = tries.unanswered();
-        self.answer_locally(stream, &p, arrived, status, &why, None).await
+        let answer = Local {
+            status,
+            why: &why,
+            extra: None,
+            close: p.close,
+        };
+        self.answer_locally(stream, &p, arrived, answer).await
     }
 
     /// A response the proxy makes itself.
@@ -301,14 +321,19 @@ impl ClientConn<'_, '_> {
         stream: &mut TcpStream,
         p: &Prepared,
         arrived: Instant,
-        status: StatusCode,
-        why: &str,
-        extra: Option<(&[u8], &[u8])>,
+        answer: Local<'_>,
     ) -> Result<bool, String> {
-        let close = p.close || self.s.shutdown.is_cancelled();
+        let close = answer.close || self.s.shutdown.is_cancelled();
         self.out.clear();
-        head::write_local_response(status, why, p.request_id.as_bytes(), extra, close, &mut self.out);
-        self.s.proxy.stats.count_status(status);
+        head::write_local_response(
+            answer.status,
+            answer.why,
+            p.request_id.as_bytes(),
+            answer.extra,
+            close,
+            &mut self.out,
+        );
+        self.s.proxy.stats.count_status(answer.status);
         self.s.proxy.stats.latency.observe(arrived.elapsed());
         self.write_client(stream, p.site.client_idle).await?;
         Ok(!close)
@@ -323,15 +348,12 @@ impl ClientConn<'_, '_> {
     }
 
     /// One try on `in_flight`'s backend: sends `out` and reads the
-    /// response head into `rbuf`. The connection and the head's length.
-    async fn attempt(
-        &mut self,
-        upstream: &Upstream,
-        in_flight: &InFlight,
-        idempotent: bool,
-        is_head: bool,
-    ) -> Result<(TcpStream, usize), AttemptError> {
+    /// response head into `rbuf`; once it is there, `out` holds the head
+    /// as the client gets it.
+    async fn attempt(&mut self, p: &Prepared, in_flight: &InFlight) -> Result<Answer, AttemptError> {
+        let upstream = &*p.upstream;
         let pool = &*upstream.pool;
+        let draining = self.s.shutdown;
         let backend = in_flight.backend();
         let started = Instant::now();
         let mut kept = upstream.conns.take(backend.id);
@@ -356,13 +378,17 @@ impl ClientConn<'_, '_> {
             self.rbuf.clear();
             // The response timeout covers the send too: a backend that
             // stops reading is as stuck as one that does not answer.
+            let (out, rbuf) = (&mut self.out, &mut self.rbuf);
             let head = tokio::time::timeout(pool.response_timeout, async {
-                conn.write_all(&self.out).await.map_err(HeadError::Send)?;
-                read_head(&mut conn, &mut self.rbuf, is_head).await
+                conn.write_all(out).await.map_err(HeadError::Send)?;
+                read_head(&mut conn, rbuf, p.is_head, |resp| {
+                    render_response(resp, p, backend, draining.is_cancelled(), out)
+                })
+                .await
             })
             .await;
             let failure = match head {
-                Ok(Ok((head_len, code))) => {
+                Ok(Ok((head_len, code, rendered))) => {
                     backend.observe_latency(started.elapsed());
                     let outcome = if code >= 500 {
                         Outcome::Failure
@@ -370,7 +396,12 @@ impl ClientConn<'_, '_> {
                         Outcome::Success
                     };
                     pool.report(backend, outcome);
-                    return Ok((conn, head_len));
+                    return Ok(Answer {
+                        conn,
+                        head_len,
+                        code,
+                        rendered,
+                    });
                 }
                 Err(_) => {
                     backend.counters.failures.fetch_add(1, Ordering::Relaxed);
@@ -384,7 +415,7 @@ impl ClientConn<'_, '_> {
             // surely was not processed (the write failed) or may be sent
             // twice. Not the backend's failure.
             let nothing_back = self.rbuf.is_empty() && failure.is_disconnect();
-            if reused && nothing_back && (matches!(failure, HeadError::Send(_)) || idempotent) {
+            if reused && nothing_back && (matches!(failure, HeadError::Send(_)) || p.idempotent) {
                 tracing::debug!(backend = %backend.name, error = %failure, "kept-alive backend connection was closed; retrying on a new one");
                 continue;
             }
@@ -394,48 +425,32 @@ impl ClientConn<'_, '_> {
         }
     }
 
-    /// Sends the response whose head (`head_len` bytes) is in `rbuf` to
-    /// the client, then its body as it arrives; keeps the backend
-    /// connection when it can carry another request.
+    /// Sends the response head (in `out`) and the body bytes that came
+    /// with it (in `rbuf`, after the backend's head) to the client, then
+    /// the rest of the body as it arrives; keeps the backend connection
+    /// when it can carry another request.
     async fn relay(
         &mut self,
         stream: &mut TcpStream,
         p: &Prepared,
         arrived: Instant,
         in_flight: InFlight,
-        mut backend_conn: TcpStream,
-        head_len: usize,
+        answer: Answer,
     ) -> Result<bool, String> {
         let site = &*p.site;
-        let pool = &*p.upstream.pool;
-        let backend = Arc::clone(in_flight.backend());
-        let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let parsed = head::parse_response(&self.rbuf, &mut header_slots, p.is_head);
-        // `attempt` parsed the same bytes already.
-        let Ok(Some(resp)) = parsed else {
-            return Err("backend response head changed".into());
-        };
-        let framing = resp.framing;
-        let reusable = resp.reusable;
-        let close = p.close || framing == Framing::UntilClose || self.s.shutdown.is_cancelled();
-        let cookie = p
-            .binding
-            .as_ref()
-            .and_then(|b| site.stick(pool, b, &backend, resp.headers));
-        self.out.clear();
-        head::write_client_response(
-            &resp,
-            p.request_id.as_bytes(),
-            cookie.as_ref().map(HeaderValue::as_bytes),
-            close,
-            &mut self.out,
-        );
+        let backend = in_flight.backend();
+        let Answer {
+            conn: mut backend_conn,
+            head_len,
+            code,
+            rendered,
+        } = answer;
         let stats = &self.s.proxy.stats;
-        stats.count_status(StatusCode::from_u16(resp.code).unwrap_or(StatusCode::BAD_GATEWAY));
+        stats.count_status(StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY));
         stats.latency.observe(arrived.elapsed());
 
         // The body bytes that came with the head.
-        let mut body = BodyEnd::new(framing);
+        let mut body = BodyEnd::new(rendered.framing);
         let after_head = &self.rbuf[head_len..];
         let (take, done) = body
             .scan(after_head)
@@ -445,13 +460,13 @@ impl ClientConn<'_, '_> {
         self.write_client(stream, site.client_idle).await?;
 
         if !done {
-            clean = relay_rest(stream, &mut backend_conn, &mut self.rbuf, &mut body, p, &backend).await?;
+            clean = relay_rest(stream, &mut backend_conn, &mut self.rbuf, &mut body, p, backend).await?;
         }
-        if reusable && clean {
+        if rendered.reusable && clean {
             p.upstream.conns.put(backend.id, backend_conn);
         }
         drop(in_flight);
-        Ok(!close)
+        Ok(!rendered.close)
     }
 }
 
@@ -502,6 +517,53 @@ async fn relay_rest(
     }
 }
 
+/// A backend's answer whose head has arrived.
+struct Answer {
+    conn: TcpStream,
+    /// Of the backend's head, at the start of `rbuf`.
+    head_len: usize,
+    code: u16,
+    rendered: Rendered,
+}
+
+/// What writing the client's response head decided.
+struct Rendered {
+    framing: Framing,
+    /// The backend connection may carry another request.
+    reusable: bool,
+    /// The client connection ends after this response.
+    close: bool,
+}
+
+/// Writes the client's response head into `out` and records the sticky
+/// binding: the backend answered.
+fn render_response(
+    resp: &head::ResponseHead<'_, '_>,
+    p: &Prepared,
+    backend: &Arc<Backend>,
+    draining: bool,
+    out: &mut Vec<u8>,
+) -> Rendered {
+    let close = p.close || resp.framing == Framing::UntilClose || draining;
+    let cookie = p
+        .binding
+        .as_ref()
+        .and_then(|b| p.site.stick(&p.upstream.pool, b, backend, resp.headers));
+    out.clear();
+    head::write_client_response(
+        resp,
+        p.request_id.as_bytes(),
+        cookie.as_ref().map(HeaderValue::as_bytes),
+        close,
+        out,
+    );
+    Rendered {
+        framing: resp.framing,
+        reusable: resp.reusable,
+        close,
+    }
+}
+
 /// Why a response head did not arrive.
 #[derive(Debug, thiserror::Error)]
 enum HeadError {
@@ -533,8 +595,14 @@ impl HeadError {
 }
 
 /// Reads a backend's response head into `buf`, skipping interim (1xx)
-/// responses; the final head's length and status code.
-async fn read_head(conn: &mut TcpStream, buf: &mut Vec<u8>, is_head: bool) -> Result<(usize, u16), HeadError> {
+/// responses; the final head's length and status code, and what
+/// `render` made of it (parsed once, where it was found complete).
+async fn read_head<R>(
+    conn: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    is_head: bool,
+    render: impl FnOnce(&head::ResponseHead<'_, '_>) -> R,
+) -> Result<(usize, u16, R), HeadError> {
     loop {
         if !buf.is_empty() {
             let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -546,7 +614,7 @@ async fn read_head(conn: &mut TcpStream, buf: &mut Vec<u8>, is_head: bool) -> Re
                     buf.drain(..len);
                     continue;
                 }
-                Ok(Some(h)) => return Ok((h.len, h.code)),
+                Ok(Some(h)) => return Ok((h.len, h.code, render(&h))),
                 Ok(None) if buf.len() >= MAX_RESPONSE_HEAD => {
                     return Err(HeadError::Malformed("response head too large"));
                 }

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use httparse::Header;
 
+use super::super::headers::{HOP_BY_HOP, is_idempotent, write_local_text};
 use super::super::route::strip_port;
 
 /// Most headers in a head; more goes to hyper (which answers 431).
@@ -15,19 +16,6 @@ pub const MAX_HEADERS: usize = 100;
 /// Largest request body this path reads whole before choosing a backend
 /// (so a retry can resend it); a larger one goes to hyper, which streams.
 pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
-
-/// Headers about one connection (RFC 9110 §7.6.1): never forwarded.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 /// Set by the proxy on every forwarded request, whatever the client sent
 /// (X-Forwarded-For is extended instead).
@@ -72,7 +60,7 @@ impl RequestHead<'_, '_> {
 
     /// May be sent twice (RFC 9110 §9.2.2).
     pub fn idempotent(&self) -> bool {
-        matches!(self.method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
+        is_idempotent(self.method)
     }
 }
 
@@ -341,14 +329,14 @@ pub fn write_local_response(
     close: bool,
     out: &mut Vec<u8>,
 ) {
-    let reason = status.canonical_reason().unwrap_or("");
-    let body_len = 3 + 1 + reason.len() + 2 + why.len() + 1;
+    let mut body = Vec::with_capacity(64 + why.len());
+    write_local_text(status, why, &mut body);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
-    push_u64(out, body_len as u64);
+    push_u64(out, body.len() as u64);
     out.extend_from_slice(b"\r\n");
     push_header(out, b"x-request-id", request_id);
     if let Some((name, value)) = extra {
@@ -358,13 +346,7 @@ pub fn write_local_response(
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    // The same text as hyper's path (`http::local`).
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(reason.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(why.as_bytes());
-    out.push(b'\n');
+    out.extend_from_slice(&body);
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
