@@ -77,6 +77,25 @@ if [ $((2 * (idle + 100) + 24)) -gt "$nofile" ]; then
     echo "compare: the open-files hard limit is $nofile, so the idle-memory run holds $idle connections"
 fi
 
+# Every proxy runs in a session of its own, as a service does: with the
+# kernel's autogroup scheduling (kernel.sched_autogroup_enabled, on by
+# default) a process shares its CPU share with the rest of its session,
+# and a proxy started in this script's session would share wrk's: that
+# cost Shoal a fifth of its L7 rate (median) and made it erratic
+# (docs/benchmarks.md, run G). nginx daemonizes into its own session;
+# setsid keeps the pid (this script is no process group leader), which
+# own_session checks.
+own_session() { # PID: fails unless PID leads a session of its own
+    local sid
+    for _ in $(seq 50); do
+        sid=$(ps -o sid= -p "$1" | tr -d ' ')
+        [ "$sid" = "$1" ] && return 0
+        sleep 0.1
+    done
+    echo "compare: process $1 is not in a session of its own (session ${sid:-none})" >&2
+    exit 1
+}
+
 start_backends "$work"
 
 # --- HAProxy: one process, a thread per core ---------------------------------
@@ -118,9 +137,10 @@ backend web_tcp
     server b2 127.0.0.1:18002 check inter 2s
     server b3 127.0.0.1:18003 check inter 2s
 CONF
-haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
+setsid haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
 haproxy_pid=$!
 pids+=("$haproxy_pid")
+own_session "$haproxy_pid"
 
 # --- nginx as the proxy: a worker per core -----------------------------------
 nginx_stream=""
@@ -168,9 +188,10 @@ CONF
 nginx -c "$work/proxy.conf" -p "$work"
 
 # --- the yardstick: a thread per core ------------------------------------------
-"$forwarder" 127.0.0.1:18380 127.0.0.1:18001 127.0.0.1:18002 127.0.0.1:18003 >"$work/forwarder.log" 2>&1 &
+setsid "$forwarder" 127.0.0.1:18380 127.0.0.1:18001 127.0.0.1:18002 127.0.0.1:18003 >"$work/forwarder.log" 2>&1 &
 forwarder_pid=$!
 pids+=("$forwarder_pid")
+own_session "$forwarder_pid"
 
 # --- Shoal: one node alone, and a three-node sticky cluster ------------------
 cat >"$work/shoal.toml" <<CONF
@@ -194,9 +215,10 @@ idle_timeout = "60s"
 
 $(web_pool)
 CONF
-SHOAL_LOG=warn "$shoal" run -c "$work/shoal.toml" >"$work/shoal.log" 2>&1 &
+SHOAL_LOG=warn setsid "$shoal" run -c "$work/shoal.toml" >"$work/shoal.log" 2>&1 &
 shoal_pid=$!
 pids+=("$shoal_pid")
+own_session "$shoal_pid"
 
 "$shoal" certs --dir "$work" --nodes lb1,lb2,lb3 >/dev/null
 for i in 1 2 3; do
@@ -212,8 +234,9 @@ idle_timeout = "60s"
 
 $(web_pool 'sticky = { mode = "header", header = "x-session", ttl = "10m" }')
 CONF
-    SHOAL_LOG=warn "$shoal" run -c "$work/lb$i.toml" >"$work/lb$i.log" 2>&1 &
+    SHOAL_LOG=warn setsid "$shoal" run -c "$work/lb$i.toml" >"$work/lb$i.log" 2>&1 &
     pids+=($!)
+    own_session $!
     if [ "$i" = 1 ]; then cluster_pid=$!; fi
 done
 
@@ -370,7 +393,7 @@ memory shoal 18080
 memory haproxy 18180
 memory nginx 18280
 
-echo "compare: $(nproc) cores, $(uname -r), $rounds rounds of ${duration}s, wrk -t2 -c$connections"
+echo "compare: $(nproc) cores, $(uname -r), autogroup $(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo n/a), $rounds rounds of ${duration}s, wrk -t2 -c$connections"
 declare -A l7=([shoal]=http://127.0.0.1:18080/ [haproxy]=http://127.0.0.1:18180/ [nginx]=http://127.0.0.1:18280/ [forwarder]=http://127.0.0.1:18380/)
 declare -A l4=([shoal]=http://127.0.0.1:18081/ [haproxy]=http://127.0.0.1:18181/)
 [ -n "$nginx_stream" ] && l4[nginx]=http://127.0.0.1:18281/
