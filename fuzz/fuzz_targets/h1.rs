@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use libfuzzer_sys::fuzz_target;
 use shoal_node::dataplane::h1::chunked::ChunkedEnd;
 use shoal_node::dataplane::h1::head::{
-    MAX_HEADERS, Parsed, parse_request, parse_response, write_backend_request, write_client_response,
+    ClientAddr, MAX_HEADERS, Parsed, parse_request, parse_response, write_backend_request, write_client_response,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     if let Parsed::Complete(head) = parse_request(rest, &mut slots) {
         let mut out = Vec::new();
-        write_backend_request(&head, IpAddr::from([10, 0, 0, 1]), "http", b"id", &mut out);
+        write_backend_request(&head, &ClientAddr::new(IpAddr::from([10, 0, 0, 1])), "http", b"id", &mut out);
         assert_one_head(&out, true);
     }
 

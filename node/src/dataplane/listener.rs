@@ -204,7 +204,10 @@ pub async fn serve_http(
     let shared = Arc::new(HttpListener {
         proxy,
         serving,
-        shutdown: stop.connections.clone(),
+        // A token of this loop's own (cancelled with the node's): every
+        // request checks it, and a token's state sits behind a lock that
+        // the other workers' requests would otherwise contend for.
+        shutdown: stop.connections.child_token(),
     });
     accept_loop(&name, &listener, &limit, &stop.accepting, |stream, peer, slot| {
         tracker.spawn(Arc::clone(&shared).accept(stream, peer, slot));

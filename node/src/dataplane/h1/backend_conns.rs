@@ -43,9 +43,8 @@ impl BackendConns {
     }
 
     /// The most recently used idle connection to `backend` that is still
-    /// open and quiet; stale ones met on the way are closed.
-    pub fn take(&self, backend: u64) -> Option<TcpStream> {
-        let now = Instant::now();
+    /// open and quiet at `now`; stale ones met on the way are closed.
+    pub fn take(&self, backend: u64, now: Instant) -> Option<TcpStream> {
         let mut idle = self.mine();
         let list = idle.get_mut(&backend)?;
         while let Some(conn) = list.pop() {
@@ -56,10 +55,9 @@ impl BackendConns {
         None
     }
 
-    /// Keeps `stream` for the next request to `backend`. Connections past
-    /// the keep-alive time are closed here, oldest first.
-    pub fn put(&self, backend: u64, stream: TcpStream) {
-        let now = Instant::now();
+    /// Keeps `stream`, idle from `now`, for the next request to `backend`.
+    /// Connections past the keep-alive time are closed here, oldest first.
+    pub fn put(&self, backend: u64, stream: TcpStream, now: Instant) {
         let mut idle = self.mine();
         let list = idle.entry(backend).or_default();
         let expired = list
@@ -129,22 +127,25 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let conns = BackendConns::new(Duration::from_secs(60), 1);
         let (client, server) = pair(&listener).await?;
-        conns.put(7, client);
-        let Some(client) = conns.take(7) else {
+        conns.put(7, client, Instant::now());
+        let Some(client) = conns.take(7, Instant::now()) else {
             panic!("a quiet connection is reused");
         };
-        assert!(conns.take(7).is_none(), "taken once");
+        assert!(conns.take(7, Instant::now()).is_none(), "taken once");
 
-        conns.put(7, client);
+        conns.put(7, client, Instant::now());
         drop(server);
         // What take() sees is the runtime's readiness: let the FIN arrive.
-        let probe = conns.take(7);
+        let probe = conns.take(7, Instant::now());
         let Some(probe) = probe else {
             panic!("still quiet before the FIN was polled");
         };
         until_readable(&probe).await?;
-        conns.put(7, probe);
-        assert!(conns.take(7).is_none(), "a closed connection is not reused");
+        conns.put(7, probe, Instant::now());
+        assert!(
+            conns.take(7, Instant::now()).is_none(),
+            "a closed connection is not reused"
+        );
         assert_eq!(conns.idle_count(7), 0);
         Ok(())
     }
@@ -156,8 +157,8 @@ mod tests {
         let (client, mut server) = pair(&listener).await?;
         server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await?;
         until_readable(&client).await?;
-        conns.put(1, client);
-        assert!(conns.take(1).is_none());
+        conns.put(1, client, Instant::now());
+        assert!(conns.take(1, Instant::now()).is_none());
         Ok(())
     }
 
@@ -167,14 +168,17 @@ mod tests {
         let conns = BackendConns::new(Duration::from_secs(10), 1);
         let (a, _sa) = pair(&listener).await?;
         let (b, _sb) = pair(&listener).await?;
-        conns.put(1, a);
+        conns.put(1, a, Instant::now());
         tokio::time::advance(Duration::from_secs(6)).await;
-        conns.put(1, b);
+        conns.put(1, b, Instant::now());
         tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(conns.sweep(), 1, "only the first is past 10 s");
         assert_eq!(conns.idle_count(1), 1);
         tokio::time::advance(Duration::from_secs(6)).await;
-        assert!(conns.take(1).is_none(), "expired connections are not handed out");
+        assert!(
+            conns.take(1, Instant::now()).is_none(),
+            "expired connections are not handed out"
+        );
         Ok(())
     }
 }

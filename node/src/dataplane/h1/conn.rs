@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::chunked::ChunkedEnd;
 use super::head::{self, Framing, MAX_HEADERS, Parsed};
+use super::lazy_timer::LazyTimer;
 use crate::dataplane::body::RequestBodyError;
 use crate::dataplane::headers;
 use crate::dataplane::http::{AttemptError, Binding, HttpProxy, HttpSite, Tries, Upstream, request_hash};
@@ -53,12 +54,18 @@ const BODY_CHUNK: usize = 16 * 1024;
 pub async fn serve(settings: &Settings<'_>, mut stream: TcpStream, first: Bytes) -> Result<Ending, String> {
     let mut conn = ClientConn {
         s: settings,
+        addr: head::ClientAddr::new(settings.peer.ip()),
+        answered: Instant::now(),
+        client_timer: LazyTimer::default(),
+        backend_timer: LazyTimer::default(),
         inbuf: Vec::with_capacity(first.len().max(4096)),
         out: Vec::with_capacity(4096),
         rbuf: Vec::with_capacity(BODY_CHUNK),
     };
     conn.inbuf.extend_from_slice(&first);
-    let mut head_started = Instant::now();
+    // When the head being read began; read from the clock only if it
+    // does not arrive whole at once (most do: no clock read for them).
+    let mut head_started: Option<Instant> = None;
     // Where the search for the end of the head resumes: a head trickling
     // in is scanned once, not parsed again from its start on every read
     // (a client sending a byte at a time would make that quadratic).
@@ -96,20 +103,22 @@ pub async fn serve(settings: &Settings<'_>, mut stream: TcpStream, first: Bytes)
                 // Between requests: the idle timeout, and a draining node
                 // closes the connection here.
                 tokio::select! {
-                    r = tokio::time::timeout(settings.idle_timeout, read_more(&mut stream, &mut conn.inbuf)) => r,
+                    r = conn.client_timer.run(conn.answered + settings.idle_timeout, read_more(&mut stream, &mut conn.inbuf)) => r,
                     () = settings.shutdown.cancelled() => return Ok(Ending::Closed),
                 }
             } else {
-                tokio::time::timeout_at(
-                    head_started + settings.header_timeout,
-                    read_more(&mut stream, &mut conn.inbuf),
-                )
-                .await
+                let started = *head_started.get_or_insert_with(Instant::now);
+                conn.client_timer
+                    .run(
+                        started + settings.header_timeout,
+                        read_more(&mut stream, &mut conn.inbuf),
+                    )
+                    .await
             };
             match read {
                 Ok(Ok(0)) if waiting => return Ok(Ending::Closed),
                 Ok(Ok(0)) => return Err("client closed within a request head".into()),
-                Ok(Ok(_)) if waiting => head_started = Instant::now(),
+                Ok(Ok(_)) if waiting => head_started = None,
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(format!("reading a request: {e}")),
                 Err(_) if waiting => return Ok(Ending::Closed),
@@ -123,12 +132,12 @@ pub async fn serve(settings: &Settings<'_>, mut stream: TcpStream, first: Bytes)
         };
         let keep = conn.exchange(&mut stream, prepared, arrived).await?;
         scanned = 0;
+        head_started = None;
         if !keep {
             // Our FIN after the last response byte.
             let _ = stream.shutdown().await;
             return Ok(Ending::Closed);
         }
-        head_started = Instant::now();
     }
 }
 
@@ -184,6 +193,15 @@ enum Step {
 
 struct ClientConn<'a, 's> {
     s: &'a Settings<'s>,
+    /// The client's address as the backend's headers give it.
+    addr: head::ClientAddr,
+    /// When the last answer's head was ready (or the connection began):
+    /// the idle timeout runs from here.
+    answered: Instant,
+    /// Times the waits for the client's next request or rest of a head.
+    client_timer: LazyTimer,
+    /// Times the waits for the backend's response head.
+    backend_timer: LazyTimer,
     /// The client's bytes not yet served: the current request first.
     inbuf: Vec<u8>,
     /// The request as the backend gets it, then the response head (and
@@ -222,7 +240,7 @@ impl ClientConn<'_, '_> {
             .then(|| request_hash(&pool.hash_key, head.path(), head.headers, client));
         let binding = site.binding(pool, head.headers, client);
         self.out.clear();
-        head::write_backend_request(&head, client.ip(), site.proto, request_id.as_bytes(), &mut self.out);
+        head::write_backend_request(&head, &self.addr, site.proto, request_id.as_bytes(), &mut self.out);
         // The head fits in the buffer, so its length fits in usize; the
         // body is at most MAX_BUFFERED_BODY.
         let body_len = usize::try_from(head.body_len).unwrap_or(usize::MAX);
@@ -334,13 +352,16 @@ impl ClientConn<'_, '_> {
             &mut self.out,
         );
         self.s.proxy.stats.count_status(answer.status);
-        self.s.proxy.stats.latency.observe(arrived.elapsed());
+        self.answered = Instant::now();
+        self.s.proxy.stats.latency.observe(self.answered - arrived);
         self.write_client(stream, p.site.client_idle).await?;
         Ok(!close)
     }
 
+    /// Writes `out` to the client, which has `idle` from the last answer
+    /// to take it.
     async fn write_client(&mut self, stream: &mut TcpStream, idle: Duration) -> Result<(), String> {
-        match tokio::time::timeout(idle, stream.write_all(&self.out)).await {
+        match tokio::time::timeout_at(self.answered + idle, stream.write_all(&self.out)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("writing to the client: {e}")),
             Err(_) => Err(format!("client read nothing for {idle:?}")),
@@ -356,7 +377,7 @@ impl ClientConn<'_, '_> {
         let draining = self.s.shutdown;
         let backend = in_flight.backend();
         let started = Instant::now();
-        let mut kept = upstream.conns.take(backend.id);
+        let mut kept = upstream.conns.take(backend.id, started);
         loop {
             let reused = kept.is_some();
             let mut conn = match kept.take() {
@@ -378,18 +399,22 @@ impl ClientConn<'_, '_> {
             self.rbuf.clear();
             // The response timeout covers the send too: a backend that
             // stops reading is as stuck as one that does not answer.
+            let sent = if reused { started } else { Instant::now() };
             let (out, rbuf) = (&mut self.out, &mut self.rbuf);
-            let head = tokio::time::timeout(pool.response_timeout, async {
-                conn.write_all(out).await.map_err(HeadError::Send)?;
-                read_head(&mut conn, rbuf, p.is_head, |resp| {
-                    render_response(resp, p, backend, draining.is_cancelled(), out)
+            let head = self
+                .backend_timer
+                .run(sent + pool.response_timeout, async {
+                    conn.write_all(out).await.map_err(HeadError::Send)?;
+                    read_head(&mut conn, rbuf, p.is_head, |resp| {
+                        render_response(resp, p, backend, draining.is_cancelled(), out)
+                    })
+                    .await
                 })
-                .await
-            })
-            .await;
+                .await;
             let failure = match head {
                 Ok(Ok((head_len, code, rendered))) => {
-                    backend.observe_latency(started.elapsed());
+                    self.answered = Instant::now();
+                    backend.observe_latency(self.answered - started);
                     let outcome = if code >= 500 {
                         Outcome::Failure
                     } else {
@@ -447,7 +472,7 @@ impl ClientConn<'_, '_> {
         } = answer;
         let stats = &self.s.proxy.stats;
         stats.count_status(StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY));
-        stats.latency.observe(arrived.elapsed());
+        stats.latency.observe(self.answered - arrived);
 
         // The body bytes that came with the head.
         let mut body = BodyEnd::new(rendered.framing);
@@ -461,9 +486,11 @@ impl ClientConn<'_, '_> {
 
         if !done {
             clean = relay_rest(stream, &mut backend_conn, &mut self.rbuf, &mut body, p, backend).await?;
+            // The idle timeout runs from the body's end.
+            self.answered = Instant::now();
         }
         if rendered.reusable && clean {
-            p.upstream.conns.put(backend.id, backend_conn);
+            p.upstream.conns.put(backend.id, backend_conn, self.answered);
         }
         drop(in_flight);
         Ok(!rendered.close)

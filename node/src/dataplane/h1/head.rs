@@ -147,7 +147,7 @@ pub fn parse_request<'h, 'b>(buf: &'b [u8], headers: &'h mut [Header<'b>]) -> Pa
 /// appended), X-Real-IP, X-Forwarded-Proto and X-Request-Id.
 pub fn write_backend_request(
     head: &RequestHead<'_, '_>,
-    client: IpAddr,
+    client: &ClientAddr,
     proto: &str,
     request_id: &[u8],
     out: &mut Vec<u8>,
@@ -171,10 +171,9 @@ pub fn write_backend_request(
     } else {
         out.extend_from_slice(b"x-forwarded-for: ");
     }
-    let ip = client.to_canonical();
-    push_ip(out, ip);
+    out.extend_from_slice(client.as_bytes());
     out.extend_from_slice(b"\r\nx-real-ip: ");
-    push_ip(out, ip);
+    out.extend_from_slice(client.as_bytes());
     out.extend_from_slice(b"\r\nx-forwarded-proto: ");
     out.extend_from_slice(proto.as_bytes());
     out.extend_from_slice(b"\r\nx-request-id: ");
@@ -361,10 +360,29 @@ fn push_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(buf.format(v).as_bytes());
 }
 
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    use std::io::Write;
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{ip}");
+/// A client's address as text (an IPv4-mapped IPv6 address as IPv4),
+/// formatted once per connection: every request carries it twice.
+#[derive(Clone, Copy)]
+pub struct ClientAddr {
+    text: [u8; 45],
+    len: usize,
+}
+
+impl ClientAddr {
+    pub fn new(ip: IpAddr) -> Self {
+        use std::io::Write;
+        let mut text = [0; 45];
+        let mut cursor = std::io::Cursor::new(&mut text[..]);
+        // The longest IPv6 text is 45 bytes (ending in a dotted quad),
+        // and a canonical address never ends so: it fits.
+        let _ = write!(cursor, "{}", ip.to_canonical());
+        let len = usize::try_from(cursor.position()).unwrap_or(0);
+        Self { text, len }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.text.get(..self.len).unwrap_or_default()
+    }
 }
 
 fn is_hop_by_hop(name: &str) -> bool {
@@ -438,13 +456,34 @@ mod tests {
         }
     }
 
+    #[test]
+    fn client_addresses_are_written_in_full_and_mapped_ones_as_ipv4() {
+        let text = |ip: &str| -> String {
+            let ip: IpAddr = ip.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+            String::from_utf8_lossy(ClientAddr::new(ip).as_bytes()).into_owned()
+        };
+        assert_eq!(text("255.255.255.255"), "255.255.255.255");
+        assert_eq!(
+            text("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe"),
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe"
+        );
+        assert_eq!(text("::ffff:192.0.2.10"), "192.0.2.10");
+        assert_eq!(text("2001:db8::1"), "2001:db8::1");
+    }
+
     fn rewritten(raw: &[u8]) -> String {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let Parsed::Complete(h) = parse_request(raw, &mut slots) else {
             panic!("not a complete request: {raw:?}");
         };
         let mut out = Vec::new();
-        write_backend_request(&h, IpAddr::from([10, 0, 0, 5]), "http", b"id-1", &mut out);
+        write_backend_request(
+            &h,
+            &ClientAddr::new(IpAddr::from([10, 0, 0, 5])),
+            "http",
+            b"id-1",
+            &mut out,
+        );
         String::from_utf8_lossy(&out).into_owned()
     }
 
