@@ -198,7 +198,8 @@ struct ClientConn<'a, 's> {
     /// When the last answer's head was ready (or the connection began):
     /// the idle timeout runs from here.
     answered: Instant,
-    /// Times the waits for the client's next request or rest of a head.
+    /// Times the waits for the client: its next request, the rest of a
+    /// head, taking a response.
     client_timer: LazyTimer,
     /// Times the waits for the backend's response head.
     backend_timer: LazyTimer,
@@ -361,7 +362,11 @@ impl ClientConn<'_, '_> {
     /// Writes `out` to the client, which has `idle` from the last answer
     /// to take it.
     async fn write_client(&mut self, stream: &mut TcpStream, idle: Duration) -> Result<(), String> {
-        match tokio::time::timeout_at(self.answered + idle, stream.write_all(&self.out)).await {
+        match self
+            .client_timer
+            .run(self.answered + idle, stream.write_all(&self.out))
+            .await
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("writing to the client: {e}")),
             Err(_) => Err(format!("client read nothing for {idle:?}")),
