@@ -422,7 +422,7 @@ by = defaultdict(list)
 per_round = {}
 for r, scenario, product, rps, p50, p99, errors, cpu in rows:
     by[(scenario, product)].append((float(rps), float(p50), float(p99), int(errors), float(cpu)))
-    per_round[(r, scenario, product)] = float(rps)
+    per_round[(r, scenario, product)] = (float(rps), float(p99), float(cpu))
 def med(key, i):
     v = [x[i] for x in by.get(key, [])]
     return statistics.median(v) if v else None
@@ -457,14 +457,24 @@ print(f"| cluster + sticky / single node requests/s | {ratio('cluster', 'shoal-c
 # The host's speed drifts over tens of seconds; two proxies measured in the
 # same round saw nearly the same host, so their ratio per round is less
 # exposed to that drift than the ratio of medians.
+def per_round_ratio(scenario, a, b, what=0):
+    pairs = sorted(per_round[(r, scenario, a)][what] / per_round[(r, scenario, b)][what]
+                   for (r, s, p) in per_round if s == scenario and p == b
+                   and (r, scenario, a) in per_round and per_round[(r, scenario, b)][what])
+    return f"{statistics.median(pairs):.2f} ({pairs[0]:.2f}–{pairs[-1]:.2f})" if pairs else None
+rows = []
 for scenario in ["l7", "l4", "close"]:
     for other in ["haproxy", "nginx"]:
-        pairs = sorted(per_round[(r, scenario, "shoal")] / per_round[(r, scenario, other)]
-                       for (r, s, p) in per_round if s == scenario and p == other
-                       and per_round.get((r, scenario, "shoal")))
-        if pairs:
-            print(f"| {titles[scenario]}: Shoal / {other}, median of per-round ratios (range) "
-                  f"| {statistics.median(pairs):.2f} ({pairs[0]:.2f}–{pairs[-1]:.2f}) |")
+        rows.append((f"{titles[scenario]}: Shoal / {other}", per_round_ratio(scenario, "shoal", other)))
+rows += [
+    ("L7 HTTP, keep-alive: yardstick forwarder / haproxy", per_round_ratio("l7", "forwarder", "haproxy")),
+    ("L7 p99: Shoal / haproxy", per_round_ratio("l7", "shoal", "haproxy", 1)),
+    ("L7 proxy CPU per request: Shoal / haproxy", per_round_ratio("l7", "shoal", "haproxy", 2)),
+    ("cluster + sticky / single node", per_round_ratio("cluster", "shoal-cluster", "shoal")),
+]
+for title, value in rows:
+    if value:
+        print(f"| {title}, median of per-round ratios (range) | {value} |")
 idle = int(sys.argv[3])
 print()
 print(f"| proxy | RSS before | RSS with {idle} idle connections | bytes per idle connection |")
