@@ -195,8 +195,8 @@ struct ClientConn<'a, 's> {
     s: &'a Settings<'s>,
     /// The client's address as the backend's headers give it.
     addr: head::ClientAddr,
-    /// When the last answer's head was ready (or the connection began):
-    /// the idle timeout runs from here.
+    /// When the last answer's head was ready, then when it was written
+    /// (or when the connection began): the idle timeout runs from here.
     answered: Instant,
     /// Times the waits for the client: its next request, the rest of a
     /// head, taking a response.
@@ -360,14 +360,17 @@ impl ClientConn<'_, '_> {
     }
 
     /// Writes `out` to the client, which has `idle` from the last answer
-    /// to take it.
+    /// to take it; the idle timeout then runs from the write's end.
     async fn write_client(&mut self, stream: &mut TcpStream, idle: Duration) -> Result<(), String> {
         match self
             .client_timer
             .run(self.answered + idle, stream.write_all(&self.out))
             .await
         {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.answered = Instant::now();
+                Ok(())
+            }
             Ok(Err(e)) => Err(format!("writing to the client: {e}")),
             Err(_) => Err(format!("client read nothing for {idle:?}")),
         }
