@@ -83,12 +83,14 @@ fi
 # and a proxy started in this script's session would share wrk's: that
 # cost Shoal a fifth of its L7 rate (median) and made it erratic
 # (docs/benchmarks.md, run G). nginx daemonizes into its own session;
-# setsid keeps the pid (this script is no process group leader), which
-# own_session checks.
+# setsid keeps the pid (without job control a background job is no
+# process group leader, so setsid need not fork), which own_session
+# checks.
 own_session() { # PID: fails unless PID leads a session of its own
-    local sid
+    local sid=""
     for _ in $(seq 50); do
-        sid=$(ps -o sid= -p "$1" | tr -d ' ')
+        # The session is the 4th field after the ")" ending the name.
+        sid=$( (sed 's/.*) //' "/proc/$1/stat" 2>/dev/null || true) | awk '{print $4}')
         [ "$sid" = "$1" ] && return 0
         sleep 0.1
     done
@@ -415,7 +417,7 @@ for ((r = 1; r <= rounds; r++)); do
 done
 
 table=$(python3 - "$results" "$work/memory.tsv" "$idle" <<'PY'
-import statistics, sys
+import math, statistics, sys
 from collections import defaultdict
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 by = defaultdict(list)
@@ -458,9 +460,11 @@ print(f"| cluster + sticky / single node requests/s | {ratio('cluster', 'shoal-c
 # same round saw nearly the same host, so their ratio per round is less
 # exposed to that drift than the ratio of medians.
 def per_round_ratio(scenario, a, b, what=0):
-    pairs = sorted(per_round[(r, scenario, a)][what] / per_round[(r, scenario, b)][what]
-                   for (r, s, p) in per_round if s == scenario and p == b
-                   and (r, scenario, a) in per_round and per_round[(r, scenario, b)][what])
+    # A figure wrk did not print is NaN: that round is left out.
+    pairs = sorted(x for x in (per_round[(r, scenario, a)][what] / per_round[(r, scenario, b)][what]
+                               for (r, s, p) in per_round if s == scenario and p == b
+                               and (r, scenario, a) in per_round and per_round[(r, scenario, b)][what])
+                   if not math.isnan(x))
     return f"{statistics.median(pairs):.2f} ({pairs[0]:.2f}–{pairs[-1]:.2f})" if pairs else None
 rows = []
 for scenario in ["l7", "l4", "close"]:
