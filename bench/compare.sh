@@ -466,17 +466,17 @@ def per_round_ratio(scenario, a, b, what=0):
                                and (r, scenario, a) in per_round and per_round[(r, scenario, b)][what])
                    if not math.isnan(x))
     return f"{statistics.median(pairs):.2f} ({pairs[0]:.2f}–{pairs[-1]:.2f})" if pairs else None
-rows = []
+ratio_rows = []
 for scenario in ["l7", "l4", "close"]:
     for other in ["haproxy", "nginx"]:
-        rows.append((f"{titles[scenario]}: Shoal / {other}", per_round_ratio(scenario, "shoal", other)))
-rows += [
+        ratio_rows.append((f"{titles[scenario]}: Shoal / {other}", per_round_ratio(scenario, "shoal", other)))
+ratio_rows += [
     ("L7 HTTP, keep-alive: yardstick forwarder / haproxy", per_round_ratio("l7", "forwarder", "haproxy")),
     ("L7 p99: Shoal / haproxy", per_round_ratio("l7", "shoal", "haproxy", 1)),
     ("L7 proxy CPU per request: Shoal / haproxy", per_round_ratio("l7", "shoal", "haproxy", 2)),
     ("cluster + sticky / single node", per_round_ratio("cluster", "shoal-cluster", "shoal")),
 ]
-for title, value in rows:
+for title, value in ratio_rows:
     if value:
         print(f"| {title}, median of per-round ratios (range) | {value} |")
 idle = int(sys.argv[3])
