@@ -1,10 +1,8 @@
 //! Stall and idleness detection: a timer armed when a stream has to wait
-//! and disarmed by progress (it allocates its `Sleep` only the first time a
-//! stream waits), the activity of a client connection, so an idle one
+//! and disarmed by progress (a [`LazyTimer`]), the activity of a client connection, so an idle one
 //! can be closed whatever protocol it speaks, and the time a client takes
 //! to send each request head.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,22 +12,24 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
+use super::lazy_timer::LazyTimer;
 use crate::clock;
 
 pub struct IdleTimer {
     timeout: Duration,
-    sleep: Option<Pin<Box<Sleep>>>,
-    armed: bool,
+    /// When the current wait times out; none until a wait begins.
+    deadline: Option<Instant>,
+    timer: LazyTimer,
 }
 
 impl IdleTimer {
     pub fn new(timeout: Duration) -> Self {
         Self {
             timeout,
-            sleep: None,
-            armed: false,
+            deadline: None,
+            timer: LazyTimer::default(),
         }
     }
 
@@ -39,21 +39,14 @@ impl IdleTimer {
 
     /// The stream moved: the next wait starts a fresh timeout.
     pub fn progress(&mut self) {
-        self.armed = false;
+        self.deadline = None;
     }
 
     /// The stream has to wait: returns true once it has waited `timeout`
     /// without progress. Registers the waker for the deadline.
     pub fn poll_stalled(&mut self, cx: &mut Context<'_>) -> bool {
-        let deadline = Instant::now() + self.timeout;
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if !self.armed {
-            sleep.as_mut().reset(deadline);
-            self.armed = true;
-        }
-        sleep.as_mut().poll(cx).is_ready()
+        let deadline = *self.deadline.get_or_insert_with(|| Instant::now() + self.timeout);
+        self.timer.poll_until(cx, deadline).is_ready()
     }
 }
 
@@ -129,7 +122,7 @@ impl Drop for OpenRequest {
 struct HeadTimer {
     timeout: Duration,
     started: Option<Instant>,
-    sleep: Option<Pin<Box<Sleep>>>,
+    timer: LazyTimer,
 }
 
 impl HeadTimer {
@@ -137,14 +130,7 @@ impl HeadTimer {
     /// Registers the waker for the deadline.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(started) = self.started else { return false };
-        let deadline = started + self.timeout;
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if sleep.deadline() != deadline {
-            sleep.as_mut().reset(deadline);
-        }
-        sleep.as_mut().poll(cx).is_ready()
+        self.timer.poll_until(cx, started + self.timeout).is_ready()
     }
 }
 
@@ -172,7 +158,7 @@ impl<T> ClientIo<T> {
             head: Some(HeadTimer {
                 timeout: header_timeout,
                 started: None,
-                sleep: None,
+                timer: LazyTimer::default(),
             }),
             activity,
         }

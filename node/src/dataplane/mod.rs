@@ -6,6 +6,7 @@ pub mod h1;
 pub mod headers;
 pub mod http;
 pub mod idle;
+mod lazy_timer;
 pub mod listener;
 pub mod ratelimit;
 pub mod route;

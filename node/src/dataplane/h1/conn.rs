@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::chunked::ChunkedEnd;
 use super::head::{self, Framing, MAX_HEADERS, Parsed};
-use super::lazy_timer::LazyTimer;
 use crate::dataplane::body::RequestBodyError;
 use crate::dataplane::headers;
 use crate::dataplane::http::{AttemptError, Binding, HttpProxy, HttpSite, Tries, Upstream, request_hash};
+use crate::dataplane::lazy_timer::LazyTimer;
 use crate::pool::{Backend, InFlight, Outcome};
 
 /// How a connection left this path.

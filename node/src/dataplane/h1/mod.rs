@@ -11,7 +11,6 @@ mod backend_conns;
 pub mod chunked;
 mod conn;
 pub mod head;
-mod lazy_timer;
 
 pub use backend_conns::BackendConns;
 pub use conn::{Ending, Settings, serve};

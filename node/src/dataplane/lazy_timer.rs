@@ -1,13 +1,15 @@
-//! A timeout that a connection keeps for its whole life. A fresh
+//! A timer that a connection or stream keeps for its whole life. A fresh
 //! `tokio::time::timeout` per request inserts a timer into the runtime's
 //! wheel and removes it again, twice a request (waiting for the client,
 //! waiting for the backend), though such timeouts almost never fire.
 //! This one stays armed: a later deadline only moves it when the earlier
 //! one it was armed for passes, so a busy connection re-arms it about
-//! once per timeout period instead of twice per request.
+//! once per timeout period instead of twice per request. Its `Sleep` is
+//! allocated the first time something waits on it.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use tokio::time::{Instant, Sleep};
 
@@ -26,12 +28,13 @@ impl LazyTimer {
         tokio::select! {
             biased;
             out = work => Ok(out),
-            () = self.until(deadline) => Err(TimedOut),
+            () = std::future::poll_fn(|cx| self.poll_until(cx, deadline)) => Err(TimedOut),
         }
     }
 
-    /// Resolves at `deadline`.
-    async fn until(&mut self, deadline: Instant) {
+    /// Ready once `deadline` has passed; otherwise the waker is woken then
+    /// (or once earlier, when a deadline armed before passes).
+    pub fn poll_until(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -39,11 +42,11 @@ impl LazyTimer {
             if sleep.deadline() > deadline {
                 sleep.as_mut().reset(deadline);
             }
-            sleep.as_mut().await;
+            ready!(sleep.as_mut().poll(cx));
             // It fired at the deadline it was armed for: that is this one,
             // or an earlier one given before (then wait on, no clock read).
             if sleep.deadline() >= deadline {
-                return;
+                return Poll::Ready(());
             }
             sleep.as_mut().reset(deadline);
         }
