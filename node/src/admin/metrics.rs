@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use crate::balance::Candidate;
-use crate::dataplane::stats::Histogram;
+use crate::dataplane::stats::HistogramCounts;
 use crate::server::NodeState;
 
 /// Label values are our own names (restricted charset) or addresses; still,
@@ -36,7 +36,7 @@ impl Out {
     }
 
     /// `_bucket`, `_sum` and `_count` samples of one histogram.
-    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &HistogramCounts) {
         let bucket = format!("{name}_bucket");
         for (le, n) in h.cumulative() {
             let le = if le.is_infinite() {
@@ -61,51 +61,36 @@ pub fn render(state: &NodeState) -> String {
     o.help("shoal_uptime_seconds", "gauge", "Seconds since the node started.");
     o.sample("shoal_uptime_seconds", &[], state.started.elapsed().as_secs());
 
-    let listeners = &current.listeners;
+    // Summed over the workers once per listener.
+    let listeners: Vec<_> = current.listeners.iter().map(|l| (l, l.stats.totals())).collect();
     o.help(
         "shoal_listener_connections_total",
         "counter",
         "Client connections accepted.",
     );
-    for l in listeners {
-        o.sample(
-            "shoal_listener_connections_total",
-            &[("listener", &l.name)],
-            l.stats.accepted.load(Ordering::Relaxed),
-        );
+    for (l, t) in &listeners {
+        o.sample("shoal_listener_connections_total", &[("listener", &l.name)], t.accepted);
     }
     o.help(
         "shoal_listener_active_connections",
         "gauge",
         "Client connections open now.",
     );
-    for l in listeners {
-        o.sample(
-            "shoal_listener_active_connections",
-            &[("listener", &l.name)],
-            l.stats.active.load(Ordering::Relaxed),
-        );
+    for (l, t) in &listeners {
+        o.sample("shoal_listener_active_connections", &[("listener", &l.name)], t.active);
     }
     o.help("shoal_requests_total", "counter", "HTTP requests received.");
-    for l in listeners {
-        o.sample(
-            "shoal_requests_total",
-            &[("listener", &l.name)],
-            l.stats.requests.load(Ordering::Relaxed),
-        );
+    for (l, t) in &listeners {
+        o.sample("shoal_requests_total", &[("listener", &l.name)], t.requests);
     }
     o.help(
         "shoal_responses_total",
         "counter",
         "HTTP responses sent, by status class.",
     );
-    for l in listeners {
-        for (class, n) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().zip(&l.stats.responses) {
-            o.sample(
-                "shoal_responses_total",
-                &[("listener", &l.name), ("class", class)],
-                n.load(Ordering::Relaxed),
-            );
+    for (l, t) in &listeners {
+        for (class, n) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().zip(t.responses) {
+            o.sample("shoal_responses_total", &[("listener", &l.name), ("class", class)], n);
         }
     }
     o.help(
@@ -113,48 +98,32 @@ pub fn render(state: &NodeState) -> String {
         "counter",
         "Requests or connections refused by the rate limit.",
     );
-    for l in listeners {
-        o.sample(
-            "shoal_rate_limited_total",
-            &[("listener", &l.name)],
-            l.stats.rate_limited.load(Ordering::Relaxed),
-        );
+    for (l, t) in &listeners {
+        o.sample("shoal_rate_limited_total", &[("listener", &l.name)], t.rate_limited);
     }
     o.help(
         "shoal_refused_connections_total",
         "counter",
         "Connections closed unserved because the listener was at max_connections.",
     );
-    for l in listeners {
-        o.sample(
-            "shoal_refused_connections_total",
-            &[("listener", &l.name)],
-            l.stats.refused.load(Ordering::Relaxed),
-        );
+    for (l, t) in &listeners {
+        o.sample("shoal_refused_connections_total", &[("listener", &l.name)], t.refused);
     }
     o.help(
         "shoal_unserved_connections_total",
         "counter",
         "TCP connections closed for want of a backend.",
     );
-    for l in listeners {
-        o.sample(
-            "shoal_unserved_connections_total",
-            &[("listener", &l.name)],
-            l.stats.unserved.load(Ordering::Relaxed),
-        );
+    for (l, t) in &listeners {
+        o.sample("shoal_unserved_connections_total", &[("listener", &l.name)], t.unserved);
     }
     o.help(
         "shoal_request_duration_seconds",
         "histogram",
         "Time from a request's arrival to its response headers.",
     );
-    for l in listeners {
-        o.histogram(
-            "shoal_request_duration_seconds",
-            &[("listener", &l.name)],
-            &l.stats.latency,
-        );
+    for (l, t) in &listeners {
+        o.histogram("shoal_request_duration_seconds", &[("listener", &l.name)], &t.latency);
     }
 
     type Getter = fn(&crate::pool::Backend) -> u64;
@@ -275,7 +244,7 @@ pub fn render(state: &NodeState) -> String {
             "histogram",
             "From a live sticky write on a peer to its application here.",
         );
-        o.histogram("shoal_replication_delay_seconds", &[], &r.stats.delay);
+        o.histogram("shoal_replication_delay_seconds", &[], &r.stats.delay.counts());
         o.help(
             "shoal_replication_lag_seconds",
             "gauge",

@@ -222,23 +222,20 @@ pub fn build(state: &NodeState) -> Status {
         listeners: current
             .listeners
             .iter()
-            .map(|l| Listener {
+            .map(|l| (l, l.stats.totals()))
+            .map(|(l, t)| Listener {
                 name: l.name.clone(),
                 bind: l.bind.to_string(),
                 protocol: l.protocol.to_string(),
                 tls: l.tls,
                 pool: l.pool.clone(),
                 routes: l.routes,
-                active_connections: l.stats.active.load(Ordering::Relaxed),
-                accepted_connections: l.stats.accepted.load(Ordering::Relaxed),
-                requests: l.stats.requests.load(Ordering::Relaxed),
-                rate_limited: l.stats.rate_limited.load(Ordering::Relaxed),
-                refused_connections: l.stats.refused.load(Ordering::Relaxed),
-                responses: CLASSES
-                    .iter()
-                    .zip(&l.stats.responses)
-                    .map(|(c, n)| (*c, n.load(Ordering::Relaxed)))
-                    .collect(),
+                active_connections: t.active,
+                accepted_connections: t.accepted,
+                requests: t.requests,
+                rate_limited: t.rate_limited,
+                refused_connections: t.refused,
+                responses: CLASSES.iter().zip(t.responses).map(|(c, n)| (*c, n)).collect(),
             })
             .collect(),
         pools: current
@@ -316,10 +313,10 @@ fn affinity(state: &NodeState) -> Affinity {
         rejected: r.map_or(0, |r| load(&r.stats.rejected)),
         resyncs: r.map_or(0, |r| load(&r.stats.resyncs)),
         delay_p50_ms: r
-            .and_then(|r| r.stats.delay.quantile_upper_bound(0.5))
+            .and_then(|r| r.stats.delay.counts().quantile_upper_bound(0.5))
             .map(|s| s * 1000.0),
         delay_p99_ms: r
-            .and_then(|r| r.stats.delay.quantile_upper_bound(0.99))
+            .and_then(|r| r.stats.delay.counts().quantile_upper_bound(0.99))
             .map(|s| s * 1000.0),
         peers,
     }

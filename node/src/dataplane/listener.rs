@@ -141,7 +141,7 @@ impl ConnLimit {
             );
             *refusing = true;
         }
-        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        self.stats.here().refused.fetch_add(1, Ordering::Relaxed);
         None
     }
 }
@@ -482,7 +482,7 @@ mod tests {
         assert!(refusing);
         assert!(limit.admit("l", &mut refusing, &cancel).await.is_none());
         assert_eq!(started.elapsed(), QUEUE_WAIT, "refusing does not wait");
-        assert_eq!(stats.refused.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.totals().refused, 2);
 
         // A freed slot ends the refusal.
         drop(admitted);

@@ -1,18 +1,28 @@
 //! Per-listener counters, read by the admin API.
+//!
+//! Every data-plane worker counts into a shard of its own, on cache lines
+//! of its own: a counter written by both workers on every request would
+//! move its cache line between the cores each time. Readers add the
+//! shards up.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crossbeam_utils::CachePadded;
+
+use super::workers;
+
+/// One worker's counts.
 #[derive(Debug, Default)]
-pub struct ListenerStats {
+pub struct Counters {
     /// Client connections accepted.
     pub accepted: AtomicU64,
-    /// Client connections open now.
-    pub active: AtomicU64,
+    /// Client connections closed (open = accepted - closed).
+    closed: AtomicU64,
     /// HTTP requests received.
     pub requests: AtomicU64,
     /// HTTP responses sent, by class: 1xx..5xx.
-    pub responses: [AtomicU64; 5],
+    responses: [AtomicU64; 5],
     /// TCP connections closed because no backend could be reached.
     pub unserved: AtomicU64,
     /// Requests (HTTP) or connections (TCP) refused by the rate limit.
@@ -24,12 +34,107 @@ pub struct ListenerStats {
     pub latency: Histogram,
 }
 
+impl Counters {
+    pub fn count_status(&self, status: http::StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A listener's counters, sharded by data-plane worker.
+#[derive(Debug)]
+pub struct ListenerStats {
+    shards: Box<[CachePadded<Counters>]>,
+}
+
+impl Default for ListenerStats {
+    /// A shard per core: workers beyond that (or threads that are no
+    /// worker) share shards, which stays correct, only slower.
+    fn default() -> Self {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get()).min(64);
+        Self {
+            shards: (0..n).map(|_| CachePadded::new(Counters::default())).collect(),
+        }
+    }
+}
+
+/// A listener's counters summed over the workers, at one moment.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ListenerTotals {
+    pub accepted: u64,
+    /// Client connections open now.
+    pub active: u64,
+    pub requests: u64,
+    /// By class: 1xx..5xx.
+    pub responses: [u64; 5],
+    pub unserved: u64,
+    pub rate_limited: u64,
+    pub refused: u64,
+    pub latency: HistogramCounts,
+}
+
+impl ListenerStats {
+    fn shard_index(&self) -> usize {
+        workers::current() % self.shards.len()
+    }
+
+    /// The calling worker's counters.
+    pub fn here(&self) -> &Counters {
+        &self.shards[self.shard_index()]
+    }
+
+    pub fn totals(&self) -> ListenerTotals {
+        let mut t = ListenerTotals::default();
+        let mut closed = 0;
+        for s in self.shards.iter() {
+            let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            // Closes first: a close is counted after its accept, so none
+            // is seen without it.
+            closed += get(&s.closed);
+            t.accepted += get(&s.accepted);
+            t.requests += get(&s.requests);
+            for (sum, n) in t.responses.iter_mut().zip(&s.responses) {
+                *sum += get(n);
+            }
+            t.unserved += get(&s.unserved);
+            t.rate_limited += get(&s.rate_limited);
+            t.refused += get(&s.refused);
+            t.latency.add(&s.latency);
+        }
+        t.active = t.accepted.saturating_sub(closed);
+        t
+    }
+
+    /// Counts a connection as open until the guard drops.
+    pub fn open(self: &Arc<Self>) -> OpenConn {
+        let shard = self.shard_index();
+        self.shards[shard].accepted.fetch_add(1, Ordering::Relaxed);
+        OpenConn {
+            stats: Arc::clone(self),
+            shard,
+        }
+    }
+}
+
+/// Counts its connection as open; the close is counted in the shard that
+/// counted the accept, wherever the guard drops.
+pub struct OpenConn {
+    stats: Arc<ListenerStats>,
+    shard: usize,
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.stats.shards[self.shard].closed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Upper bounds (seconds) of the latency histogram's buckets.
 pub const LATENCY_BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// A Prometheus-style cumulative histogram in atomics.
+/// A Prometheus-style histogram in atomics.
 #[derive(Debug, Default)]
 pub struct Histogram {
     /// Count per bucket (not cumulative); the last is +Inf.
@@ -50,6 +155,32 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The counts so far.
+    pub fn counts(&self) -> HistogramCounts {
+        let mut c = HistogramCounts::default();
+        c.add(self);
+        c
+    }
+}
+
+/// A histogram's counts at one moment, or the sum of several histograms'.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct HistogramCounts {
+    buckets: [u64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: u64,
+    count: u64,
+}
+
+impl HistogramCounts {
+    /// Adds `h`'s counts.
+    pub fn add(&mut self, h: &Histogram) {
+        for (sum, n) in self.buckets.iter_mut().zip(&h.buckets) {
+            *sum += n.load(Ordering::Relaxed);
+        }
+        self.sum_micros += h.sum_micros.load(Ordering::Relaxed);
+        self.count += h.count.load(Ordering::Relaxed);
+    }
+
     /// (upper bound, cumulative count) per bucket, ending with +Inf.
     pub fn cumulative(&self) -> Vec<(f64, u64)> {
         let mut total = 0;
@@ -59,7 +190,7 @@ impl Histogram {
             .chain([f64::INFINITY])
             .zip(&self.buckets)
             .map(|(le, n)| {
-                total += n.load(Ordering::Relaxed);
+                total += n;
                 (le, total)
             })
             .collect()
@@ -78,33 +209,11 @@ impl Histogram {
     }
 
     pub fn sum_seconds(&self) -> f64 {
-        self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        self.sum_micros as f64 / 1e6
     }
 
     pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-}
-
-impl ListenerStats {
-    pub fn count_status(&self, status: http::StatusCode) {
-        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        self.responses[class].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a connection as open until the guard drops.
-    pub fn open(self: &Arc<Self>) -> OpenConn {
-        self.accepted.fetch_add(1, Ordering::Relaxed);
-        self.active.fetch_add(1, Ordering::Relaxed);
-        OpenConn(Arc::clone(self))
-    }
-}
-
-pub struct OpenConn(Arc<ListenerStats>);
-
-impl Drop for OpenConn {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.count
     }
 }
 
@@ -120,6 +229,7 @@ mod tests {
         h.observe(Duration::from_micros(500));
         h.observe(Duration::from_millis(30));
         h.observe(Duration::from_secs(60));
+        let h = h.counts();
         let c = h.cumulative();
         assert_eq!(c[0], (0.001, 1));
         assert_eq!(c[4], (0.025, 1));
@@ -131,6 +241,39 @@ mod tests {
         assert_eq!(h.quantile_upper_bound(0.3), Some(0.001));
         assert_eq!(h.quantile_upper_bound(0.5), Some(0.05));
         assert_eq!(h.quantile_upper_bound(0.99), Some(f64::INFINITY));
-        assert_eq!(Histogram::default().quantile_upper_bound(0.5), None);
+        assert_eq!(Histogram::default().counts().quantile_upper_bound(0.5), None);
+    }
+
+    #[tokio::test]
+    async fn the_workers_counts_add_up() -> std::io::Result<()> {
+        let stats = Arc::new(ListenerStats::default());
+        let workers = workers::Workers::start(2)?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        workers.spawn_each(|i| {
+            let (stats, tx) = (Arc::clone(&stats), tx.clone());
+            async move {
+                let open = stats.open();
+                for _ in 0..3 {
+                    stats.here().requests.fetch_add(1, Ordering::Relaxed);
+                    stats.here().count_status(http::StatusCode::OK);
+                    stats.here().latency.observe(Duration::from_millis(2));
+                }
+                // Worker 1's connection closes on the test's thread.
+                let _ = tx.send((i, open));
+            }
+        });
+        let mut opened = Vec::new();
+        for _ in 0..2 {
+            opened.extend(rx.recv().await);
+        }
+        opened.retain(|(i, _)| *i == 1);
+        let t = stats.totals();
+        assert_eq!((t.accepted, t.active, t.requests), (2, 1, 6));
+        assert_eq!(t.responses, [0, 6, 0, 0, 0]);
+        assert_eq!(t.latency.count(), 6);
+        assert_eq!(t.latency.quantile_upper_bound(0.5), Some(0.0025));
+        drop(opened);
+        assert_eq!(stats.totals().active, 0);
+        Ok(())
     }
 }

@@ -39,7 +39,7 @@ impl TcpProxy {
         if let Some(limit) = &site.rate_limit
             && limit.check(peer.ip(), Instant::now()).is_err()
         {
-            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            self.stats.here().rate_limited.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(listener = %site.listener, client = %peer, "rate limit exceeded: closing connection");
             return;
         }
@@ -104,7 +104,7 @@ impl TcpProxy {
             drop(in_flight);
             return;
         }
-        self.stats.unserved.fetch_add(1, Ordering::Relaxed);
+        self.stats.here().unserved.fetch_add(1, Ordering::Relaxed);
         let why = match no_backend {
             NoBackend::Saturated => "every usable backend is at its connection limit",
             NoBackend::NoneUsable => "no usable backend",

@@ -263,7 +263,7 @@ impl ClientConn<'_, '_> {
     /// the connection stays open for another request.
     async fn exchange(&mut self, stream: &mut TcpStream, p: Prepared, arrived: Instant) -> Result<bool, String> {
         let proxy = self.s.proxy;
-        proxy.stats.requests.fetch_add(1, Ordering::Relaxed);
+        proxy.stats.here().requests.fetch_add(1, Ordering::Relaxed);
         let site = &*p.site;
         let whole = p.head_len.saturating_add(p.body_len);
         while self.inbuf.len() < whole {
@@ -291,7 +291,7 @@ impl ClientConn<'_, '_> {
         if let Some(limiter) = &site.rate_limit
             && let Err(wait) = limiter.check(self.s.peer.ip(), std::time::Instant::now())
         {
-            proxy.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            proxy.stats.here().rate_limited.fetch_add(1, Ordering::Relaxed);
             let mut digits = itoa::Buffer::new();
             let answer = Local {
                 status: StatusCode::TOO_MANY_REQUESTS,
@@ -352,9 +352,9 @@ impl ClientConn<'_, '_> {
             close,
             &mut self.out,
         );
-        self.s.proxy.stats.count_status(answer.status);
+        self.s.proxy.stats.here().count_status(answer.status);
         self.answered = Instant::now();
-        self.s.proxy.stats.latency.observe(self.answered - arrived);
+        self.s.proxy.stats.here().latency.observe(self.answered - arrived);
         self.write_client(stream, p.site.client_idle).await?;
         Ok(!close)
     }
@@ -478,7 +478,7 @@ impl ClientConn<'_, '_> {
             code,
             rendered,
         } = answer;
-        let stats = &self.s.proxy.stats;
+        let stats = self.s.proxy.stats.here();
         stats.count_status(StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY));
         stats.latency.observe(self.answered - arrived);
 
