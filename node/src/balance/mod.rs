@@ -67,6 +67,9 @@ pub struct PickCtx {
     pub hash: Option<u64>,
     rng: fastrand::Rng,
     excluded: Vec<u64>,
+    /// The data-plane worker picking: state an algorithm keeps per worker
+    /// (weighted rotation scores) is that worker's.
+    worker: usize,
 }
 
 impl PickCtx {
@@ -79,7 +82,15 @@ impl PickCtx {
             hash,
             rng,
             excluded: Vec::new(),
+            worker: crate::dataplane::workers::current(),
         }
+    }
+
+    /// As picked on data-plane worker `worker`.
+    #[cfg(test)]
+    pub(crate) fn on_worker(mut self, worker: usize) -> Self {
+        self.worker = worker;
+        self
     }
 
     /// Never pick the backend `id` again for this request.

@@ -170,6 +170,22 @@ fn smooth_wrr_never_exceeds_weight_in_a_row() {
 }
 
 #[test]
+fn each_worker_keeps_its_own_smooth_rotation() {
+    let wrr = super::weighted::SmoothWeighted::with_shards(3, 2);
+    let cs = cands(&[5, 1, 1]);
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    // Interleaved picks of two workers, the second picking twice as often.
+    for _ in 0..7 {
+        first.extend(wrr.pick(&cs, &seeded(None).on_worker(0), |_| true));
+        for _ in 0..2 {
+            second.extend(wrr.pick(&cs, &seeded(None).on_worker(1), |_| true));
+        }
+    }
+    assert_eq!(first, vec![0, 0, 1, 0, 2, 0, 0]);
+    assert_eq!(second, [[0, 0, 1, 0, 2, 0, 0]; 2].concat());
+}
+
+#[test]
 fn unusable_and_excluded_backends_are_never_picked() {
     for alg in Algorithm::ALL {
         let b = Balancer::new(alg, &members(&[1, 2, 3, 4]));

@@ -2,21 +2,32 @@
 //! usable backend's weight to its running score, takes the highest score and
 //! subtracts the total from it. Over sum(weights) picks each backend gets
 //! exactly its weight, interleaved (weights 5,1,1 give a a b a c a a).
+//! As in nginx, every data-plane worker keeps scores of its own: each
+//! worker's picks hold the weights, so their sum does too, and no lock or
+//! cache line is shared between the cores on every pick.
 
 use std::sync::Mutex;
+
+use crossbeam_utils::CachePadded;
 
 use super::{Candidate, PickCtx};
 
 pub struct SmoothWeighted {
-    /// Running scores. A per-pool lock held for one pass over the backends;
-    /// the state is inherently shared, and the pass is short.
-    current: Mutex<Vec<i64>>,
+    /// Running scores per worker; a worker's lock is held for one pass
+    /// over the backends, uncontended but where threads share a shard.
+    current: Box<[CachePadded<Mutex<Vec<i64>>>]>,
 }
 
 impl SmoothWeighted {
     pub fn new(members: usize) -> Self {
+        Self::with_shards(members, crate::dataplane::workers::shard_count())
+    }
+
+    pub(super) fn with_shards(members: usize, shards: usize) -> Self {
         Self {
-            current: Mutex::new(vec![0; members]),
+            current: (0..shards.max(1))
+                .map(|_| CachePadded::new(Mutex::new(vec![0; members])))
+                .collect(),
         }
     }
 
@@ -24,7 +35,8 @@ impl SmoothWeighted {
     pub fn pick<C: Candidate>(&self, cands: &[C], ctx: &PickCtx, eligible: impl Fn(usize) -> bool) -> Option<usize> {
         // A poisoned lock only means another pick panicked mid-update; the
         // scores are still numbers, so keep using them.
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = &self.current[ctx.worker % self.current.len()];
+        let mut current = mine.lock().unwrap_or_else(|e| e.into_inner());
         if current.len() != cands.len() {
             current.resize(cands.len(), 0);
         }

@@ -48,12 +48,11 @@ pub struct ListenerStats {
 }
 
 impl Default for ListenerStats {
-    /// A shard per core: workers beyond that (or threads that are no
-    /// worker) share shards, which stays correct, only slower.
     fn default() -> Self {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get()).min(64);
         Self {
-            shards: (0..n).map(|_| CachePadded::new(Counters::default())).collect(),
+            shards: (0..workers::shard_count())
+                .map(|_| CachePadded::new(Counters::default()))
+                .collect(),
         }
     }
 }

@@ -8,12 +8,21 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
+use std::sync::OnceLock;
 
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 thread_local! {
     static CURRENT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How many per-worker shards state written on every request keeps: one
+/// per core (workers beyond that, and threads that are no worker, share
+/// shards, which stays correct, only slower).
+pub fn shard_count() -> usize {
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(64))
 }
 
 /// The index of the worker running the caller; 0 on any other thread.

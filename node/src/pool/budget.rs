@@ -4,13 +4,18 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crossbeam_utils::CachePadded;
+
 use crate::config::RetryBudgetConfig;
+use crate::dataplane::workers;
 
 #[derive(Debug)]
 pub struct RetryBudget {
     percent: u64,
     min_retries: u64,
-    active_requests: AtomicU64,
+    /// Requests in flight, counted per data-plane worker (every request
+    /// counts itself in and out; only a retry reads the sum).
+    active_requests: Box<[CachePadded<AtomicU64>]>,
     active_retries: AtomicU64,
     /// Retries granted, and refused for lack of budget.
     pub granted: AtomicU64,
@@ -22,7 +27,9 @@ impl RetryBudget {
         Self {
             percent: u64::from(cfg.percent),
             min_retries: u64::from(cfg.min_retries),
-            active_requests: AtomicU64::new(0),
+            active_requests: (0..workers::shard_count())
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
             active_retries: AtomicU64::new(0),
             granted: AtomicU64::new(0),
             denied: AtomicU64::new(0),
@@ -35,13 +42,18 @@ impl RetryBudget {
 
     /// Counts a request in flight until the guard drops.
     pub fn request(&self) -> RequestGuard<'_> {
-        self.active_requests.fetch_add(1, Ordering::Relaxed);
-        RequestGuard(self)
+        let counter = &self.active_requests[workers::current() % self.active_requests.len()];
+        counter.fetch_add(1, Ordering::Relaxed);
+        RequestGuard(counter)
+    }
+
+    fn requests_in_flight(&self) -> u64 {
+        self.active_requests.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
     /// Grants a retry if the budget allows; it counts until the guard drops.
     pub fn try_retry(&self) -> Option<RetryGuard<'_>> {
-        let requests = self.active_requests.load(Ordering::Relaxed);
+        let requests = self.requests_in_flight();
         let allowed = (requests * self.percent / 100).max(self.min_retries);
         let granted = self
             .active_retries
@@ -57,11 +69,13 @@ impl RetryBudget {
     }
 }
 
-pub struct RequestGuard<'a>(&'a RetryBudget);
+/// Counts its request out of the worker's counter it was counted into,
+/// wherever it drops.
+pub struct RequestGuard<'a>(&'a AtomicU64);
 
 impl Drop for RequestGuard<'_> {
     fn drop(&mut self) {
-        self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -114,7 +128,7 @@ mod tests {
         assert_eq!(b.denied.load(Ordering::Relaxed), 30);
         drop(retries);
         drop(requests);
-        assert_eq!(b.active_requests.load(Ordering::Relaxed), 0);
+        assert_eq!(b.requests_in_flight(), 0);
         assert_eq!(b.active_retries.load(Ordering::Relaxed), 0);
     }
 }

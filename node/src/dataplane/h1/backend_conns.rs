@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use crossbeam_utils::CachePadded;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -25,14 +26,18 @@ struct Idle {
 pub struct BackendConns {
     /// Connections idle longer than this are closed rather than reused.
     keepalive: Duration,
-    per_worker: Vec<Mutex<HashMap<u64, Vec<Idle>>>>,
+    /// Padded: adjacent locks would share a cache line, and each worker's
+    /// lock and unlock would take it from the other core.
+    per_worker: Vec<CachePadded<Mutex<HashMap<u64, Vec<Idle>>>>>,
 }
 
 impl BackendConns {
     pub fn new(keepalive: Duration, workers: usize) -> Self {
         Self {
             keepalive,
-            per_worker: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+            per_worker: (0..workers.max(1))
+                .map(|_| CachePadded::new(Mutex::default()))
+                .collect(),
         }
     }
 
