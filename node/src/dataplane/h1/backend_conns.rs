@@ -23,12 +23,15 @@ struct Idle {
     since: Instant,
 }
 
+/// One worker's idle connections, by backend id.
+type IdleSet = Mutex<HashMap<u64, Vec<Idle>>>;
+
 pub struct BackendConns {
     /// Connections idle longer than this are closed rather than reused.
     keepalive: Duration,
     /// Padded: adjacent locks would share a cache line, and each worker's
     /// lock and unlock would take it from the other core.
-    per_worker: Vec<CachePadded<Mutex<HashMap<u64, Vec<Idle>>>>>,
+    per_worker: Vec<CachePadded<IdleSet>>,
 }
 
 impl BackendConns {
