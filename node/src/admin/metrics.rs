@@ -159,7 +159,7 @@ pub fn render(state: &NodeState) -> String {
             "shoal_backend_requests_total",
             "counter",
             "Requests or connections sent.",
-            |b| b.counters.sent.load(Ordering::Relaxed),
+            |b| b.sent(),
         ),
         (
             "shoal_backend_connect_failures_total",

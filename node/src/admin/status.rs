@@ -276,7 +276,7 @@ pub fn backend(node: &str, b: &crate::pool::Backend, peers: Option<&BackendClust
         pending: b.pending(),
         cluster_connections: b.active().saturating_add(peers.map_or(0, |p| p.peer_connections)),
         health_by_node,
-        requests: b.counters.sent.load(Ordering::Relaxed),
+        requests: b.sent(),
         connect_failures: b.counters.connect_failures.load(Ordering::Relaxed),
         failures: b.counters.failures.load(Ordering::Relaxed),
         ejections: b.counters.ejections.load(Ordering::Relaxed),

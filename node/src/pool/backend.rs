@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crossbeam_utils::CachePadded;
 use serde::Serialize;
 use tokio::sync::Notify;
 
@@ -91,18 +92,27 @@ pub struct Backend {
     max_pending: AtomicU32,
     pending: AtomicU32,
     slot_freed: Notify,
-    in_flight: AtomicU64,
     /// Connections peers report to this backend (filled by the cluster).
     cluster_load: AtomicU64,
-    latency_us: AtomicEwma,
+    /// Apart from the fields above, which every pick reads and which
+    /// rarely change: otherwise each worker's request would take their
+    /// cache line from the other core.
+    hot: CachePadded<Hot>,
     pub counters: BackendCounters,
+}
+
+/// What every request to the backend writes.
+#[derive(Debug, Default)]
+struct Hot {
+    in_flight: AtomicU64,
+    latency_us: AtomicEwma,
+    /// Requests (HTTP) or connections (TCP) sent to the backend.
+    sent: AtomicU64,
 }
 
 /// Monotonic counters, exported as they are.
 #[derive(Debug, Default)]
 pub struct BackendCounters {
-    /// Requests (HTTP) or connections (TCP) sent to the backend.
-    pub sent: AtomicU64,
     /// Connection attempts that failed.
     pub connect_failures: AtomicU64,
     /// Requests that failed after connecting (reset, timeout, stall).
@@ -141,9 +151,8 @@ impl Backend {
             max_pending: AtomicU32::new(0),
             pending: AtomicU32::new(0),
             slot_freed: Notify::new(),
-            in_flight: AtomicU64::new(0),
             cluster_load: AtomicU64::new(0),
-            latency_us: AtomicEwma::default(),
+            hot: CachePadded::new(Hot::default()),
             counters: BackendCounters::default(),
         };
         b.configure(params);
@@ -228,7 +237,12 @@ impl Backend {
 
     /// Local active connections (TCP) plus in-flight requests (HTTP).
     pub fn active(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.hot.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests (HTTP) or connections (TCP) sent to the backend so far.
+    pub fn sent(&self) -> u64 {
+        self.hot.sent.load(Ordering::Relaxed)
     }
 
     pub fn pending(&self) -> u32 {
@@ -244,11 +258,11 @@ impl Backend {
     }
 
     pub fn latency_ewma_us(&self) -> f64 {
-        self.latency_us.get()
+        self.hot.latency_us.get()
     }
 
     pub fn observe_latency(&self, latency: Duration) {
-        self.latency_us.observe(latency.as_secs_f64() * 1e6);
+        self.hot.latency_us.observe(latency.as_secs_f64() * 1e6);
     }
 
     /// At its connection limit with a full waiting queue.
@@ -261,12 +275,13 @@ impl Backend {
     /// backend is below its connection limit.
     pub fn try_begin(self: &Arc<Self>) -> Option<InFlight> {
         let max = u64::from(self.max_connections.load(Ordering::Relaxed));
-        self.in_flight
+        self.hot
+            .in_flight
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (max == 0 || n < max).then_some(n + 1)
             })
             .ok()?;
-        self.counters.sent.fetch_add(1, Ordering::Relaxed);
+        self.hot.sent.fetch_add(1, Ordering::Relaxed);
         Some(InFlight(Arc::clone(self)))
     }
 
@@ -376,7 +391,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.hot.in_flight.fetch_sub(1, Ordering::Relaxed);
         if self.0.pending() > 0 {
             self.0.slot_freed.notify_one();
         }

@@ -63,7 +63,7 @@ fn in_flight_guard_counts_until_dropped() {
     assert_eq!(b.active(), 1);
     drop(g2);
     assert_eq!(b.active(), 0);
-    assert_eq!(b.counters.sent.load(Ordering::Relaxed), 2);
+    assert_eq!(b.sent(), 2);
 }
 
 #[tokio::test(start_paused = true)]
