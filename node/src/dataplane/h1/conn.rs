@@ -52,6 +52,13 @@ const BODY_CHUNK: usize = 16 * 1024;
 /// Serves `stream`, whose first bytes (`first`) were read already.
 /// Errors are the connection's end, said for the debug log.
 pub async fn serve(settings: &Settings<'_>, mut stream: TcpStream, first: Bytes) -> Result<Ending, String> {
+    // The listener's settings, held from one request to the next and
+    // checked for a reload (one pointer comparison) as each request is
+    // parsed: taking a reference on every request would move the shared
+    // count's cache line between the cores. A reload takes effect at the
+    // connection's next request; until then (the idle timeout at most) an
+    // idle connection keeps the previous settings alive.
+    let mut site = arc_swap::Cache::new(&settings.proxy.site);
     let mut conn = ClientConn {
         s: settings,
         addr: head::ClientAddr::new(settings.peer.ip()),
@@ -76,7 +83,7 @@ pub async fn serve(settings: &Settings<'_>, mut stream: TcpStream, first: Bytes)
             // is wrong (TLS on the plain port, say) goes to hyper's 400
             // without waiting for a blank line that may never come.
             let step = if scanned == 0 || ends_head(&conn.inbuf, scanned) {
-                conn.prepare()
+                conn.prepare(site.load())
             } else {
                 Step::Partial
             };
@@ -159,7 +166,7 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result
 
 /// A request whose head is complete, taken apart into what the exchange
 /// needs (nothing here borrows the connection's buffer).
-struct Prepared {
+struct Prepared<'s> {
     head_len: usize,
     body_len: usize,
     /// The client asked to close after this request.
@@ -167,8 +174,8 @@ struct Prepared {
     is_head: bool,
     idempotent: bool,
     request_id: headers::RequestId,
-    site: Arc<HttpSite>,
-    upstream: Arc<Upstream>,
+    site: &'s HttpSite,
+    upstream: &'s Upstream,
     hash: Option<u64>,
     binding: Option<Binding>,
 }
@@ -185,10 +192,10 @@ struct Local<'a> {
 // Returned once per request and matched at once; boxing `Ready` would
 // add the allocation the inline request id avoids.
 #[allow(clippy::large_enum_variant)]
-enum Step {
+enum Step<'s> {
     Partial,
     Handoff(&'static str),
-    Ready(Prepared),
+    Ready(Prepared<'s>),
 }
 
 struct ClientConn<'a, 's> {
@@ -215,24 +222,22 @@ struct ClientConn<'a, 's> {
 impl ClientConn<'_, '_> {
     /// Parses the buffered head; on success the backend's request head is
     /// in `out`.
-    fn prepare(&mut self) -> Step {
+    fn prepare<'s>(&mut self, site: &'s HttpSite) -> Step<'s> {
         let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let head = match head::parse_request(&self.inbuf, &mut header_slots) {
             Parsed::Partial => return Step::Partial,
             Parsed::Unsupported(why) => return Step::Handoff(why),
             Parsed::Complete(h) => h,
         };
-        let site = self.s.proxy.site.load_full();
         // Beyond the listener's limit: hyper streams it and answers 413.
         if head.body_len > site.max_body_bytes {
             return Step::Handoff("request body over max_body_bytes");
         }
-        let upstream = Arc::clone(
-            site.routes
-                .iter()
-                .find(|r| r.matcher.matches_request(Some(head.host), head.path(), head.headers))
-                .map_or(&site.default, |r| &r.upstream),
-        );
+        let upstream: &Upstream = site
+            .routes
+            .iter()
+            .find(|r| r.matcher.matches_request(Some(head.host), head.path(), head.headers))
+            .map_or(&site.default, |r| &r.upstream);
         let pool = &upstream.pool;
         let client = self.s.peer;
         let request_id = headers::request_id(head.headers);
@@ -261,10 +266,10 @@ impl ClientConn<'_, '_> {
 
     /// Reads the body, forwards the request, answers the client. Whether
     /// the connection stays open for another request.
-    async fn exchange(&mut self, stream: &mut TcpStream, p: Prepared, arrived: Instant) -> Result<bool, String> {
+    async fn exchange(&mut self, stream: &mut TcpStream, p: Prepared<'_>, arrived: Instant) -> Result<bool, String> {
         let proxy = self.s.proxy;
         proxy.stats.here().requests.fetch_add(1, Ordering::Relaxed);
-        let site = &*p.site;
+        let site = p.site;
         let whole = p.head_len.saturating_add(p.body_len);
         while self.inbuf.len() < whole {
             match tokio::time::timeout(site.client_idle, read_more(stream, &mut self.inbuf)).await {
@@ -305,12 +310,10 @@ impl ClientConn<'_, '_> {
             return self.answer_locally(stream, &p, arrived, answer).await;
         }
 
-        let upstream = &*p.upstream;
-        let pool = &*upstream.pool;
+        let pool = &*p.upstream.pool;
         let preferred = p.binding.as_ref().and_then(|b| b.bound.clone());
         let mut tries = Tries::new(site, pool, p.hash, preferred.as_ref(), p.idempotent);
         while let Some((in_flight, _retry)) = tries.next().await {
-            let backend = Arc::clone(in_flight.backend());
             match self.attempt(&p, &in_flight).await {
                 Ok(answer) => {
                     drop(tries);
@@ -318,7 +321,7 @@ impl ClientConn<'_, '_> {
                 }
                 // A body read whole cannot fail later.
                 Err(e) => {
-                    if !tries.failed(backend, e, true) {
+                    if !tries.failed(Arc::clone(in_flight.backend()), e, true) {
                         break;
                     }
                 }
@@ -338,7 +341,7 @@ impl ClientConn<'_, '_> {
     async fn answer_locally(
         &mut self,
         stream: &mut TcpStream,
-        p: &Prepared,
+        p: &Prepared<'_>,
         arrived: Instant,
         answer: Local<'_>,
     ) -> Result<bool, String> {
@@ -379,8 +382,8 @@ impl ClientConn<'_, '_> {
     /// One try on `in_flight`'s backend: sends `out` and reads the
     /// response head into `rbuf`; once it is there, `out` holds the head
     /// as the client gets it.
-    async fn attempt(&mut self, p: &Prepared, in_flight: &InFlight) -> Result<Answer, AttemptError> {
-        let upstream = &*p.upstream;
+    async fn attempt(&mut self, p: &Prepared<'_>, in_flight: &InFlight) -> Result<Answer, AttemptError> {
+        let upstream = p.upstream;
         let pool = &*upstream.pool;
         let draining = self.s.shutdown;
         let backend = in_flight.backend();
@@ -465,12 +468,12 @@ impl ClientConn<'_, '_> {
     async fn relay(
         &mut self,
         stream: &mut TcpStream,
-        p: &Prepared,
+        p: &Prepared<'_>,
         arrived: Instant,
         in_flight: InFlight,
         answer: Answer,
     ) -> Result<bool, String> {
-        let site = &*p.site;
+        let site = p.site;
         let backend = in_flight.backend();
         let Answer {
             conn: mut backend_conn,
@@ -512,7 +515,7 @@ async fn relay_rest(
     backend_conn: &mut TcpStream,
     buf: &mut Vec<u8>,
     body: &mut BodyEnd,
-    p: &Prepared,
+    p: &Prepared<'_>,
     backend: &Arc<Backend>,
 ) -> Result<bool, String> {
     let pool = &*p.upstream.pool;
@@ -574,7 +577,7 @@ struct Rendered {
 /// binding: the backend answered.
 fn render_response(
     resp: &head::ResponseHead<'_, '_>,
-    p: &Prepared,
+    p: &Prepared<'_>,
     backend: &Arc<Backend>,
     draining: bool,
     out: &mut Vec<u8>,
