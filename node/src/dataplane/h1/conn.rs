@@ -77,6 +77,9 @@ pub async fn serve(settings: &Settings<'_>, mut stream: TcpStream, first: Bytes)
     // in is scanned once, not parsed again from its start on every read
     // (a client sending a byte at a time would make that quadratic).
     let mut scanned = 0;
+    // The node's drain, waited for between requests: registered once for
+    // the connection's life rather than once per wait.
+    let mut drained = std::pin::pin!(settings.shutdown.cancelled());
     loop {
         let (prepared, arrived) = loop {
             // The first bytes are parsed at once, so a request line that
@@ -110,8 +113,11 @@ pub async fn serve(settings: &Settings<'_>, mut stream: TcpStream, first: Bytes)
                 // Between requests: the idle timeout, and a draining node
                 // closes the connection here.
                 tokio::select! {
+                    // A request already here is served (and its response
+                    // says close) before a drain closes the connection.
+                    biased;
                     r = conn.client_timer.run(conn.answered + settings.idle_timeout, read_more(&mut stream, &mut conn.inbuf)) => r,
-                    () = settings.shutdown.cancelled() => return Ok(Ending::Closed),
+                    () = &mut drained => return Ok(Ending::Closed),
                 }
             } else {
                 let started = *head_started.get_or_insert_with(Instant::now);
