@@ -87,8 +87,9 @@ impl ListenerStats {
         let mut closed = 0;
         for s in self.shards.iter() {
             let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-            // Closes first: a close is counted after its accept, so none
-            // is seen without it.
+            // Closes first: a close is counted after its accept, so (but
+            // for a connection closed on another thread than accepted
+            // it) none is seen without it.
             closed += get(&s.closed);
             t.accepted += get(&s.accepted);
             t.requests += get(&s.requests);
@@ -106,25 +107,20 @@ impl ListenerStats {
 
     /// Counts a connection as open until the guard drops.
     pub fn open(self: &Arc<Self>) -> OpenConn {
-        let shard = self.shard_index();
-        self.shards[shard].accepted.fetch_add(1, Ordering::Relaxed);
-        OpenConn {
-            stats: Arc::clone(self),
-            shard,
-        }
+        self.here().accepted.fetch_add(1, Ordering::Relaxed);
+        OpenConn(Arc::clone(self))
     }
 }
 
-/// Counts its connection as open; the close is counted in the shard that
-/// counted the accept, wherever the guard drops.
-pub struct OpenConn {
-    stats: Arc<ListenerStats>,
-    shard: usize,
-}
+/// Counts its connection as open. The close is counted by the worker the
+/// guard drops on (the accepting one: a connection's task stays on its
+/// worker); only the sum over the shards means anything. The guard holds
+/// no more than the reference: it lives in every idle connection's task.
+pub struct OpenConn(Arc<ListenerStats>);
 
 impl Drop for OpenConn {
     fn drop(&mut self) {
-        self.stats.shards[self.shard].closed.fetch_add(1, Ordering::Relaxed);
+        self.0.here().closed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
