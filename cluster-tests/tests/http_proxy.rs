@@ -338,13 +338,11 @@ fn sigterm_closes_idle_kept_alive_connections_at_once() -> Result<()> {
     // Served once, then idle between requests (the idle timeout is 60 s).
     let mut idle = KeepAlive::open(http, None)?;
     assert_eq!(idle.send("GET", "/", &[], b"", false)?.status, 200);
-    let asked = Instant::now();
     node.signal("TERM")?;
     // The node does not wait for the idle connection (its shutdown
     // timeout is 5 s): the drain closes it.
     let status = node.wait_exit(Duration::from_secs(3))?;
     assert!(status.success(), "exit status {status}");
-    assert!(asked.elapsed() < Duration::from_secs(3));
     assert!(
         idle.send("GET", "/", &[], b"", false).is_err(),
         "the idle connection is still served after the drain"

@@ -302,6 +302,8 @@ fn affinity(state: &NodeState) -> Affinity {
         })
         .collect();
     peers.sort_by(|a, b| a.id.cmp(&b.id));
+    // One snapshot, so that both quantiles describe the same moment.
+    let delay = r.map(|r| r.stats.delay.counts());
     Affinity {
         entries: t.len() as u64,
         replicated: r.is_some(),
@@ -312,11 +314,13 @@ fn affinity(state: &NodeState) -> Affinity {
         evicted: load(&t.stats.evicted),
         rejected: r.map_or(0, |r| load(&r.stats.rejected)),
         resyncs: r.map_or(0, |r| load(&r.stats.resyncs)),
-        delay_p50_ms: r
-            .and_then(|r| r.stats.delay.counts().quantile_upper_bound(0.5))
+        delay_p50_ms: delay
+            .as_ref()
+            .and_then(|d| d.quantile_upper_bound(0.5))
             .map(|s| s * 1000.0),
-        delay_p99_ms: r
-            .and_then(|r| r.stats.delay.counts().quantile_upper_bound(0.99))
+        delay_p99_ms: delay
+            .as_ref()
+            .and_then(|d| d.quantile_upper_bound(0.99))
             .map(|s| s * 1000.0),
         peers,
     }

@@ -3,8 +3,9 @@
 //! subtracts the total from it. Over sum(weights) picks each backend gets
 //! exactly its weight, interleaved (weights 5,1,1 give a a b a c a a).
 //! As in nginx, every data-plane worker keeps scores of its own: each
-//! worker's picks hold the weights, so their sum does too, and no lock or
-//! cache line is shared between the cores on every pick.
+//! worker's picks hold the weights, so across the node the shares hold to
+//! within one pick per backend and worker, and no lock or cache line is
+//! shared between the cores on every pick.
 
 use std::sync::Mutex;
 

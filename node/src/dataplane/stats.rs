@@ -15,8 +15,9 @@ use super::workers;
 /// One worker's counts.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Client connections accepted.
-    pub accepted: AtomicU64,
+    /// Client connections accepted (counted by `ListenerStats::open`
+    /// only, so that every accept has its close).
+    accepted: AtomicU64,
     /// Client connections closed (open = accepted - closed).
     closed: AtomicU64,
     /// HTTP requests received.
@@ -84,13 +85,12 @@ impl ListenerStats {
 
     pub fn totals(&self) -> ListenerTotals {
         let mut t = ListenerTotals::default();
-        let mut closed = 0;
+        // Every shard's closes first, with the ordering that makes the
+        // accepts before them visible (whichever shard counted them): no
+        // close is seen without its accept, so the open count never dips.
+        let closed: u64 = self.shards.iter().map(|s| s.closed.load(Ordering::Acquire)).sum();
         for s in self.shards.iter() {
             let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-            // Closes first: a close is counted after its accept, so (but
-            // for a connection closed on another thread than accepted
-            // it) none is seen without it.
-            closed += get(&s.closed);
             t.accepted += get(&s.accepted);
             t.requests += get(&s.requests);
             for (sum, n) in t.responses.iter_mut().zip(&s.responses) {
@@ -120,7 +120,7 @@ pub struct OpenConn(Arc<ListenerStats>);
 
 impl Drop for OpenConn {
     fn drop(&mut self) {
-        self.0.here().closed.fetch_add(1, Ordering::Relaxed);
+        self.0.here().closed.fetch_add(1, Ordering::Release);
     }
 }
 

@@ -18,8 +18,9 @@ thread_local! {
 }
 
 /// How many per-worker shards state written on every request keeps: one
-/// per core (workers beyond that, and threads that are no worker, share
-/// shards, which stays correct, only slower).
+/// per core, the default worker count (workers beyond that, and threads
+/// that are no worker, share shards, which stays correct, only slower;
+/// with fewer workers some shards, 128 bytes each, go unused).
 pub fn shard_count() -> usize {
     static COUNT: OnceLock<usize> = OnceLock::new();
     *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(64))
