@@ -434,6 +434,20 @@ mod tests {
     use super::*;
     use crate::dataplane::workers::Workers;
 
+    /// Every idle client connection holds one task around this future,
+    /// and the task is allocated in steps: eight bytes more (416 to 424)
+    /// cost 686 -> about 920 bytes per idle connection (docs/benchmarks.md,
+    /// "idle memory and the task's size"). A change that must grow it
+    /// measures idle memory with bench/compare.sh and moves this bound.
+    #[test]
+    fn an_idle_connections_task_stays_within_its_allocation_step() {
+        fn output_size<A, B, C, D, F>(_: impl Fn(A, B, C, D) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let size = output_size(HttpListener::accept);
+        assert!(size <= 416, "the accept future grew to {size} bytes");
+    }
+
     #[tokio::test]
     async fn each_worker_gets_a_socket_and_a_taken_port_is_refused() -> std::io::Result<()> {
         let workers = Workers::start(2)?;
