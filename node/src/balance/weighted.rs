@@ -9,14 +9,13 @@
 
 use std::sync::Mutex;
 
-use crossbeam_utils::CachePadded;
-
 use super::{Candidate, PickCtx};
+use crate::dataplane::workers::PerWorker;
 
 pub struct SmoothWeighted {
     /// Running scores per worker; a worker's lock is held for one pass
     /// over the backends, uncontended but where threads share a shard.
-    current: Box<[CachePadded<Mutex<Vec<i64>>>]>,
+    current: PerWorker<Mutex<Vec<i64>>>,
 }
 
 impl SmoothWeighted {
@@ -26,9 +25,7 @@ impl SmoothWeighted {
 
     pub(super) fn with_shards(members: usize, shards: usize) -> Self {
         Self {
-            current: (0..shards.max(1))
-                .map(|_| CachePadded::new(Mutex::new(vec![0; members])))
-                .collect(),
+            current: PerWorker::with_count(shards, || Mutex::new(vec![0; members])),
         }
     }
 
@@ -36,7 +33,7 @@ impl SmoothWeighted {
     pub fn pick<C: Candidate>(&self, cands: &[C], ctx: &PickCtx, eligible: impl Fn(usize) -> bool) -> Option<usize> {
         // A poisoned lock only means another pick panicked mid-update; the
         // scores are still numbers, so keep using them.
-        let mine = &self.current[ctx.worker % self.current.len()];
+        let mine = self.current.of(ctx.worker);
         let mut current = mine.lock().unwrap_or_else(|e| e.into_inner());
         if current.len() != cands.len() {
             current.resize(cands.len(), 0);

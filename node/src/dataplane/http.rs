@@ -265,19 +265,21 @@ pub(super) enum AttemptError {
 impl HttpProxy {
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ResponseBody> {
         let arrived = Instant::now();
-        self.stats.here().requests.fetch_add(1, Ordering::Relaxed);
+        // The task stays on its worker: one shard for the whole request.
+        let stats = self.stats.here();
+        stats.requests.fetch_add(1, Ordering::Relaxed);
         let site = self.site.load_full();
         let request_id = headers::request_id(req.headers()).to_header_value();
         let mut resp = match rate_limited(&site, client) {
             Some(limited) => {
-                self.stats.here().rate_limited.fetch_add(1, Ordering::Relaxed);
+                stats.rate_limited.fetch_add(1, Ordering::Relaxed);
                 limited
             }
             None => site.proxy(req, client, &request_id).await,
         };
         resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id);
-        self.stats.here().count_status(resp.status());
-        self.stats.here().latency.observe(arrived.elapsed());
+        stats.count_status(resp.status());
+        stats.latency.observe(arrived.elapsed());
         resp
     }
 }

@@ -1,7 +1,7 @@
 //! Stall and idleness detection: a timer armed when a stream has to wait
-//! and disarmed by progress (a [`LazyTimer`]), the activity of a client connection, so an idle one
-//! can be closed whatever protocol it speaks, and the time a client takes
-//! to send each request head.
+//! and disarmed by progress (a [`LazyTimer`]), the activity of a client
+//! connection, so an idle one can be closed whatever protocol it speaks,
+//! and the time a client takes to send each request head.
 
 use std::io;
 use std::pin::Pin;

@@ -8,9 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crossbeam_utils::CachePadded;
-
-use super::workers;
+use super::workers::PerWorker;
 
 /// One worker's counts.
 #[derive(Debug, Default)]
@@ -45,15 +43,13 @@ impl Counters {
 /// A listener's counters, sharded by data-plane worker.
 #[derive(Debug)]
 pub struct ListenerStats {
-    shards: Box<[CachePadded<Counters>]>,
+    shards: PerWorker<Counters>,
 }
 
 impl Default for ListenerStats {
     fn default() -> Self {
         Self {
-            shards: (0..workers::shard_count())
-                .map(|_| CachePadded::new(Counters::default()))
-                .collect(),
+            shards: PerWorker::new(Counters::default),
         }
     }
 }
@@ -74,13 +70,9 @@ pub struct ListenerTotals {
 }
 
 impl ListenerStats {
-    fn shard_index(&self) -> usize {
-        workers::current() % self.shards.len()
-    }
-
     /// The calling worker's counters.
     pub fn here(&self) -> &Counters {
-        &self.shards[self.shard_index()]
+        self.shards.mine()
     }
 
     pub fn totals(&self) -> ListenerTotals {
@@ -242,7 +234,7 @@ mod tests {
     #[tokio::test]
     async fn the_workers_counts_add_up() -> std::io::Result<()> {
         let stats = Arc::new(ListenerStats::default());
-        let workers = workers::Workers::start(2)?;
+        let workers = crate::dataplane::workers::Workers::start(2)?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         workers.spawn_each(|i| {
             let (stats, tx) = (Arc::clone(&stats), tx.clone());

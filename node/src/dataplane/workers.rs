@@ -10,6 +10,7 @@ use std::future::Future;
 use std::io;
 use std::sync::OnceLock;
 
+use crossbeam_utils::CachePadded;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +25,42 @@ thread_local! {
 pub fn shard_count() -> usize {
     static COUNT: OnceLock<usize> = OnceLock::new();
     *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(64))
+}
+
+/// One `T` per data-plane worker, each on cache lines of its own: state
+/// written on every request, kept apart so that one worker's writes do not
+/// take the cache line from the other workers' cores.
+#[derive(Debug)]
+pub struct PerWorker<T> {
+    slots: Box<[CachePadded<T>]>,
+}
+
+impl<T> PerWorker<T> {
+    /// A slot per [`shard_count`].
+    pub fn new(make: impl FnMut() -> T) -> Self {
+        Self::with_count(shard_count(), make)
+    }
+
+    /// `count` slots (at least one); workers beyond them share slots.
+    pub fn with_count(count: usize, mut make: impl FnMut() -> T) -> Self {
+        Self {
+            slots: (0..count.max(1)).map(|_| CachePadded::new(make())).collect(),
+        }
+    }
+
+    /// The calling worker's slot.
+    pub fn mine(&self) -> &T {
+        self.of(current())
+    }
+
+    /// Worker `worker`'s slot.
+    pub fn of(&self, worker: usize) -> &T {
+        &self.slots[worker % self.slots.len()]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().map(|s| &**s)
+    }
 }
 
 /// The index of the worker running the caller; 0 on any other thread.
@@ -119,6 +156,24 @@ mod tests {
             ]
         );
         Ok(())
+    }
+
+    #[test]
+    fn per_worker_slots_are_apart_and_wrap_around() {
+        let slots = PerWorker::with_count(2, || std::sync::atomic::AtomicUsize::new(0));
+        for w in 0..5 {
+            slots.of(w).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let counts: Vec<_> = slots
+            .iter()
+            .map(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        assert_eq!(counts, [3, 2]);
+        // At least a cache line apart.
+        let (a, b) = (slots.of(0) as *const _ as usize, slots.of(1) as *const _ as usize);
+        assert!(b.abs_diff(a) >= 64, "slots {} bytes apart", b.abs_diff(a));
+        // No slot count is no worker at all: one slot.
+        assert_eq!(PerWorker::with_count(0, || ()).iter().count(), 1);
     }
 
     #[tokio::test]

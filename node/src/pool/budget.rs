@@ -4,10 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crossbeam_utils::CachePadded;
-
 use crate::config::RetryBudgetConfig;
-use crate::dataplane::workers;
+use crate::dataplane::workers::PerWorker;
 
 #[derive(Debug)]
 pub struct RetryBudget {
@@ -15,7 +13,7 @@ pub struct RetryBudget {
     min_retries: u64,
     /// Requests in flight, counted per data-plane worker (every request
     /// counts itself in and out; only a retry reads the sum).
-    active_requests: Box<[CachePadded<AtomicU64>]>,
+    active_requests: PerWorker<AtomicU64>,
     active_retries: AtomicU64,
     /// Retries granted, and refused for lack of budget.
     pub granted: AtomicU64,
@@ -27,9 +25,7 @@ impl RetryBudget {
         Self {
             percent: u64::from(cfg.percent),
             min_retries: u64::from(cfg.min_retries),
-            active_requests: (0..workers::shard_count())
-                .map(|_| CachePadded::new(AtomicU64::new(0)))
-                .collect(),
+            active_requests: PerWorker::new(AtomicU64::default),
             active_retries: AtomicU64::new(0),
             granted: AtomicU64::new(0),
             denied: AtomicU64::new(0),
@@ -42,7 +38,7 @@ impl RetryBudget {
 
     /// Counts a request in flight until the guard drops.
     pub fn request(&self) -> RequestGuard<'_> {
-        let counter = &self.active_requests[workers::current() % self.active_requests.len()];
+        let counter = self.active_requests.mine();
         counter.fetch_add(1, Ordering::Relaxed);
         RequestGuard(counter)
     }

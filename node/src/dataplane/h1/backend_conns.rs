@@ -9,11 +9,10 @@ use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use crossbeam_utils::CachePadded;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::super::workers;
+use super::super::workers::PerWorker;
 
 /// Most idle connections kept per backend and worker; more are closed.
 const MAX_IDLE_PER_BACKEND: usize = 1024;
@@ -29,23 +28,21 @@ type IdleSet = Mutex<HashMap<u64, Vec<Idle>>>;
 pub struct BackendConns {
     /// Connections idle longer than this are closed rather than reused.
     keepalive: Duration,
-    /// Padded: adjacent locks would share a cache line, and each worker's
-    /// lock and unlock would take it from the other core.
-    per_worker: Vec<CachePadded<IdleSet>>,
+    /// Each worker's lock is on its own cache line: taking it does not
+    /// take the line from the other cores.
+    per_worker: PerWorker<IdleSet>,
 }
 
 impl BackendConns {
     pub fn new(keepalive: Duration, workers: usize) -> Self {
         Self {
             keepalive,
-            per_worker: (0..workers.max(1))
-                .map(|_| CachePadded::new(Mutex::default()))
-                .collect(),
+            per_worker: PerWorker::with_count(workers, Mutex::default),
         }
     }
 
     fn mine(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Idle>>> {
-        let slot = &self.per_worker[workers::current() % self.per_worker.len()];
+        let slot = self.per_worker.mine();
         // A poisoned set only lost the connection being moved.
         slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -85,7 +82,7 @@ impl BackendConns {
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
         let mut closed = 0;
-        for slot in &self.per_worker {
+        for slot in self.per_worker.iter() {
             let mut idle = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for list in idle.values_mut() {
                 let before = list.len();

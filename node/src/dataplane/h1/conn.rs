@@ -361,9 +361,10 @@ impl ClientConn<'_, '_> {
             close,
             &mut self.out,
         );
-        self.s.proxy.stats.here().count_status(answer.status);
+        let stats = self.s.proxy.stats.here();
+        stats.count_status(answer.status);
         self.answered = Instant::now();
-        self.s.proxy.stats.here().latency.observe(self.answered - arrived);
+        stats.latency.observe(self.answered - arrived);
         self.write_client(stream, p.site.client_idle).await?;
         Ok(!close)
     }
