@@ -11,7 +11,8 @@ use std::net::IpAddr;
 use libfuzzer_sys::fuzz_target;
 use shoal_node::dataplane::h1::chunked::ChunkedEnd;
 use shoal_node::dataplane::h1::head::{
-    ClientAddr, MAX_HEADERS, Parsed, parse_request, parse_response, write_backend_request, write_client_response,
+    ClientAddr, MAX_HEADERS, Parsed, header_slots, parse_request, parse_response, write_backend_request,
+    write_client_response,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -19,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
 
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut slots = header_slots();
     if let Parsed::Complete(head) = parse_request(rest, &mut slots) {
         let mut out = Vec::new();
         write_backend_request(&head, &ClientAddr::new(IpAddr::from([10, 0, 0, 1])), "http", b"id", &mut out);
@@ -27,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     for is_head in [false, true] {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut slots = header_slots();
         if let Ok(Some(resp)) = parse_response(rest, &mut slots, is_head) {
             let mut out = Vec::new();
             write_client_response(&resp, b"id", Some(b"s=1"), true, &mut out);

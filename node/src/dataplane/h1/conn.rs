@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::chunked::ChunkedEnd;
-use super::head::{self, Framing, MAX_HEADERS, Parsed};
+use super::head::{self, Framing, Parsed};
 use crate::dataplane::body::RequestBodyError;
 use crate::dataplane::headers;
 use crate::dataplane::http::{AttemptError, Binding, HttpProxy, HttpSite, Tries, Upstream, request_hash};
@@ -229,7 +229,7 @@ impl ClientConn<'_, '_> {
     /// Parses the buffered head; on success the backend's request head is
     /// in `out`.
     fn prepare<'s>(&mut self, site: &'s HttpSite) -> Step<'s> {
-        let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut header_slots = head::header_slots();
         let head = match head::parse_request(&self.inbuf, &mut header_slots) {
             Parsed::Partial => return Step::Partial,
             Parsed::Unsupported(why) => return Step::Handoff(why),
@@ -650,7 +650,7 @@ async fn read_head<R>(
 ) -> Result<(usize, u16, R), HeadError> {
     loop {
         if !buf.is_empty() {
-            let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut header_slots = head::header_slots();
             match head::parse_response(buf, &mut header_slots, is_head) {
                 Err(why) => return Err(HeadError::Malformed(why)),
                 Ok(Some(h)) if h.code == 101 => return Err(HeadError::Malformed("101 to a request without upgrade")),

@@ -3,23 +3,30 @@
 //! request head as the backend gets it and the response head as the
 //! client gets it, written straight from the parsed bytes. Pure.
 
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
 
 use httparse::Header;
 
-use super::super::headers::{HOP_BY_HOP, is_idempotent, write_local_text};
+use super::super::headers::{is_idempotent, write_local_text};
 use super::super::route::strip_port;
+use super::names::Name;
 
 /// Most headers in a head; more goes to hyper (which answers 431).
 pub const MAX_HEADERS: usize = 100;
 
+/// Room for a head's headers. Left uninitialised: httparse writes the
+/// ones it finds, and writing all of them first (3.2 KB) cost more than
+/// the rest of taking a request apart.
+pub type HeaderSlots<'b> = [MaybeUninit<Header<'b>>; MAX_HEADERS];
+
+pub fn header_slots<'b>() -> HeaderSlots<'b> {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
 /// Largest request body this path reads whole before choosing a backend
 /// (so a retry can resend it); a larger one goes to hyper, which streams.
 pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
-
-/// Set by the proxy on every forwarded request, whatever the client sent
-/// (X-Forwarded-For is extended instead).
-const REPLACED: [&str; 4] = ["x-forwarded-for", "x-real-ip", "x-forwarded-proto", "x-request-id"];
 
 /// What parsing the bytes so far gave.
 #[derive(Debug)]
@@ -46,6 +53,29 @@ pub struct RequestHead<'h, 'b> {
     pub body_len: u64,
     /// The client asked to close after this request.
     pub close: bool,
+    /// Headers not forwarded as they are: hop-by-hop ones (with those
+    /// the Connection header names) and those the proxy sets itself.
+    dropped: HeaderSet,
+    /// The X-Forwarded-For headers, extended rather than dropped.
+    forwarded_for: HeaderSet,
+}
+
+/// Some headers of a head, by index: every head has at most
+/// `MAX_HEADERS`, so a bit each. Parsing a head classifies each header
+/// once; writing it out reads the bits.
+#[derive(Debug, Clone, Copy, Default)]
+struct HeaderSet(u128);
+
+const _: () = assert!(MAX_HEADERS <= 128);
+
+impl HeaderSet {
+    fn insert(&mut self, index: usize) {
+        self.0 |= 1 << index;
+    }
+
+    fn contains(self, index: usize) -> bool {
+        (self.0 >> index) & 1 == 1
+    }
 }
 
 impl RequestHead<'_, '_> {
@@ -64,9 +94,9 @@ impl RequestHead<'_, '_> {
     }
 }
 
-pub fn parse_request<'h, 'b>(buf: &'b [u8], headers: &'h mut [Header<'b>]) -> Parsed<RequestHead<'h, 'b>> {
-    let mut req = httparse::Request::new(headers);
-    let len = match req.parse(buf) {
+pub fn parse_request<'h, 'b>(buf: &'b [u8], slots: &'h mut HeaderSlots<'b>) -> Parsed<RequestHead<'h, 'b>> {
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Unsupported("malformed or too many headers"),
@@ -88,43 +118,45 @@ pub fn parse_request<'h, 'b>(buf: &'b [u8], headers: &'h mut [Header<'b>]) -> Pa
     let mut host = None;
     let mut body_len = None;
     let mut close = false;
-    let mut connection_tokens = 0;
-    for h in headers {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("host") {
-            if host.is_some() {
-                return Parsed::Unsupported("several Host headers");
-            }
-            host = Some(h.value);
-        } else if name.eq_ignore_ascii_case("content-length") {
-            if body_len.is_some() {
+    let mut named = ConnectionNamed::default();
+    let mut dropped = HeaderSet::default();
+    let mut forwarded_for = HeaderSet::default();
+    for (i, h) in headers.iter().enumerate() {
+        let name = Name::of(h.name.as_bytes());
+        if name.is_hop_by_hop() || name.is_replaced_on_requests() {
+            dropped.insert(i);
+        }
+        match name {
+            Name::Host if host.is_some() => return Parsed::Unsupported("several Host headers"),
+            Name::Host => host = Some(h.value),
+            Name::ContentLength if body_len.is_some() => {
                 return Parsed::Unsupported("several Content-Length headers");
             }
-            match content_length(h.value) {
+            Name::ContentLength => match content_length(h.value) {
                 Some(n) => body_len = Some(n),
                 None => return Parsed::Unsupported("malformed Content-Length"),
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Parsed::Unsupported("transfer-encoded request body");
-        } else if name.eq_ignore_ascii_case("upgrade") {
-            return Parsed::Unsupported("upgrade");
-        } else if name.eq_ignore_ascii_case("expect") {
-            return Parsed::Unsupported("Expect");
-        } else if name.eq_ignore_ascii_case("connection") {
-            for token in tokens(h.value) {
-                connection_tokens += 1;
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    return Parsed::Unsupported("upgrade");
+            },
+            Name::TransferEncoding => return Parsed::Unsupported("transfer-encoded request body"),
+            Name::Upgrade => return Parsed::Unsupported("upgrade"),
+            Name::Expect => return Parsed::Unsupported("Expect"),
+            Name::Connection => {
+                for token in tokens(h.value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"upgrade") {
+                        return Parsed::Unsupported("upgrade");
+                    }
+                    if !named.push(token) {
+                        return Parsed::Unsupported("long Connection header");
+                    }
                 }
             }
+            Name::XForwardedFor => forwarded_for.insert(i),
+            _ => {}
         }
     }
-    if connection_tokens > MAX_CONNECTION_TOKENS {
-        return Parsed::Unsupported("long Connection header");
-    }
-    let Some(host) = host.and_then(|h| std::str::from_utf8(h).ok()) else {
+    named.mark(headers, &mut dropped);
+    let Some(host) = host.and_then(|h| std::str::from_utf8(h.trim_ascii()).ok()) else {
         return Parsed::Unsupported("no Host header");
     };
     let body_len = body_len.unwrap_or(0);
@@ -135,10 +167,12 @@ pub fn parse_request<'h, 'b>(buf: &'b [u8], headers: &'h mut [Header<'b>]) -> Pa
         len,
         method,
         target,
-        host: strip_port(host.trim()),
+        host: strip_port(host),
         headers,
         body_len,
         close,
+        dropped,
+        forwarded_for,
     })
 }
 
@@ -156,10 +190,9 @@ pub fn write_backend_request(
     out.push(b' ');
     out.extend_from_slice(head.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let named = connection_named(head.headers);
     let mut forwarded_for = false;
-    for h in head.headers {
-        if h.name.eq_ignore_ascii_case("x-forwarded-for") {
+    for (i, h) in head.headers.iter().enumerate() {
+        if head.forwarded_for.contains(i) {
             // Several headers are one list: joined, byte for byte.
             out.extend_from_slice(if forwarded_for { b", " } else { b"x-forwarded-for: " });
             out.extend_from_slice(h.value.trim_ascii());
@@ -179,13 +212,7 @@ pub fn write_backend_request(
     out.extend_from_slice(b"\r\nx-request-id: ");
     out.extend_from_slice(request_id);
     out.extend_from_slice(b"\r\n");
-    for h in head.headers {
-        if is_hop_by_hop(h.name) || is_named(h.name, &named) || REPLACED.iter().any(|r| h.name.eq_ignore_ascii_case(r))
-        {
-            continue;
-        }
-        push_header(out, h.name.as_bytes(), h.value);
-    }
+    push_headers(out, head.headers, head.dropped);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -209,16 +236,20 @@ pub struct ResponseHead<'h, 'b> {
     pub framing: Framing,
     /// The backend connection may carry another request.
     pub reusable: bool,
+    /// Headers not forwarded: hop-by-hop ones (with those the Connection
+    /// header names), X-Request-Id (the proxy sets its own) and, with a
+    /// chunked body, Content-Length.
+    dropped: HeaderSet,
 }
 
 /// A backend response head; `Err` says why it cannot be forwarded.
 pub fn parse_response<'h, 'b>(
     buf: &'b [u8],
-    headers: &'h mut [Header<'b>],
+    slots: &'h mut HeaderSlots<'b>,
     request_is_head: bool,
 ) -> Result<Option<ResponseHead<'h, 'b>>, &'static str> {
-    let mut resp = httparse::Response::new(headers);
-    let len = match resp.parse(buf) {
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err("malformed response head"),
@@ -234,21 +265,41 @@ pub fn parse_response<'h, 'b>(
     let mut reusable = version == 1;
     let mut length = None;
     let mut chunked = None;
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let n = content_length(h.value).ok_or("malformed Content-Length")?;
-            if length.is_some_and(|l| l != n) {
-                return Err("conflicting Content-Length headers");
+    let mut named = ConnectionNamed::default();
+    let mut dropped = HeaderSet::default();
+    let mut content_lengths = HeaderSet::default();
+    for (i, h) in headers.iter().enumerate() {
+        let name = Name::of(h.name.as_bytes());
+        if name.is_hop_by_hop() || name == Name::XRequestId {
+            dropped.insert(i);
+        }
+        match name {
+            Name::ContentLength => {
+                let n = content_length(h.value).ok_or("malformed Content-Length")?;
+                if length.is_some_and(|l| l != n) {
+                    return Err("conflicting Content-Length headers");
+                }
+                length = Some(n);
+                content_lengths.insert(i);
             }
-            length = Some(n);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            // The final coding decides; a later header extends the list.
-            chunked = tokens(h.value).last().map(|t| t.eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("connection") && tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close"))
-        {
-            reusable = false;
+            Name::TransferEncoding => {
+                // The final coding decides; a later header extends the list.
+                chunked = tokens(h.value).last().map(|t| t.eq_ignore_ascii_case(b"chunked"));
+            }
+            Name::Connection => {
+                for token in tokens(h.value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        reusable = false;
+                    }
+                    // A response with more than eight has the first
+                    // eight honoured.
+                    named.push(token);
+                }
+            }
+            _ => {}
         }
     }
+    named.mark(headers, &mut dropped);
     let framing = if request_is_head || (100..200).contains(&code) || code == 204 || code == 304 {
         Framing::Empty
     } else {
@@ -262,6 +313,10 @@ pub fn parse_response<'h, 'b>(
     if framing == Framing::UntilClose {
         reusable = false;
     }
+    if framing == Framing::Chunked {
+        // A Content-Length would contradict the chunks.
+        dropped.0 |= content_lengths.0;
+    }
     Ok(Some(ResponseHead {
         len,
         code,
@@ -269,6 +324,7 @@ pub fn parse_response<'h, 'b>(
         headers,
         framing,
         reusable,
+        dropped,
     }))
 }
 
@@ -295,17 +351,7 @@ pub fn write_client_response(
     };
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    let named = connection_named(head.headers);
-    for h in head.headers {
-        if is_hop_by_hop(h.name) || is_named(h.name, &named) || h.name.eq_ignore_ascii_case("x-request-id") {
-            continue;
-        }
-        // With a chunked body, a Content-Length would contradict it.
-        if head.framing == Framing::Chunked && h.name.eq_ignore_ascii_case("content-length") {
-            continue;
-        }
-        push_header(out, h.name.as_bytes(), h.value);
-    }
+    push_headers(out, head.headers, head.dropped);
     if head.framing == Framing::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -348,6 +394,15 @@ pub fn write_local_response(
     out.extend_from_slice(&body);
 }
 
+/// Every header but the `dropped` ones, in order.
+fn push_headers(out: &mut Vec<u8>, headers: &[Header<'_>], dropped: HeaderSet) {
+    for (i, h) in headers.iter().enumerate() {
+        if !dropped.contains(i) {
+            push_header(out, h.name.as_bytes(), h.value);
+        }
+    }
+}
+
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -385,10 +440,6 @@ impl ClientAddr {
     }
 }
 
-fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-}
-
 /// The comma-separated tokens of a header value, trimmed, empty ones
 /// skipped.
 fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -403,26 +454,42 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 const MAX_CONNECTION_TOKENS: usize = 8;
 
 /// Header names a Connection header lists (they are hop-by-hop too): a
-/// fixed array, no allocation. Requests with more tokens do not reach
-/// here; a backend's response with more has the first eight honoured.
-fn connection_named<'b>(headers: &[Header<'b>]) -> [&'b [u8]; MAX_CONNECTION_TOKENS] {
-    let mut named: [&[u8]; MAX_CONNECTION_TOKENS] = [b""; MAX_CONNECTION_TOKENS];
-    let mut n = 0;
-    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
-        for t in tokens(h.value) {
-            if n < named.len() {
-                named[n] = t;
-                n += 1;
+/// fixed array, no allocation. Requests with more tokens go to hyper.
+#[derive(Default)]
+struct ConnectionNamed<'b> {
+    names: [&'b [u8]; MAX_CONNECTION_TOKENS],
+    len: usize,
+}
+
+impl<'b> ConnectionNamed<'b> {
+    /// Adds `name`; false, and nothing added, when the list is full.
+    /// Names dropped anyway (Keep-Alive, say) and `close` take no room.
+    fn push(&mut self, name: &'b [u8]) -> bool {
+        if Name::of(name).is_hop_by_hop() || name.eq_ignore_ascii_case(b"close") {
+            return true;
+        }
+        let Some(slot) = self.names.get_mut(self.len) else {
+            return false;
+        };
+        *slot = name;
+        self.len += 1;
+        true
+    }
+
+    /// Puts the headers named here into `dropped`.
+    fn mark(&self, headers: &[Header<'_>], dropped: &mut HeaderSet) {
+        if self.len == 0 {
+            return;
+        }
+        for (i, h) in headers.iter().enumerate() {
+            if self.names[..self.len]
+                .iter()
+                .any(|t| h.name.as_bytes().eq_ignore_ascii_case(t))
+            {
+                dropped.insert(i);
             }
         }
     }
-    named
-}
-
-fn is_named(name: &str, named: &[&[u8]; MAX_CONNECTION_TOKENS]) -> bool {
-    named
-        .iter()
-        .any(|t| !t.is_empty() && name.as_bytes().eq_ignore_ascii_case(t))
 }
 
 /// A Content-Length value: digits only (RFC 9110 §8.6); a list of equal
@@ -431,10 +498,11 @@ fn content_length(value: &[u8]) -> Option<u64> {
     let mut found = None;
     for part in value.split(|&b| b == b',') {
         let part = part.trim_ascii();
+        // 19 digits always fit in a u64.
         if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        let n = std::str::from_utf8(part).ok()?.parse().ok()?;
+        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
         if found.is_some_and(|f| f != n) {
             return None;
         }
@@ -448,7 +516,7 @@ mod tests {
     use super::*;
 
     fn request(raw: &[u8]) -> Result<(usize, String, String, u64, bool), &'static str> {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut slots = header_slots();
         match parse_request(raw, &mut slots) {
             Parsed::Complete(h) => Ok((h.len, h.target.to_string(), h.host.to_string(), h.body_len, h.close)),
             Parsed::Partial => Err("partial"),
@@ -472,7 +540,7 @@ mod tests {
     }
 
     fn rewritten(raw: &[u8]) -> String {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut slots = header_slots();
         let Parsed::Complete(h) = parse_request(raw, &mut slots) else {
             panic!("not a complete request: {raw:?}");
         };
@@ -534,6 +602,10 @@ mod tests {
                 b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 999999\r\n\r\n",
                 "large request body",
             ),
+            (
+                b"GET / HTTP/1.1\r\nHost: h\r\nConnection: a, b, c, d, e, f, g, h, i\r\n\r\n",
+                "long Connection header",
+            ),
             (b"GARBAGE\r\n\r\n", "malformed or too many headers"),
         ] {
             assert_eq!(request(raw).err(), Some(why), "{:?}", String::from_utf8_lossy(raw));
@@ -543,7 +615,7 @@ mod tests {
     #[test]
     fn the_backend_gets_forwarding_headers_and_no_hop_by_hop_ones() {
         let out = rewritten(
-            b"GET /p HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nKeep-Alive: 5\r\n\
+            b"GET /p HTTP/1.1\r\nHost: h\r\nX-Early: 0\r\nConnection: keep-alive, X-Drop,x-early\r\nX-Drop: 1\r\nKeep-Alive: 5\r\n\
               X-Forwarded-For: 1.1.1.1\r\nx-forwarded-for: 2.2.2.2 \r\nX-Real-IP: 6.6.6.6\r\nX-Request-Id: old\r\n\
               Proxy-Authorization: Basic x\r\nTE: trailers\r\nAccept: */*\r\n\r\n",
         );
@@ -563,7 +635,7 @@ mod tests {
     }
 
     fn response(raw: &[u8], is_head: bool) -> Result<Option<(u16, Framing, bool, String)>, &'static str> {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut slots = header_slots();
         Ok(parse_response(raw, &mut slots, is_head)?.map(|h| {
             let mut out = Vec::new();
             write_client_response(&h, b"rid", Some(b"s=1"), h.framing == Framing::UntilClose, &mut out);

@@ -11,6 +11,7 @@ mod backend_conns;
 pub mod chunked;
 mod conn;
 pub mod head;
+mod names;
 
 pub use backend_conns::BackendConns;
 pub use conn::{Ending, Settings, serve};
