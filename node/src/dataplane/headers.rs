@@ -168,24 +168,33 @@ pub fn request_id(headers: &(impl HeaderSource + ?Sized)) -> RequestId {
     }
 }
 
+/// A thread's request ids: a random prefix, as hex once for all its ids,
+/// and a counter. Unique without shared state.
+struct IdState {
+    prefix: [u8; 16],
+    next: Cell<u64>,
+}
+
 thread_local! {
-    /// (random per-thread prefix, counter): unique without shared state.
-    static ID_STATE: Cell<(u64, u64)> = Cell::new((fastrand::u64(..), 0));
+    static ID_STATE: IdState = {
+        let mut prefix = [0; 16];
+        hex_u64(fastrand::u64(..), &mut prefix);
+        IdState { prefix, next: Cell::new(0) }
+    };
 }
 
 /// A fresh 32-hex-digit request id.
 pub fn new_request_id() -> RequestId {
-    let (prefix, n) = ID_STATE.with(|s| {
-        let (p, n) = s.get();
-        s.set((p, n.wrapping_add(1)));
-        (p, n)
-    });
     let mut id = RequestId {
         bytes: [0; MAX_REQUEST_ID],
         len: 32,
     };
-    hex_u64(prefix, &mut id.bytes[..16]);
-    hex_u64(n, &mut id.bytes[16..32]);
+    ID_STATE.with(|s| {
+        let n = s.next.get();
+        s.next.set(n.wrapping_add(1));
+        id.bytes[..16].copy_from_slice(&s.prefix);
+        hex_u64(n, &mut id.bytes[16..32]);
+    });
     id
 }
 

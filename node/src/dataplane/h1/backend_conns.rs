@@ -5,6 +5,7 @@
 //! the connection: no connection task, no channel, no extra wakeup.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -23,7 +24,33 @@ struct Idle {
 }
 
 /// One worker's idle connections, by backend id.
-type IdleSet = Mutex<HashMap<u64, Vec<Idle>>>;
+type IdleSet = Mutex<HashMap<u64, Vec<Idle>, BuildHasherDefault<IdHasher>>>;
+
+/// Hashes a backend id with one multiplication. Ids are the node's own
+/// counter, not input, so nothing can aim collisions at the set, and
+/// SipHash (the default) cost as much as the rest of taking and putting a
+/// connection.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; bytes are folded in all the same.
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        // Fibonacci hashing: the table takes its tag from the top bits,
+        // which the multiplication fills from every bit of the id.
+        self.0 = (self.0 ^ id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 pub struct BackendConns {
     /// Connections idle longer than this are closed rather than reused.
@@ -41,7 +68,7 @@ impl BackendConns {
         }
     }
 
-    fn mine(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Idle>>> {
+    fn mine(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Idle>, BuildHasherDefault<IdHasher>>> {
         let slot = self.per_worker.mine();
         // A poisoned set only lost the connection being moved.
         slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
