@@ -22,15 +22,26 @@ impl LeastConn {
     }
 
     pub fn pick<C: Candidate>(&self, cands: &[C], ctx: &mut PickCtx) -> Option<usize> {
-        // (index, load, weight) of the minimum.
+        // (index, load, weight) of the minimum, and how many share it.
         let mut best: Option<(usize, u64, u64)> = None;
+        let mut tied_with_best = 0;
         for (i, c) in cands.iter().enumerate().filter(|(_, c)| ctx.allows(*c)) {
             let (load, weight) = (c.load(), u64::from(c.weight().max(1)));
-            if best.is_none_or(|(_, bl, bw)| ratio_cmp((load, weight), (bl, bw)) == Ordering::Less) {
-                best = Some((i, load, weight));
+            match best.map(|(_, bl, bw)| ratio_cmp((load, weight), (bl, bw))) {
+                None | Some(Ordering::Less) => {
+                    best = Some((i, load, weight));
+                    tied_with_best = 1;
+                }
+                Some(Ordering::Equal) => tied_with_best += 1,
+                Some(Ordering::Greater) => {}
             }
         }
         let (min_index, bl, bw) = best?;
+        if tied_with_best == 1 {
+            // No tie: the rotation would pick it too, and with only one
+            // candidate its scores come out unchanged (+weight −weight).
+            return Some(min_index);
+        }
         // Loads move under our feet; if none still ties with the minimum we
         // saw, the minimum's backend is still a fine choice.
         let tied = self.tie_break.pick(cands, ctx, |i| {

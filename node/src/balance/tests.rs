@@ -255,6 +255,48 @@ fn least_conn_fills_backends_in_proportion_to_weight() {
 }
 
 #[test]
+fn least_conn_breaks_ties_by_weighted_rotation_among_the_tied_only() {
+    // A model of the rule: the lowest load per weight wins; among ties,
+    // smooth weighted round robin over the tied backends alone. A unique
+    // minimum leaves the rotation's scores as they were.
+    let weights = [1, 2, 3, 2];
+    let b = Balancer::new(Algorithm::LeastConn, &members(&weights));
+    let mut cs = cands(&weights);
+    let mut scores = [0i64; 4];
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut unique = 0;
+    for round in 0..2000 {
+        for c in cs.iter_mut() {
+            c.load = rng.u64(0..4);
+        }
+        let ratio = |i: usize| (cs[i].load, u64::from(cs[i].weight));
+        let less = |a: (u64, u64), b: (u64, u64)| u128::from(a.0) * u128::from(b.1) < u128::from(b.0) * u128::from(a.1);
+        let min = (0..4).fold(0, |m, i| if less(ratio(i), ratio(m)) { i } else { m });
+        let tied: Vec<usize> = (0..4)
+            .filter(|&i| !less(ratio(i), ratio(min)) && !less(ratio(min), ratio(i)))
+            .collect();
+        unique += usize::from(tied.len() == 1);
+        let mut total = 0;
+        let mut want = tied[0];
+        for &i in &tied {
+            scores[i] += i64::from(weights[i]);
+            total += i64::from(weights[i]);
+            if scores[i] > scores[want] {
+                want = i;
+            }
+        }
+        scores[want] -= total;
+        assert_eq!(
+            b.pick(&cs, &mut seeded(None)),
+            Some(want),
+            "round {round}, loads {cs:?}"
+        );
+    }
+    // Both paths were taken, many times.
+    assert!((200..1800).contains(&unique), "{unique} unique minima");
+}
+
+#[test]
 fn least_response_time_prefers_fast_and_idle() {
     let b = Balancer::new(Algorithm::LeastResponseTime, &members(&[1, 1]));
     let mut cs = cands(&[1, 1]);
