@@ -1,7 +1,7 @@
 //! The header names the own HTTP/1.1 path treats specially, told apart
 //! with one comparison: every header of every request and response is
-//! classified, and comparing each name with a dozen known ones in turn was
-//! a tenth of the path's instructions.
+//! classified, and comparing each name with a dozen known ones in turn,
+//! three times per head, cost about 400 instructions per request.
 
 /// What a header name is to this path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
