@@ -67,7 +67,6 @@ pub(super) fn load_per_weight_cmp<C: Candidate>(a: &C, b: &C) -> Ordering {
 /// Lowest expected wait: latency EWMA × (in-flight + 1) / weight. A backend
 /// without a latency sample counts as nearly instant, so it is tried at once
 /// and sampled, while its load still counts against it.
-#[derive(Default)]
 pub struct LeastResponseTime {
     rotation: Rotation,
 }
@@ -76,9 +75,15 @@ pub struct LeastResponseTime {
 const UNSAMPLED_US: f64 = 1.0;
 
 impl LeastResponseTime {
+    pub fn new() -> Self {
+        Self {
+            rotation: Rotation::new(),
+        }
+    }
+
     pub fn pick<C: Candidate>(&self, cands: &[C], ctx: &mut PickCtx) -> Option<usize> {
         let n = cands.len();
-        let start = self.rotation.next(n);
+        let start = self.rotation.next(n, ctx);
         let mut best: Option<(usize, f64)> = None;
         for k in 0..n {
             let i = (start + k) % n;

@@ -125,10 +125,10 @@ pub enum Balancer {
 impl Balancer {
     pub fn new(algorithm: Algorithm, members: &[Member<'_>]) -> Self {
         match algorithm {
-            Algorithm::RoundRobin => Self::RoundRobin(rotate::RoundRobin::default()),
+            Algorithm::RoundRobin => Self::RoundRobin(rotate::RoundRobin::new()),
             Algorithm::WeightedRoundRobin => Self::WeightedRoundRobin(weighted::SmoothWeighted::new(members.len())),
             Algorithm::LeastConn => Self::LeastConn(least::LeastConn::new(members.len())),
-            Algorithm::LeastResponseTime => Self::LeastResponseTime(least::LeastResponseTime::default()),
+            Algorithm::LeastResponseTime => Self::LeastResponseTime(least::LeastResponseTime::new()),
             Algorithm::P2c => Self::P2c(random::Sampler::default()),
             Algorithm::Random => Self::Random(random::Sampler::default()),
             Algorithm::IpHash => Self::IpHash(hash::IpHash::new(members)),

@@ -222,6 +222,23 @@ fn round_robin_does_not_double_the_successor_of_a_down_backend() {
 }
 
 #[test]
+fn each_worker_keeps_its_own_round_robin_turn() {
+    let rr = super::rotate::RoundRobin::with_shards(2);
+    let cs = cands(&[1, 1, 1]);
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    // Interleaved picks of two workers, the second picking twice as often:
+    // with one counter for both, each would skip the other's turns.
+    for _ in 0..6 {
+        first.extend(rr.pick(&cs, &mut seeded(None).on_worker(0)));
+        for _ in 0..2 {
+            second.extend(rr.pick(&cs, &mut seeded(None).on_worker(1)));
+        }
+    }
+    assert_eq!(first, [0, 1, 2].repeat(2));
+    assert_eq!(second, [0, 1, 2].repeat(4));
+}
+
+#[test]
 fn least_conn_prefers_lowest_load_per_weight() {
     let b = Balancer::new(Algorithm::LeastConn, &members(&[1, 1, 1]));
     let mut cs = cands(&[1, 1, 1]);
