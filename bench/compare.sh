@@ -19,14 +19,17 @@
 # memory per idle client connection (RSS growth with IDLE connections
 # open, none of them sending, measured before the load runs).
 #
-# The l7 and close runs also measure bench/forwarder, a yardstick that is
+# Every run but cluster also measures bench/forwarder, a yardstick that is
 # not a product: the least an HTTP/1.1 proxy can do (parse, add
 # X-Forwarded-For, pick the least-loaded backend, forward over a kept-alive
-# connection). wrk, the backends and the proxy share the same cores, so
-# what the forwarder reaches bounds what any proxy can reach here.
+# connection) and, for l4, the least a TCP proxy can do (connect to the
+# least-loaded backend, copy both ways). wrk, the backends and the proxy
+# share the same cores, so what the forwarder reaches bounds what any
+# proxy can reach here.
 #
 # Usage: bench/compare.sh [--no-write]
-#   ROUNDS=3 DURATION=10 CONNECTIONS=64 IDLE=10000 (environment)
+#   ROUNDS=3 DURATION=10 CONNECTIONS=64 IDLE=10000 (environment), and
+#   SCENARIOS="l7 l4 close cluster" to run only some of the scenarios
 # Writes the table into docs/benchmarks.md (between the compare markers)
 # unless --no-write. Installs wrk, nginx, libnginx-mod-stream and haproxy
 # with apt-get when missing.
@@ -37,6 +40,17 @@ rounds=${ROUNDS:-3}
 duration=${DURATION:-10}
 connections=${CONNECTIONS:-64}
 idle=${IDLE:-10000}
+scenarios=" ${SCENARIOS:-l7 l4 close cluster} "
+for s in $scenarios; do
+    case $s in
+    l7 | l4 | close | cluster) ;;
+    *)
+        echo "compare: unknown scenario '$s' in SCENARIOS (l7, l4, close, cluster)" >&2
+        exit 2
+        ;;
+    esac
+done
+wanted() { [[ $scenarios == *" $1 "* ]]; }
 write=1
 [ "${1:-}" = "--no-write" ] && write=0
 
@@ -190,7 +204,7 @@ CONF
 nginx -c "$work/proxy.conf" -p "$work"
 
 # --- the yardstick: a thread per core ------------------------------------------
-setsid "$forwarder" 127.0.0.1:18380 127.0.0.1:18001 127.0.0.1:18002 127.0.0.1:18003 >"$work/forwarder.log" 2>&1 &
+setsid "$forwarder" --tcp 127.0.0.1:18381 127.0.0.1:18380 127.0.0.1:18001 127.0.0.1:18002 127.0.0.1:18003 >"$work/forwarder.log" 2>&1 &
 forwarder_pid=$!
 pids+=("$forwarder_pid")
 own_session "$forwarder_pid"
@@ -250,7 +264,7 @@ wait_http() { # URL: up to 10 s
     echo "compare: $1 did not answer within 10 s" >&2
     exit 1
 }
-for port in 18001 18002 18003 18180 18181 18280 18380 18080 18081 18082; do
+for port in 18001 18002 18003 18180 18181 18280 18380 18381 18080 18081 18082; do
     wait_http "http://127.0.0.1:$port/"
 done
 [ -n "$nginx_stream" ] && wait_http "http://127.0.0.1:18281/"
@@ -397,23 +411,31 @@ memory nginx 18280
 
 echo "compare: $(nproc) cores, $(uname -r), autogroup $(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo n/a), $rounds rounds of ${duration}s, wrk -t2 -c$connections"
 declare -A l7=([shoal]=http://127.0.0.1:18080/ [haproxy]=http://127.0.0.1:18180/ [nginx]=http://127.0.0.1:18280/ [forwarder]=http://127.0.0.1:18380/)
-declare -A l4=([shoal]=http://127.0.0.1:18081/ [haproxy]=http://127.0.0.1:18181/)
+declare -A l4=([shoal]=http://127.0.0.1:18081/ [haproxy]=http://127.0.0.1:18181/ [forwarder]=http://127.0.0.1:18381/)
 [ -n "$nginx_stream" ] && l4[nginx]=http://127.0.0.1:18281/
 for ((r = 1; r <= rounds; r++)); do
-    for p in $(rotate "$r" shoal haproxy nginx forwarder); do run "$r" l7 "$p" "${l7[$p]}"; done
-    for p in $(rotate "$r" shoal haproxy nginx); do
-        [ -n "${l4[$p]:-}" ] && run "$r" l4 "$p" "${l4[$p]}"
-    done
-    for p in $(rotate "$r" shoal haproxy nginx forwarder); do
-        run "$r" close "$p" "${l7[$p]}" -H "Connection: close"
-    done
-    for p in $(rotate "$r" shoal shoal-cluster); do
-        if [ "$p" = shoal ]; then
-            run "$r" cluster shoal "${l7[shoal]}" -s "$work/sessions.lua"
-        else
-            run "$r" cluster shoal-cluster http://127.0.0.1:18082/ -s "$work/sessions.lua"
-        fi
-    done
+    if wanted l7; then
+        for p in $(rotate "$r" shoal haproxy nginx forwarder); do run "$r" l7 "$p" "${l7[$p]}"; done
+    fi
+    if wanted l4; then
+        for p in $(rotate "$r" shoal haproxy nginx forwarder); do
+            if [ -n "${l4[$p]:-}" ]; then run "$r" l4 "$p" "${l4[$p]}"; fi
+        done
+    fi
+    if wanted close; then
+        for p in $(rotate "$r" shoal haproxy nginx forwarder); do
+            run "$r" close "$p" "${l7[$p]}" -H "Connection: close"
+        done
+    fi
+    if wanted cluster; then
+        for p in $(rotate "$r" shoal shoal-cluster); do
+            if [ "$p" = shoal ]; then
+                run "$r" cluster shoal "${l7[shoal]}" -s "$work/sessions.lua"
+            else
+                run "$r" cluster shoal-cluster http://127.0.0.1:18082/ -s "$work/sessions.lua"
+            fi
+        done
+    fi
 done
 
 table=$(python3 - "$results" "$work/memory.tsv" "$idle" <<'PY'
@@ -455,7 +477,8 @@ for scenario in ["l7", "l4", "close"]:
         print(f"| L7 p99: Shoal / haproxy | {ratio('l7', 'shoal', 'haproxy', 2)} |")
     if (scenario, "forwarder") in by:
         print(f"| {titles[scenario]}: yardstick forwarder / haproxy requests/s | {ratio(scenario, 'forwarder', 'haproxy')} |")
-print(f"| cluster + sticky / single node requests/s | {ratio('cluster', 'shoal-cluster', 'shoal')} |")
+if ("cluster", "shoal") in by:
+    print(f"| cluster + sticky / single node requests/s | {ratio('cluster', 'shoal-cluster', 'shoal')} |")
 # The host's speed drifts over tens of seconds; two proxies measured in the
 # same round saw nearly the same host, so their ratio per round is less
 # exposed to that drift than the ratio of medians.
@@ -472,6 +495,7 @@ for scenario in ["l7", "l4", "close"]:
         ratio_rows.append((f"{titles[scenario]}: Shoal / {other}", per_round_ratio(scenario, "shoal", other)))
 ratio_rows += [
     ("L7 HTTP, keep-alive: yardstick forwarder / haproxy", per_round_ratio("l7", "forwarder", "haproxy")),
+    ("L4 TCP, keep-alive: yardstick forwarder / haproxy", per_round_ratio("l4", "forwarder", "haproxy")),
     ("L7 p99: Shoal / haproxy", per_round_ratio("l7", "shoal", "haproxy", 1)),
     ("L7 proxy CPU per request: Shoal / haproxy", per_round_ratio("l7", "shoal", "haproxy", 2)),
     ("cluster + sticky / single node", per_round_ratio("cluster", "shoal-cluster", "shoal")),

@@ -8,8 +8,14 @@
 //! proxy doing the same work on the same cores can reach, so it tells
 //! which throughput targets the machine allows at all.
 //!
-//! Usage: forwarder LISTEN BACKEND... (one single-threaded runtime and one
-//! SO_REUSEPORT listener per core).
+//! With `--tcp TCP_LISTEN` it is also the least an L4 proxy can do on
+//! TCP_LISTEN: connect each client to the backend with the fewest open
+//! connections and copy bytes both ways (`tokio::io::copy_bidirectional`),
+//! nothing else.
+//!
+//! Usage: forwarder [--tcp TCP_LISTEN] LISTEN BACKEND... (one
+//! single-threaded runtime and one SO_REUSEPORT listener per core and
+//! address).
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -26,27 +32,37 @@ const MAX_BODY: usize = 1024 * 1024;
 const MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
 const MAX_HEADERS: usize = 64;
 
+const USAGE: &str = "usage: forwarder [--tcp TCP_LISTEN] LISTEN BACKEND...";
+
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    let tcp_listen: Option<SocketAddr> = if args.peek().map(String::as_str) == Some("--tcp") {
+        args.next();
+        let addr = args.next().context(USAGE)?;
+        Some(addr.parse().context("TCP_LISTEN is not an address")?)
+    } else {
+        None
+    };
     let listen: SocketAddr = args
         .next()
-        .context("usage: forwarder LISTEN BACKEND...")?
+        .context(USAGE)?
         .parse()
         .context("LISTEN is not an address")?;
     let backends = args
         .map(|a| a.parse().with_context(|| format!("backend {a} is not an address")))
         .collect::<anyhow::Result<Vec<SocketAddr>>>()?;
     if backends.is_empty() {
-        bail!("usage: forwarder LISTEN BACKEND...");
+        bail!(USAGE);
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = (0..cores)
         .map(|i| {
             let listener = bind(listen)?;
+            let tcp_listener = tcp_listen.map(bind).transpose()?;
             let backends = backends.clone();
             std::thread::Builder::new()
                 .name(format!("forwarder-{i}"))
-                .spawn(move || worker(listener, backends))
+                .spawn(move || worker(listener, tcp_listener, backends))
                 .context("spawning a worker")
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -70,12 +86,20 @@ fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-fn worker(listener: std::net::TcpListener, addrs: Vec<SocketAddr>) -> anyhow::Result<()> {
+fn worker(
+    listener: std::net::TcpListener,
+    tcp_listener: Option<std::net::TcpListener>,
+    addrs: Vec<SocketAddr>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let listener = TcpListener::from_std(listener)?;
         let backends = Rc::new(Backends::new(addrs));
+        if let Some(tcp_listener) = tcp_listener {
+            let tcp_listener = TcpListener::from_std(tcp_listener)?;
+            tokio::task::spawn_local(pass_through(tcp_listener, Rc::clone(&backends)));
+        }
         loop {
             let (client, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -96,7 +120,40 @@ fn worker(listener: std::net::TcpListener, addrs: Vec<SocketAddr>) -> anyhow::Re
     })
 }
 
-/// One worker's backends: its idle connections and requests in flight.
+/// The L4 yardstick: each client connection goes to the backend with the
+/// fewest of this worker's connections open, bytes copied both ways.
+async fn pass_through(listener: TcpListener, backends: Rc<Backends>) {
+    loop {
+        let (mut client, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                eprintln!("forwarder: accept: {e}");
+                continue;
+            }
+        };
+        let backends = Rc::clone(&backends);
+        tokio::task::spawn_local(async move {
+            let i = backends.least_loaded();
+            backends.in_flight.borrow_mut()[i] += 1;
+            let copied = async {
+                client.set_nodelay(true)?;
+                let mut upstream = TcpStream::connect(backends.addrs[i]).await?;
+                upstream.set_nodelay(true)?;
+                tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+            }
+            .await;
+            backends.in_flight.borrow_mut()[i] -= 1;
+            if let Err(e) = copied
+                && !is_io_disconnect(&e)
+            {
+                eprintln!("forwarder: {peer} (tcp): {e}");
+            }
+        });
+    }
+}
+
+/// One worker's backends: its idle connections and requests (HTTP) or
+/// connections (TCP) in flight.
 struct Backends {
     addrs: Vec<SocketAddr>,
     idle: RefCell<Vec<Vec<TcpStream>>>,
@@ -300,12 +357,14 @@ fn push_header(out: &mut Vec<u8>, h: &httparse::Header<'_>) {
 /// A peer going away (wrk resets its connections when it stops) is not
 /// worth a line.
 fn is_disconnect(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<std::io::Error>().is_some_and(|e| {
-        matches!(
-            e.kind(),
-            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof
-        )
-    })
+    e.downcast_ref::<std::io::Error>().is_some_and(is_io_disconnect)
+}
+
+fn is_io_disconnect(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof
+    )
 }
 
 /// Writes `request` to backend `i` and waits for the first bytes of the
