@@ -101,13 +101,7 @@ fn worker(
             tokio::task::spawn_local(pass_through(tcp_listener, Rc::clone(&backends)));
         }
         loop {
-            let (client, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    eprintln!("forwarder: accept: {e}");
-                    continue;
-                }
-            };
+            let (client, peer) = accept(&listener).await;
             let backends = Rc::clone(&backends);
             tokio::task::spawn_local(async move {
                 if let Err(e) = serve(client, peer, &backends).await
@@ -120,17 +114,22 @@ fn worker(
     })
 }
 
+/// The next client connection; a failed accept (e.g. out of descriptors)
+/// is reported and the loop goes on.
+async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => eprintln!("forwarder: accept: {e}"),
+        }
+    }
+}
+
 /// The L4 yardstick: each client connection goes to the backend with the
 /// fewest of this worker's connections open, bytes copied both ways.
 async fn pass_through(listener: TcpListener, backends: Rc<Backends>) {
     loop {
-        let (mut client, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                eprintln!("forwarder: accept: {e}");
-                continue;
-            }
-        };
+        let (mut client, peer) = accept(&listener).await;
         let backends = Rc::clone(&backends);
         tokio::task::spawn_local(async move {
             let i = backends.least_loaded();
