@@ -563,7 +563,7 @@ impl HttpSite {
         tokio::spawn(async move {
             let backend = Arc::clone(in_flight.backend());
             match tokio::join!(client_side, backend_side) {
-                (Ok(c), Ok(b)) => match copy::splice(TokioIo::new(c), TokioIo::new(b), idle).await {
+                (Ok(c), Ok(b)) => match copy::bridge(TokioIo::new(c), TokioIo::new(b), idle).await {
                     Ok(moved) => {
                         tracing::debug!(%listener, backend = %backend.name, ?moved, "upgraded connection done")
                     }
