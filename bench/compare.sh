@@ -142,16 +142,12 @@ backend web_http
     balance leastconn
     http-reuse always
     option httpchk GET /
-    server b1 127.0.0.1:18001 check inter 2s
-    server b2 127.0.0.1:18002 check inter 2s
-    server b3 127.0.0.1:18003 check inter 2s
+$(haproxy_servers)
 backend web_tcp
     mode tcp
     balance leastconn
     option httpchk GET /
-    server b1 127.0.0.1:18001 check inter 2s
-    server b2 127.0.0.1:18002 check inter 2s
-    server b3 127.0.0.1:18003 check inter 2s
+$(haproxy_servers)
 CONF
 setsid haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
 haproxy_pid=$!
@@ -215,19 +211,9 @@ cat >"$work/shoal.toml" <<CONF
 id = "bench"
 admin_addr = "127.0.0.1:19901"
 
-[[listener]]
-name = "l7"
-bind = "127.0.0.1:18080"
-protocol = "http"
-pool = "web"
-idle_timeout = "60s"
+$(web_listener l7 http "127.0.0.1:18080")
 
-[[listener]]
-name = "l4"
-bind = "127.0.0.1:18081"
-protocol = "tcp"
-pool = "web"
-idle_timeout = "60s"
+$(web_listener l4 tcp "127.0.0.1:18081")
 
 $(web_pool)
 CONF
@@ -241,12 +227,7 @@ for i in 1 2 3; do
     cat >"$work/lb$i.toml" <<CONF
 $(cluster_node "$i" 199 "$work")
 
-[[listener]]
-name = "l7"
-bind = "127.0.0.1:1808$((i + 1))"
-protocol = "http"
-pool = "web"
-idle_timeout = "60s"
+$(web_listener l7 http "127.0.0.1:1808$((i + 1))")
 
 $(web_pool 'sticky = { mode = "header", header = "x-session", ttl = "10m" }')
 CONF

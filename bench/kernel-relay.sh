@@ -97,9 +97,7 @@ frontend l4
 backend web_tcp
     balance leastconn
     option httpchk GET /
-    server b1 127.0.0.1:18001 check inter 2s
-    server b2 127.0.0.1:18002 check inter 2s
-    server b3 127.0.0.1:18003 check inter 2s
+$(haproxy_servers)
 CONF
 backends=(127.0.0.1:18001 127.0.0.1:18002 127.0.0.1:18003)
 # Each proxy in a session of its own, as compare.sh explains (autogroups).
@@ -112,12 +110,7 @@ cat >"$work/shoal.toml" <<CONF
 id = "relay"
 admin_addr = "127.0.0.1:19951"
 
-[[listener]]
-name = "l4"
-bind = "127.0.0.1:18586"
-protocol = "tcp"
-pool = "web"
-idle_timeout = "60s"
+$(web_listener l4 tcp 127.0.0.1:18586)
 
 $(web_pool)
 CONF

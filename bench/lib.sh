@@ -43,6 +43,28 @@ CONF
     nginx -c "$1/backends.conf" -p "$1"
 }
 
+# haproxy_servers: the start_backends backends as HAProxy server lines,
+# health-checked as Shoal's web_pool is (HTTP every 2 s; the backend
+# section adds `option httpchk GET /`).
+haproxy_servers() {
+    local i
+    for i in 1 2 3; do echo "    server b$i 127.0.0.1:1800$i check inter 2s"; done
+}
+
+# web_listener NAME PROTOCOL BIND: a Shoal listener for web_pool's pool,
+# as TOML on stdout (idle connections kept 60 s, as HAProxy's and nginx's
+# in compare.sh).
+web_listener() {
+    cat <<CONF
+[[listener]]
+name = "$1"
+bind = "$3"
+protocol = "$2"
+pool = "web"
+idle_timeout = "60s"
+CONF
+}
+
 # web_pool [EXTRA_TOML]: Shoal's pool "web" over the start_backends
 # backends (least_conn, HTTP health checks every 2 s), as TOML on stdout.
 web_pool() {
