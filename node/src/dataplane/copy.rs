@@ -5,10 +5,11 @@
 //! Between TCP sockets, a direction that carries bulk data moves it with
 //! splice(2) through a pipe, so its bytes are not copied into user space:
 //! a read that fills the whole buffer marks bulk, and the direction
-//! splices for as long as each splice fills its chunk too. Short messages
-//! stay on plain reads and writes, which cost less than the two splices
-//! and the pipe (docs/benchmarks.md, `bench/kernel-relay.sh`).
+//! splices for as long as each splice moves at least as much. Short
+//! messages stay on plain reads and writes, which cost less than the two
+//! splices and the pipe (docs/benchmarks.md, `bench/kernel-relay.sh`).
 
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::LazyLock;
@@ -23,7 +24,7 @@ use tokio::time::Instant;
 
 const BUF_SIZE: usize = 16 * 1024;
 /// At most this much per splice: a pipe's default capacity, so the pipe,
-/// drained after every chunk, never fills.
+/// drained after every chunk, never fills. Smaller pipes are not used.
 const PIPE_CHUNK: usize = 64 * 1024;
 
 /// Bytes moved in each direction.
@@ -183,7 +184,7 @@ where
 /// One direction between TCP sockets: reads and writes through a buffer,
 /// and splices while the data comes in bulk (module doc). The buffer is
 /// allocated on the first readable event, so a connection that never
-/// sends costs no buffer. A pipe is held only while full chunks follow
+/// sends costs no buffer. A pipe is held only while bulk chunks follow
 /// each other, so an idle connection, or one of short messages, holds none.
 async fn pump(
     mut from: OwnedReadHalf,
@@ -197,13 +198,20 @@ async fn pump(
     let mut moved = Moved::default();
     let mut pipe: Option<Pipe> = None;
     let mut bulk = false;
-    // Cleared for good when this kernel or socket refuses to splice.
+    // Cleared for good when this kernel, socket or sandbox cannot splice,
+    // or its pipes are too small to be worth it.
     let mut can_splice = true;
+    // fetch_max: the two directions race, and time must not go back.
+    let active = || last.fetch_max(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     loop {
         if bulk && can_splice && pipe.is_none() {
-            // None at the pipe limit or out of descriptors: this chunk is
-            // copied, and the next full one tries again.
-            pipe = Pipe::open(&PIPES_OPEN, *PIPES_MAX);
+            match Pipe::take(*PIPES_MAX) {
+                Ok(p) => pipe = Some(p),
+                // At the pipe limit or out of descriptors: this chunk is
+                // copied, and the next full one tries again.
+                Err(NoPipe::Busy) => {}
+                Err(NoPipe::Small) => can_splice = false,
+            }
         }
         let n = match &pipe {
             Some(p) => match p.fill(from.as_ref()).await {
@@ -211,51 +219,54 @@ async fn pump(
                 Err(e) if cannot_splice(&e) => {
                     tracing::debug!(error = %e, "splice(2) refused; copying");
                     can_splice = false;
-                    pipe = None;
-                    continue;
+                    0
                 }
                 Err(e) => return Err(e),
             },
             None => from.read(&mut buf).await?,
         };
+        if n == 0
+            && let Some(empty) = pipe.take()
+        {
+            // The splice moved nothing. That is the end of the stream only
+            // if a read says so too: splice also stops at TCP urgent data,
+            // which a read passes over. Back to reading.
+            empty.release();
+            bulk = false;
+            continue;
+        }
         if n == 0 {
             // Propagate the half-close; the other direction carries on.
             let _ = to.shutdown().await;
             return Ok(moved);
         }
         on_read();
-        // fetch_max: the two directions race, and time must not go back.
-        last.fetch_max(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let chunk = match &pipe {
+        active();
+        match &pipe {
             Some(p) => {
-                p.drain(to.as_ref(), n).await?;
+                p.drain(to.as_ref(), n, &active).await?;
                 moved.spliced += n as u64;
-                PIPE_CHUNK
             }
-            None => {
-                to.write_all(&buf[..n]).await?;
-                BUF_SIZE
-            }
-        };
+            None => to.write_all(&buf[..n]).await?,
+        }
         // A slow reader on the other side is activity too, not idleness.
-        last.fetch_max(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        active();
         moved.total += n as u64;
-        // A full chunk says more is waiting: splice the next one.
-        bulk = n == chunk;
-        if !bulk {
-            pipe = None;
+        // A full buffer, or a splice of at least as much, says more is
+        // waiting: splice the next chunk. Anything less ends the run.
+        bulk = n >= BUF_SIZE;
+        if !bulk && let Some(drained) = pipe.take() {
+            drained.release();
         }
     }
 }
 
-/// splice(2) errors that mean "not here" (a kernel or socket that cannot
-/// splice) rather than a failed connection; nothing has moved when they
-/// come from `Pipe::fill`.
+/// splice(2) errors that mean "not here" (a kernel, socket or seccomp
+/// policy that refuses it) rather than a failed connection; nothing has
+/// moved when they come from `Pipe::fill`.
 fn cannot_splice(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(code) if code == nix::libc::EINVAL || code == nix::libc::ENOSYS || code == nix::libc::EOPNOTSUPP
-    )
+    use nix::libc::{EINVAL, ENOSYS, EOPNOTSUPP, EPERM};
+    matches!(e.raw_os_error(), Some(EINVAL | ENOSYS | EOPNOTSUPP | EPERM))
 }
 
 /// Pipes open at once in this process.
@@ -270,60 +281,98 @@ static PIPES_MAX: LazyLock<usize> =
         },
     );
 
-/// A pipe that carries one direction's bulk data between two sockets. It
-/// is empty between chunks: `fill` moves at most its capacity in, and
-/// `drain` moves all of that out before the next `fill`.
+/// Why `Pipe::take` gave no pipe.
+#[derive(Debug, PartialEq, Eq)]
+enum NoPipe {
+    /// The pipe limit is reached, or the kernel has no descriptor to
+    /// give: worth trying again later.
+    Busy,
+    /// The kernel gives pipes smaller than PIPE_CHUNK (a user past
+    /// `fs.pipe-user-pages-soft` gets 8 KiB ones), which would cost more
+    /// than they save.
+    Small,
+}
+
+/// Empty pipes kept per worker thread.
+const SPARE_PIPES_MAX: usize = 16;
+
+thread_local! {
+    /// Empty pipes kept for this worker's next bulk run, so that a run
+    /// costs no pipe2 and close (HAProxy pools its pipes likewise).
+    static SPARE_PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A pipe that carries one direction's bulk data between two sockets,
+/// counted in PIPES_OPEN while it exists. It is empty between chunks:
+/// `fill` moves at most its capacity in, and `drain` moves all of that out
+/// before the next `fill`. Dropped, it closes; `release` keeps an empty
+/// one for reuse, so a pipe left holding bytes (a failed or cancelled
+/// drain) is never lent again.
 struct Pipe {
     out: OwnedFd,
     into: OwnedFd,
-    /// The count this pipe is in, taken back when it closes.
-    open: &'static AtomicUsize,
 }
 
 const SPLICE_FLAGS: SpliceFFlags = SpliceFFlags::SPLICE_F_MOVE.union(SpliceFFlags::SPLICE_F_NONBLOCK);
 
 impl Pipe {
-    /// A new pipe, counted in `open`; None when `max` are open already or
-    /// the kernel has none to give.
-    fn open(open: &'static AtomicUsize, max: usize) -> Option<Self> {
-        if open.fetch_add(1, Ordering::Relaxed) >= max {
-            open.fetch_sub(1, Ordering::Relaxed);
-            return None;
+    /// A spare pipe of this worker's, or a new one of at least PIPE_CHUNK
+    /// unless `max` are open already.
+    fn take(max: usize) -> Result<Self, NoPipe> {
+        if let Some(pipe) = SPARE_PIPES.with_borrow_mut(Vec::pop) {
+            return Ok(pipe);
         }
-        match nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC) {
-            Ok((out, into)) => Some(Self { out, into, open }),
+        if PIPES_OPEN.fetch_add(1, Ordering::Relaxed) >= max {
+            PIPES_OPEN.fetch_sub(1, Ordering::Relaxed);
+            return Err(NoPipe::Busy);
+        }
+        let (out, into) = match nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC) {
+            Ok(ends) => ends,
             Err(e) => {
-                open.fetch_sub(1, Ordering::Relaxed);
+                PIPES_OPEN.fetch_sub(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "no pipe for splice(2); copying");
-                None
+                return Err(NoPipe::Busy);
             }
+        };
+        // From here on, dropping the pipe takes it out of the count.
+        let pipe = Self { out, into };
+        match nix::fcntl::fcntl(&pipe.into, nix::fcntl::FcntlArg::F_GETPIPE_SZ) {
+            Ok(size) if usize::try_from(size).is_ok_and(|size| size >= PIPE_CHUNK) => Ok(pipe),
+            _ => Err(NoPipe::Small),
         }
     }
 
-    /// Moves up to PIPE_CHUNK bytes from `from` into the pipe; 0 once
-    /// `from` has ended.
+    /// Keeps this pipe, which must be empty, for the worker's next bulk
+    /// run, or closes it if enough are kept already.
+    fn release(self) {
+        SPARE_PIPES.with_borrow_mut(|spare| {
+            if spare.len() < SPARE_PIPES_MAX {
+                spare.push(self);
+            }
+        });
+    }
+
+    /// Moves up to PIPE_CHUNK bytes from `from` into the pipe once `from`
+    /// is readable. 0 when the splice moved nothing: `from` ended, reached
+    /// TCP urgent data, or was not readable after all; a read tells which.
     async fn fill(&self, from: &TcpStream) -> io::Result<usize> {
-        loop {
-            from.readable().await?;
-            let r = from.try_io(Interest::READABLE, || {
-                Ok(nix::fcntl::splice(
-                    from,
-                    None,
-                    &self.into,
-                    None,
-                    PIPE_CHUNK,
-                    SPLICE_FLAGS,
-                )?)
-            });
-            match r {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                r => return r,
+        from.readable().await?;
+        // EAGAIN is passed on as 0, not WouldBlock, so that the readiness
+        // stays for the read that follows: at urgent data splice says
+        // EAGAIN while a read would still return bytes.
+        from.try_io(Interest::READABLE, || {
+            match nix::fcntl::splice(from, None, &self.into, None, PIPE_CHUNK, SPLICE_FLAGS) {
+                Ok(n) => Ok(n),
+                Err(nix::errno::Errno::EAGAIN) => Ok(0),
+                Err(e) => Err(e.into()),
             }
-        }
+        })
     }
 
-    /// Moves `n` bytes, all the pipe holds, out into `to`.
-    async fn drain(&self, to: &TcpStream, mut n: usize) -> io::Result<()> {
+    /// Moves `n` bytes, all the pipe holds, out into `to`, calling
+    /// `progress` after each partial move. (A peer that has closed makes
+    /// this fail with EPIPE, not a signal: Rust programs ignore SIGPIPE.)
+    async fn drain(&self, to: &TcpStream, mut n: usize, progress: impl Fn() -> u64) -> io::Result<()> {
         while n > 0 {
             to.writable().await?;
             let r = to.try_io(Interest::WRITABLE, || {
@@ -331,7 +380,10 @@ impl Pipe {
             });
             match r {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(sent) => n -= sent,
+                Ok(sent) => {
+                    n -= sent;
+                    progress();
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
@@ -342,7 +394,7 @@ impl Pipe {
 
 impl Drop for Pipe {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
+        PIPES_OPEN.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -413,8 +465,19 @@ mod tests {
         Ok(got)
     }
 
+    /// Fails a test that hangs (a lost wake-up) instead of waiting forever.
+    async fn within_10s<T>(test: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+        tokio::time::timeout(Duration::from_secs(10), test)
+            .await
+            .map_err(|_| io::Error::other("the test hung for 10 s"))?
+    }
+
     #[tokio::test]
     async fn bulk_data_is_spliced_intact_and_short_messages_still_copied() -> io::Result<()> {
+        within_10s(bulk_and_short()).await
+    }
+
+    async fn bulk_and_short() -> io::Result<()> {
         let (mut client_side, client_conn) = pair().await?;
         let (backend_conn, mut backend_side) = pair().await?;
         let task = tokio::spawn(proxy(client_conn, backend_conn, Duration::from_secs(5), |_| {}));
@@ -437,7 +500,8 @@ mod tests {
         assert_eq!(moved.client_to_backend, 2 * 300 + (1 << 20));
         assert_eq!(moved.backend_to_client, 2 * (3 << 20) + 10);
         // The bulk transfers went mostly through the pipe; the short
-        // messages, and each bulk transfer's first buffer, did not.
+        // messages, and each bulk transfer's first buffer, did not. (A
+        // wider bound than loopback needs: TCP buffer sizes vary.)
         assert!(moved.spliced > 4 << 20, "{moved:?}");
         assert!(
             moved.spliced <= 2 * (3 << 20) + (1 << 20) - 3 * BUF_SIZE as u64,
@@ -447,30 +511,92 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stream_that_ends_while_spliced_ends_intact_on_the_other_side() -> io::Result<()> {
+        within_10s(async {
+            let (mut client_side, client_conn) = pair().await?;
+            let (backend_conn, mut backend_side) = pair().await?;
+            let task = tokio::spawn(proxy(client_conn, backend_conn, Duration::from_secs(5), |_| {}));
+            let upload = pattern(2 << 20, 6);
+            let reader = async {
+                let mut got = Vec::new();
+                backend_side.read_to_end(&mut got).await?;
+                io::Result::Ok(got)
+            };
+            let writer = async {
+                client_side.write_all(&upload).await?;
+                client_side.shutdown().await
+            };
+            let (got, ()) = tokio::try_join!(reader, writer)?;
+            assert!(got == upload, "{} of {} bytes", got.len(), upload.len());
+            drop((client_side, backend_side));
+            let moved = task.await.map_err(io::Error::other)?.map_err(io::Error::other)?;
+            assert_eq!(moved.client_to_backend, 2 << 20);
+            assert!(moved.spliced > 1 << 20, "{moved:?}");
+            Ok(())
+        })
+        .await
+    }
+
+    /// splice(2) stops at TCP urgent data, where a read goes on: a bulk
+    /// direction that meets it must read past it, not stall or end there.
+    #[tokio::test]
+    async fn urgent_data_in_a_bulk_stream_neither_stalls_nor_truncates_it() -> io::Result<()> {
+        within_10s(async {
+            for close_after in [true, false] {
+                let (mut client_side, client_conn) = pair().await?;
+                let (backend_conn, mut backend_side) = pair().await?;
+                let task = tokio::spawn(proxy(client_conn, backend_conn, Duration::from_secs(5), |_| {}));
+                // A full first buffer (so the next chunk is spliced), the
+                // urgent byte, then more; all of it queued before the proxy
+                // reads, and with the end of the stream too when close_after.
+                let (before, after) = (pattern(BUF_SIZE, 7), pattern(20_000, 8));
+                client_side.write_all(&before).await?;
+                socket2::SockRef::from(&client_side).send_out_of_band(b"!")?;
+                client_side.write_all(&after).await?;
+                if close_after {
+                    client_side.shutdown().await?;
+                }
+                // Without SO_OOBINLINE the urgent byte is out of band: the
+                // stream carries everything else.
+                let want = [before, after].concat();
+                let mut got = vec![0u8; want.len()];
+                backend_side.read_exact(&mut got).await?;
+                assert!(got == want, "close_after {close_after}");
+                drop(client_side);
+                let mut rest = Vec::new();
+                backend_side.read_to_end(&mut rest).await?;
+                assert!(rest.is_empty(), "close_after {close_after}: {} more bytes", rest.len());
+                drop(backend_side);
+                task.await.map_err(io::Error::other)?.map_err(io::Error::other)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    #[tokio::test]
     async fn a_pipe_moves_what_arrived_then_reports_the_end() -> io::Result<()> {
         let (mut writer, from) = pair().await?;
         let (to, mut reader) = pair().await?;
         let data = pattern(5000, 5);
         writer.write_all(&data).await?;
         writer.shutdown().await?;
-        static OPEN: AtomicUsize = AtomicUsize::new(0);
-        let pipe = Pipe::open(&OPEN, 1).ok_or_else(|| io::Error::other("no pipe"))?;
-        // The limit holds, and a closed pipe makes room again.
-        assert!(Pipe::open(&OPEN, 1).is_none());
-        assert_eq!(OPEN.load(Ordering::Relaxed), 1);
+        let pipe = Pipe::take(usize::MAX).map_err(|e| io::Error::other(format!("{e:?}")))?;
         let mut moved = 0;
         loop {
             let n = pipe.fill(&from).await?;
             if n == 0 {
                 break;
             }
-            pipe.drain(&to, n).await?;
+            pipe.drain(&to, n, || 0).await?;
             moved += n;
         }
         assert_eq!(moved, data.len());
-        drop(pipe);
-        assert_eq!(OPEN.load(Ordering::Relaxed), 0);
-        assert!(Pipe::open(&OPEN, 1).is_some());
+        // A released pipe is lent again, even at the limit (0 here), and
+        // only once.
+        pipe.release();
+        assert!(Pipe::take(0).is_ok());
+        assert_eq!(Pipe::take(0).err(), Some(NoPipe::Busy));
         drop(to);
         let mut got = Vec::new();
         reader.read_to_end(&mut got).await?;
