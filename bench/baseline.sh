@@ -25,7 +25,7 @@ cleanup() {
     [ -f "$work/backends.pid" ] && kill "$(cat "$work/backends.pid")" 2>/dev/null || true
     rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+clean_up_on_exit
 
 start_backends "$work"
 

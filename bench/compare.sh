@@ -73,11 +73,11 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done
+    for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
     wait 2>/dev/null || true
     [ -n "${KEEP:-}" ] && echo "kept $work" || rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+clean_up_on_exit
 
 # Proxies hold IDLE client connections: give them every descriptor the
 # hard limit allows (raising it needs CAP_SYS_RESOURCE, which a container

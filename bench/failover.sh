@@ -47,7 +47,7 @@ cleanup() {
     done
     rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+clean_up_on_exit
 
 VIP=10.78.0.100
 ip netns add "$p-br"

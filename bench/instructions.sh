@@ -41,11 +41,11 @@ work=$(mktemp -d)
 proxy=""
 cleanup() {
     [ -n "$proxy" ] && kill "$proxy" 2>/dev/null
-    [ -f "$work/backends.pid" ] && kill "$(cat "$work/backends.pid")" 2>/dev/null
+    [ -f "$work/backends.pid" ] && kill "$(cat "$work/backends.pid")" 2>/dev/null || true
     wait 2>/dev/null || true
     rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+clean_up_on_exit
 
 start_backends "$work"
 cat >"$work/shoal.toml" <<CONF

@@ -42,6 +42,8 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 need clang clang
+need gcc gcc
+need curl curl
 need wrk wrk
 need nginx nginx
 need haproxy haproxy
@@ -55,16 +57,16 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    [ -f "$work/backends.pid" ] && kill "$(cat "$work/backends.pid")" 2>/dev/null
+    [ -f "$work/backends.pid" ] && kill "$(cat "$work/backends.pid")" 2>/dev/null || true
     wait 2>/dev/null || true
     rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+clean_up_on_exit
 
 clang -O2 -g -target bpf -I"/usr/include/$(gcc -dumpmachine)" \
     -c bench/kernel-relay/splice.bpf.c -o "$work/splice.bpf.o"
 cargo build --release --quiet --manifest-path bench/kernel-relay/Cargo.toml
-relay=bench/kernel-relay/target/release/kernel-relay
+relay="${CARGO_TARGET_DIR:-bench/kernel-relay/target}/release/kernel-relay"
 shoal_binary
 cargo build --release --quiet -p shoal-bench-forwarder
 forwarder="${CARGO_TARGET_DIR:-$PWD/target}/release/forwarder"
@@ -79,6 +81,8 @@ if [ -n "$size" ]; then
     chmod 755 "$work" "$work/www"
     chmod 644 "$work/www/body"
     sed -i "s|location / {|location = /body { root $work/www; } location / {|" "$work/backends.conf"
+    # nginx writes its pid file after start_backends returns.
+    for _ in $(seq 50); do [ -s "$work/backends.pid" ] && break; sleep 0.1; done
     nginx -c "$work/backends.conf" -p "$work" -s reload
     path=/body
 fi
@@ -136,7 +140,8 @@ done
 
 # counters: "BUSY_TICKS CONTEXT_SWITCHES KWORKER_TICKS" of the whole machine;
 # the kernel's workqueue threads (kworker) are where sockmap sends
-# redirected bytes from.
+# redirected bytes from. (A kworker that exits during a round takes its
+# ticks along, so that column can only undercount.)
 counters() {
     local kworker=0 d comm
     for d in /proc/[0-9]*; do
@@ -176,7 +181,7 @@ for _, product, rps, requests, busy, ctxt, kworker in rows:
     d["rps"].append(float(rps))
     d["cpu"].append(int(busy) / clk_tck * 1e6 / int(requests))
     d["ctxt"].append(int(ctxt) / int(requests))
-    d["kworker"].append(int(kworker) / clk_tck * 1e6 / int(requests))
+    d["kworker"].append(max(0, int(kworker)) / clk_tck * 1e6 / int(requests))
 base = statistics.median(by["haproxy"]["rps"])
 print()
 print(f"medians over {len(by['haproxy']['rps'])} rounds")

@@ -13,6 +13,14 @@ need() {
     fi
 }
 
+# clean_up_on_exit: runs the script's cleanup function when it exits,
+# also when interrupted (INT, TERM), which then ends the script instead
+# of letting it carry on against killed processes.
+clean_up_on_exit() {
+    trap cleanup EXIT
+    trap "exit 130" INT TERM
+}
+
 # Sets $shoal: a release build of this tree, or SHOAL_BIN (e.g. an older
 # commit's build, for comparison).
 shoal_binary() {

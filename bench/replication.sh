@@ -27,7 +27,7 @@ cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+clean_up_on_exit
 
 "$shoal" certs --dir "$work" --nodes lb1,lb2,lb3 >/dev/null
 "$shoal" backend --bind 127.0.0.1:28001 --name b1 >/dev/null 2>&1 & pids+=($!)
