@@ -78,7 +78,18 @@ fn start_slamming_backend() -> Result<SocketAddr> {
 fn failures_before_the_response_are_retried_only_when_safe() -> Result<()> {
     let slam = start_slamming_backend()?;
     let good = Backend::start("good")?;
-    let (node, http) = one_listener_node("algorithm = \"round_robin\"", &[("slam", slam), ("good", good.addr)])?;
+    // One worker: each request below comes on a new connection, which the
+    // kernel may hand to any worker, and each worker keeps its own
+    // round_robin turn; the exact 5/5 split needs one turn.
+    let (admin, http) = (local()?, local()?);
+    let cfg = node(admin, "workers = 1")
+        + &listener("web", http, "http", "web", "")
+        + &pool(
+            "web",
+            "algorithm = \"round_robin\"",
+            &[("slam", slam), ("good", good.addr)],
+        );
+    let node = Node::start(&cfg, admin)?;
     for _ in 0..10 {
         let r = get(http, "/")?;
         assert_eq!(
