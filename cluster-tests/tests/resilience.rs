@@ -12,8 +12,17 @@ use shoal_cluster_tests::config::{listener, local, node, pool};
 use shoal_cluster_tests::{Backend, Node, get, request, wait_until};
 
 fn one_listener_node(pool_extra: &str, backends: &[(&str, SocketAddr)]) -> Result<(Node, SocketAddr)> {
+    one_listener_node_with("", pool_extra, backends)
+}
+
+/// `one_listener_node` with `node_extra` in its `[node]` table.
+fn one_listener_node_with(
+    node_extra: &str,
+    pool_extra: &str,
+    backends: &[(&str, SocketAddr)],
+) -> Result<(Node, SocketAddr)> {
     let (admin, http) = (local()?, local()?);
-    let cfg = node(admin, "") + &listener("web", http, "http", "web", "") + &pool("web", pool_extra, backends);
+    let cfg = node(admin, node_extra) + &listener("web", http, "http", "web", "") + &pool("web", pool_extra, backends);
     Ok((Node::start(&cfg, admin)?, http))
 }
 
@@ -81,15 +90,11 @@ fn failures_before_the_response_are_retried_only_when_safe() -> Result<()> {
     // One worker: each request below comes on a new connection, which the
     // kernel may hand to any worker, and each worker keeps its own
     // round_robin turn; the exact 5/5 split needs one turn.
-    let (admin, http) = (local()?, local()?);
-    let cfg = node(admin, "workers = 1")
-        + &listener("web", http, "http", "web", "")
-        + &pool(
-            "web",
-            "algorithm = \"round_robin\"",
-            &[("slam", slam), ("good", good.addr)],
-        );
-    let node = Node::start(&cfg, admin)?;
+    let (node, http) = one_listener_node_with(
+        "workers = 1",
+        "algorithm = \"round_robin\"",
+        &[("slam", slam), ("good", good.addr)],
+    )?;
     for _ in 0..10 {
         let r = get(http, "/")?;
         assert_eq!(
