@@ -456,6 +456,19 @@ mod tests {
         Ok(())
     }
 
+    /// A client socket and a backend socket with `proxy` running between
+    /// them (5 s idle timeout), and its task.
+    async fn proxied() -> io::Result<(
+        TcpStream,
+        TcpStream,
+        tokio::task::JoinHandle<Result<Transferred, CopyError>>,
+    )> {
+        let (client_side, client_conn) = pair().await?;
+        let (backend_conn, backend_side) = pair().await?;
+        let task = tokio::spawn(proxy(client_conn, backend_conn, Duration::from_secs(5), |_| {}));
+        Ok((client_side, backend_side, task))
+    }
+
     /// `len` bytes that are not all alike, so a lost, repeated or
     /// reordered chunk shows.
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -482,9 +495,7 @@ mod tests {
     }
 
     async fn bulk_and_short() -> io::Result<()> {
-        let (mut client_side, client_conn) = pair().await?;
-        let (backend_conn, mut backend_side) = pair().await?;
-        let task = tokio::spawn(proxy(client_conn, backend_conn, Duration::from_secs(5), |_| {}));
+        let (mut client_side, mut backend_side, task) = proxied().await?;
 
         // A short request, a bulk response, then the same again: each
         // direction switches between copying and splicing and back.
@@ -520,9 +531,7 @@ mod tests {
     #[tokio::test]
     async fn an_end_met_while_splicing_is_passed_on_after_every_byte() -> io::Result<()> {
         within_10s(async {
-            let (mut client_side, client_conn) = pair().await?;
-            let (backend_conn, mut backend_side) = pair().await?;
-            let task = tokio::spawn(proxy(client_conn, backend_conn, Duration::from_secs(5), |_| {}));
+            let (mut client_side, mut backend_side, task) = proxied().await?;
             let upload = pattern(2 * BUF_SIZE, 9);
             client_side.write_all(&upload).await?;
             client_side.shutdown().await?;
@@ -541,9 +550,7 @@ mod tests {
     #[tokio::test]
     async fn a_bulk_upload_and_its_end_arrive_whole() -> io::Result<()> {
         within_10s(async {
-            let (mut client_side, client_conn) = pair().await?;
-            let (backend_conn, mut backend_side) = pair().await?;
-            let task = tokio::spawn(proxy(client_conn, backend_conn, Duration::from_secs(5), |_| {}));
+            let (mut client_side, mut backend_side, task) = proxied().await?;
             let upload = pattern(2 << 20, 6);
             let reader = async {
                 let mut got = Vec::new();
@@ -571,9 +578,7 @@ mod tests {
     async fn urgent_data_in_a_bulk_stream_neither_stalls_nor_truncates_it() -> io::Result<()> {
         within_10s(async {
             for close_after in [true, false] {
-                let (mut client_side, client_conn) = pair().await?;
-                let (backend_conn, mut backend_side) = pair().await?;
-                let task = tokio::spawn(proxy(client_conn, backend_conn, Duration::from_secs(5), |_| {}));
+                let (mut client_side, mut backend_side, task) = proxied().await?;
                 // A full first buffer (so the next chunk is spliced), the
                 // urgent byte, then more; all of it queued before the proxy
                 // reads, and with the end of the stream too when close_after.
