@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Does relaying L4 bytes in the kernel beat a user-space copy loop here?
 #
-# Five TCP proxies over compare.sh's three nginx backends, measured in
+# TCP proxies over compare.sh's three nginx backends, measured in
 # alternation with wrk (HTTP over client keep-alive, as compare.sh's l4 run):
 #   shoal      Shoal's L4 listener: copies short messages, splices bulk
 #              (node/src/dataplane/copy.rs)
@@ -13,6 +13,14 @@
 #              SOCKHASH with an sk_skb stream verdict (splice.bpf.c) that
 #              sends what one receives out of the other; the proxy is not
 #              woken for the bytes at all
+#   uring      bench/kernel-relay uring: the forwarder's copy loop with its
+#              system calls batched through io_uring, one io_uring_enter per
+#              round of completions, deferred task work
+#              (bench/kernel-relay/src/uring.rs)
+#   uring-plain  the same on a ring without IORING_SETUP_DEFER_TASKRUN
+#   tokio-uring  the same copy loop on tokio-uring's safe API
+#   monoio     the same copy loop on monoio (an io_uring thread-per-core
+#              runtime with a safe API); monoio-defer with deferred task work
 # and prints, as medians over the rounds: requests/s, the ratio to HAProxy,
 # and per request the machine's busy CPU time (every core, kernel threads
 # included: where the kernel does the relaying, that is where its cost
@@ -22,6 +30,7 @@
 # Usage: bench/kernel-relay.sh   ROUNDS=5 DURATION=3 CONNECTIONS=64 (environment);
 #   SIZE=BYTES has the backends answer a body of that size (a static file)
 #   instead of compare.sh's short one, for bulk transfers.
+#   PROXIES="haproxy uring ..." measures only those (haproxy always).
 # SHOAL_BIN measures another build of Shoal (as compare.sh).
 # Needs root (loading BPF needs CAP_BPF and CAP_NET_ADMIN). Installs clang,
 # libbpf-dev, wrk, nginx and haproxy with apt-get when missing. Builds into
@@ -124,11 +133,31 @@ setsid "$relay" splice 127.0.0.1:18584 "${backends[@]}" >"$work/splice.log" 2>&1
 pids+=($!)
 setsid "$relay" sockmap "$work/splice.bpf.o" 127.0.0.1:18585 "${backends[@]}" >"$work/sockmap.log" 2>&1 &
 pids+=($!)
-products=(shoal haproxy forwarder splice sockmap)
+setsid "$relay" uring 127.0.0.1:18587 "${backends[@]}" >"$work/uring.log" 2>&1 &
+pids+=($!)
+setsid "$relay" tokio-uring 127.0.0.1:18588 "${backends[@]}" >"$work/tokio-uring.log" 2>&1 &
+pids+=($!)
+KERNEL_RELAY_URING_PLAIN=1 setsid "$relay" uring 127.0.0.1:18589 "${backends[@]}" >"$work/uring-plain.log" 2>&1 &
+pids+=($!)
+setsid "$relay" monoio 127.0.0.1:18590 "${backends[@]}" >"$work/monoio.log" 2>&1 &
+pids+=($!)
+KERNEL_RELAY_MONOIO_DEFER=1 setsid "$relay" monoio 127.0.0.1:18591 "${backends[@]}" >"$work/monoio-defer.log" 2>&1 &
+pids+=($!)
+read -ra products <<<"${PROXIES:-shoal haproxy forwarder splice sockmap uring uring-plain tokio-uring monoio monoio-defer}"
+if [[ " ${products[*]} " != *" haproxy "* ]]; then
+    echo "kernel-relay: PROXIES must include haproxy, the ratios' base" >&2
+    exit 1
+fi
 declare -A url=([shoal]=http://127.0.0.1:18586$path [haproxy]=http://127.0.0.1:18581$path
     [forwarder]=http://127.0.0.1:18582$path [splice]=http://127.0.0.1:18584$path
-    [sockmap]=http://127.0.0.1:18585$path)
+    [sockmap]=http://127.0.0.1:18585$path [uring]=http://127.0.0.1:18587$path
+    [tokio-uring]=http://127.0.0.1:18588$path [uring-plain]=http://127.0.0.1:18589$path
+    [monoio]=http://127.0.0.1:18590$path [monoio-defer]=http://127.0.0.1:18591$path)
 for product in "${products[@]}"; do
+    if [ -z "${url[$product]:-}" ]; then
+        echo "kernel-relay: unknown proxy $product in PROXIES" >&2
+        exit 1
+    fi
     for _ in $(seq 50); do
         curl -sf -m 1 "${url[$product]}" >/dev/null 2>&1 && continue 2
         sleep 0.1
@@ -171,24 +200,28 @@ for ((r = 0; r < rounds; r++)); do
     done
 done
 
-python3 - "$results" "$(getconf CLK_TCK)" <<'PY'
+python3 - "$results" "$(getconf CLK_TCK)" "${products[@]}" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 clk_tck = int(sys.argv[2])
+products = sys.argv[3:]
 by = {}
-for _, product, rps, requests, busy, ctxt, kworker in rows:
-    d = by.setdefault(product, {"rps": [], "cpu": [], "ctxt": [], "kworker": []})
-    d["rps"].append(float(rps))
+for r, product, rps, requests, busy, ctxt, kworker in rows:
+    d = by.setdefault(product, {"rps": {}, "cpu": [], "ctxt": [], "kworker": []})
+    d["rps"][r] = float(rps)
     d["cpu"].append(int(busy) / clk_tck * 1e6 / int(requests))
     d["ctxt"].append(int(ctxt) / int(requests))
     d["kworker"].append(max(0, int(kworker)) / clk_tck * 1e6 / int(requests))
-base = statistics.median(by["haproxy"]["rps"])
+haproxy = by["haproxy"]["rps"]
+base = statistics.median(haproxy.values())
 print()
-print(f"medians over {len(by['haproxy']['rps'])} rounds")
-print("| proxy | requests/s | / haproxy | machine CPU µs / request | of it in kworker threads | context switches / request |")
-print("|---|---|---|---|---|---|")
-for product in ["shoal", "haproxy", "forwarder", "splice", "sockmap"]:
+print(f"medians over {len(haproxy)} rounds")
+print("| proxy | requests/s | / haproxy | / haproxy per round (range) | machine CPU µs / request | of it in kworker threads | context switches / request |")
+print("|---|---|---|---|---|---|---|")
+for product in products:
     d = by[product]
-    rps = statistics.median(d["rps"])
-    print(f"| {product} | {rps:,.0f} | {rps / base:.2f} | {statistics.median(d['cpu']):.1f} | {statistics.median(d['kworker']):.1f} | {statistics.median(d['ctxt']):.2f} |")
+    rps = statistics.median(d["rps"].values())
+    ratios = [d["rps"][r] / haproxy[r] for r in haproxy]
+    per_round = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"
+    print(f"| {product} | {rps:,.0f} | {rps / base:.2f} | {per_round} | {statistics.median(d['cpu']):.1f} | {statistics.median(d['kworker']):.1f} | {statistics.median(d['ctxt']):.2f} |")
 PY
