@@ -25,7 +25,8 @@
 # connection) and, for l4, the least a TCP proxy can do (connect to the
 # least-loaded backend, copy both ways). wrk, the backends and the proxy
 # share the same cores, so what the forwarder reaches bounds what any
-# proxy can reach here.
+# epoll-driven proxy can reach here. forwarder-uring is the same HTTP
+# yardstick on io_uring (monoio; `forwarder --uring`), for l7 and close.
 #
 # Usage: bench/compare.sh [--no-write]
 #   ROUNDS=3 DURATION=10 CONNECTIONS=64 IDLE=10000 (environment), and
@@ -204,6 +205,10 @@ setsid "$forwarder" --tcp 127.0.0.1:18381 127.0.0.1:18380 127.0.0.1:18001 127.0.
 forwarder_pid=$!
 pids+=("$forwarder_pid")
 own_session "$forwarder_pid"
+setsid "$forwarder" --uring 127.0.0.1:18390 127.0.0.1:18001 127.0.0.1:18002 127.0.0.1:18003 >"$work/forwarder-uring.log" 2>&1 &
+forwarder_uring_pid=$!
+pids+=("$forwarder_uring_pid")
+own_session "$forwarder_uring_pid"
 
 # --- Shoal: one node alone, and a three-node sticky cluster ------------------
 cat >"$work/shoal.toml" <<CONF
@@ -245,7 +250,7 @@ wait_http() { # URL: up to 10 s
     echo "compare: $1 did not answer within 10 s" >&2
     exit 1
 }
-for port in 18001 18002 18003 18180 18181 18280 18380 18381 18080 18081 18082; do
+for port in 18001 18002 18003 18180 18181 18280 18380 18381 18390 18080 18081 18082; do
     wait_http "http://127.0.0.1:$port/"
 done
 [ -n "$nginx_stream" ] && wait_http "http://127.0.0.1:18281/"
@@ -275,6 +280,7 @@ proxy_pids() { # PRODUCT: the processes that do its work
         haproxy) echo "$haproxy_pid" ;;
         nginx) nginx_pids ;;
         forwarder) echo "$forwarder_pid" ;;
+        forwarder-uring) echo "$forwarder_uring_pid" ;;
     esac
 }
 cpu_ticks() { # PID...: user + system clock ticks used so far
@@ -391,20 +397,22 @@ memory haproxy 18180
 memory nginx 18280
 
 echo "compare: $(nproc) cores, $(uname -r), autogroup $(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo n/a), $rounds rounds of ${duration}s, wrk -t2 -c$connections"
-declare -A l7=([shoal]=http://127.0.0.1:18080/ [haproxy]=http://127.0.0.1:18180/ [nginx]=http://127.0.0.1:18280/ [forwarder]=http://127.0.0.1:18380/)
+declare -A l7=([shoal]=http://127.0.0.1:18080/ [haproxy]=http://127.0.0.1:18180/ [nginx]=http://127.0.0.1:18280/ [forwarder]=http://127.0.0.1:18380/
+    [forwarder-uring]=http://127.0.0.1:18390/)
 declare -A l4=([shoal]=http://127.0.0.1:18081/ [haproxy]=http://127.0.0.1:18181/ [forwarder]=http://127.0.0.1:18381/)
 [ -n "$nginx_stream" ] && l4[nginx]=http://127.0.0.1:18281/
+proxies=(shoal haproxy nginx forwarder forwarder-uring)
 for ((r = 1; r <= rounds; r++)); do
     if wanted l7; then
-        for p in $(rotate "$r" shoal haproxy nginx forwarder); do run "$r" l7 "$p" "${l7[$p]}"; done
+        for p in $(rotate "$r" "${proxies[@]}"); do run "$r" l7 "$p" "${l7[$p]}"; done
     fi
     if wanted l4; then
-        for p in $(rotate "$r" shoal haproxy nginx forwarder); do
+        for p in $(rotate "$r" "${proxies[@]}"); do
             if [ -n "${l4[$p]:-}" ]; then run "$r" l4 "$p" "${l4[$p]}"; fi
         done
     fi
     if wanted close; then
-        for p in $(rotate "$r" shoal haproxy nginx forwarder); do
+        for p in $(rotate "$r" "${proxies[@]}"); do
             run "$r" close "$p" "${l7[$p]}" -H "Connection: close"
         done
     fi
@@ -436,13 +444,14 @@ titles = {"l7": "L7 HTTP, keep-alive", "l4": "L4 TCP, keep-alive",
 print("| scenario | proxy | requests/s (median) | p50 ms | p99 ms | proxy CPU µs/request | runs (requests/s) | errors |")
 print("|---|---|---|---|---|---|---|---|")
 for scenario in ["l7", "l4", "close", "cluster"]:
-    for product in ["shoal", "haproxy", "nginx", "forwarder", "shoal-cluster"]:
+    for product in ["shoal", "haproxy", "nginx", "forwarder", "forwarder-uring", "shoal-cluster"]:
         key = (scenario, product)
         if key not in by:
             continue
         runs = ", ".join(f"{x[0]:.0f}" for x in by[key])
         errs = sum(x[3] for x in by[key])
-        name = "forwarder (yardstick)" if product == "forwarder" else product
+        name = {"forwarder": "forwarder (yardstick)",
+                "forwarder-uring": "forwarder on io_uring (yardstick)"}.get(product, product)
         print(f"| {titles[scenario]} | {name} | {med(key, 0):.0f} | {med(key, 1):.2f} | {med(key, 2):.2f} | {med(key, 4):.1f} | {runs} | {errs} |")
 print()
 print("| ratio (medians) | value |")
@@ -458,6 +467,8 @@ for scenario in ["l7", "l4", "close"]:
         print(f"| L7 p99: Shoal / haproxy | {ratio('l7', 'shoal', 'haproxy', 2)} |")
     if (scenario, "forwarder") in by:
         print(f"| {titles[scenario]}: yardstick forwarder / haproxy requests/s | {ratio(scenario, 'forwarder', 'haproxy')} |")
+    if (scenario, "forwarder-uring") in by:
+        print(f"| {titles[scenario]}: yardstick forwarder on io_uring / haproxy requests/s | {ratio(scenario, 'forwarder-uring', 'haproxy')} |")
 if ("cluster", "shoal") in by:
     print(f"| cluster + sticky / single node requests/s | {ratio('cluster', 'shoal-cluster', 'shoal')} |")
 # The host's speed drifts over tens of seconds; two proxies measured in the
@@ -477,6 +488,9 @@ for scenario in ["l7", "l4", "close"]:
 ratio_rows += [
     ("L7 HTTP, keep-alive: yardstick forwarder / haproxy", per_round_ratio("l7", "forwarder", "haproxy")),
     ("L4 TCP, keep-alive: yardstick forwarder / haproxy", per_round_ratio("l4", "forwarder", "haproxy")),
+    ("L7 HTTP, keep-alive: yardstick forwarder on io_uring / haproxy", per_round_ratio("l7", "forwarder-uring", "haproxy")),
+    ("L7 HTTP, connection per request: yardstick forwarder on io_uring / haproxy",
+     per_round_ratio("close", "forwarder-uring", "haproxy")),
     ("L7 p99: Shoal / haproxy", per_round_ratio("l7", "shoal", "haproxy", 1)),
     ("L7 proxy CPU per request: Shoal / haproxy", per_round_ratio("l7", "shoal", "haproxy", 2)),
     ("cluster + sticky / single node", per_round_ratio("cluster", "shoal-cluster", "shoal")),

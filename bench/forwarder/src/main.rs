@@ -13,17 +13,26 @@
 //! connections and copy bytes both ways (`tokio::io::copy_bidirectional`),
 //! nothing else.
 //!
-//! Usage: forwarder [--tcp TCP_LISTEN] LISTEN BACKEND... (one
+//! With `--uring` the HTTP yardstick runs on monoio, an io_uring runtime,
+//! instead of tokio: the same work, with each worker's system calls batched
+//! into one io_uring_enter per round of completions (its ring defers the
+//! kernel's completion work to that call). It shows what the same proxy
+//! gains from io_uring on this machine.
+//!
+//! Usage: forwarder [--uring] [--tcp TCP_LISTEN] LISTEN BACKEND... (one
 //! single-threaded runtime and one SO_REUSEPORT listener per core and
-//! address).
+//! address; `--tcp` is not offered with `--uring`).
 
 use std::cell::RefCell;
+use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+mod stream;
+use stream::Stream;
 
 /// Largest request or response head, request body and response body it
 /// accepts (bodies are buffered whole).
@@ -32,10 +41,11 @@ const MAX_BODY: usize = 1024 * 1024;
 const MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
 const MAX_HEADERS: usize = 64;
 
-const USAGE: &str = "usage: forwarder [--tcp TCP_LISTEN] LISTEN BACKEND...";
+const USAGE: &str = "usage: forwarder [--uring] [--tcp TCP_LISTEN] LISTEN BACKEND...";
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1).peekable();
+    let uring = args.next_if(|a| a == "--uring").is_some();
     let tcp_listen: Option<SocketAddr> = if args.peek().map(String::as_str) == Some("--tcp") {
         args.next();
         let addr = args.next().context(USAGE)?;
@@ -54,6 +64,9 @@ fn main() -> anyhow::Result<()> {
     if backends.is_empty() {
         bail!(USAGE);
     }
+    if uring && tcp_listen.is_some() {
+        bail!("--tcp is not offered with --uring (bench/kernel-relay has io_uring L4 loops)");
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = (0..cores)
         .map(|i| {
@@ -62,7 +75,13 @@ fn main() -> anyhow::Result<()> {
             let backends = backends.clone();
             std::thread::Builder::new()
                 .name(format!("forwarder-{i}"))
-                .spawn(move || worker(listener, tcp_listener, backends))
+                .spawn(move || {
+                    if uring {
+                        uring_worker(listener, backends)
+                    } else {
+                        worker(listener, tcp_listener, backends)
+                    }
+                })
                 .context("spawning a worker")
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -102,16 +121,42 @@ fn worker(
         }
         loop {
             let (client, peer) = accept(&listener).await;
-            let backends = Rc::clone(&backends);
-            tokio::task::spawn_local(async move {
-                if let Err(e) = serve(client, peer, &backends).await
-                    && !is_disconnect(&e)
-                {
-                    eprintln!("forwarder: {peer}: {e:#}");
-                }
-            });
+            tokio::task::spawn_local(serve_and_report(client, peer, Rc::clone(&backends)));
         }
     })
+}
+
+/// A worker on monoio's io_uring driver. Its ring is entered by this thread
+/// alone, and the kernel's completion work waits for that thread's next
+/// io_uring_enter instead of interrupting it (DEFER_TASKRUN, without which
+/// io_uring gained nothing here: docs/benchmarks.md, "io_uring").
+fn uring_worker(listener: std::net::TcpListener, addrs: Vec<SocketAddr>) -> anyhow::Result<()> {
+    let mut ring = io_uring::IoUring::builder();
+    ring.setup_single_issuer().setup_defer_taskrun();
+    let mut runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .uring_builder(ring)
+        .build()
+        .context("starting monoio's io_uring runtime (kernel 6.1 or later, io_uring not disabled)")?;
+    runtime.block_on(async move {
+        let listener = monoio::net::TcpListener::from_std(listener)?;
+        let backends = Rc::new(Backends::new(addrs));
+        loop {
+            match listener.accept().await {
+                Ok((client, peer)) => {
+                    monoio::spawn(serve_and_report(client, peer, Rc::clone(&backends)));
+                }
+                Err(e) => eprintln!("forwarder: accept: {e}"),
+            }
+        }
+    })
+}
+
+async fn serve_and_report<S: Stream>(client: S, peer: SocketAddr, backends: Rc<Backends<S>>) {
+    if let Err(e) = serve(client, peer, &backends).await
+        && !is_disconnect(&e)
+    {
+        eprintln!("forwarder: {peer}: {e:#}");
+    }
 }
 
 /// The next client connection; a failed accept (e.g. out of descriptors)
@@ -127,7 +172,7 @@ async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
 
 /// The L4 yardstick: each client connection goes to the backend with the
 /// fewest of this worker's connections open, bytes copied both ways.
-async fn pass_through(listener: TcpListener, backends: Rc<Backends>) {
+async fn pass_through(listener: TcpListener, backends: Rc<Backends<TcpStream>>) {
     loop {
         let (mut client, peer) = accept(&listener).await;
         let backends = Rc::clone(&backends);
@@ -153,13 +198,13 @@ async fn pass_through(listener: TcpListener, backends: Rc<Backends>) {
 
 /// One worker's backends: its idle connections and requests (HTTP) or
 /// connections (TCP) in flight.
-struct Backends {
+struct Backends<S> {
     addrs: Vec<SocketAddr>,
-    idle: RefCell<Vec<Vec<TcpStream>>>,
+    idle: RefCell<Vec<Vec<S>>>,
     in_flight: RefCell<Vec<u32>>,
 }
 
-impl Backends {
+impl<S> Backends<S> {
     fn new(addrs: Vec<SocketAddr>) -> Self {
         let n = addrs.len();
         Self {
@@ -177,24 +222,26 @@ impl Backends {
 
 /// A byte buffer holding what was read and not yet consumed.
 struct Buffer {
-    bytes: Vec<u8>,
+    bytes: Box<[u8]>,
     len: usize,
 }
 
 impl Buffer {
     fn new() -> Self {
         Self {
-            bytes: vec![0; MAX_HEAD],
+            bytes: vec![0; MAX_HEAD].into(),
             len: 0,
         }
     }
 
     /// Reads more; false at end of stream.
-    async fn fill(&mut self, from: &mut TcpStream) -> anyhow::Result<bool> {
+    async fn fill(&mut self, from: &mut impl Stream) -> anyhow::Result<bool> {
         if self.len == self.bytes.len() {
             bail!("head larger than {MAX_HEAD} bytes");
         }
-        let n = from.read(&mut self.bytes[self.len..]).await?;
+        let (read, bytes) = from.read_into(std::mem::take(&mut self.bytes), self.len).await;
+        self.bytes = bytes;
+        let n = read?;
         self.len += n;
         Ok(n > 0)
     }
@@ -205,7 +252,7 @@ impl Buffer {
     }
 }
 
-async fn serve(mut client: TcpStream, peer: SocketAddr, backends: &Backends) -> anyhow::Result<()> {
+async fn serve<S: Stream>(mut client: S, peer: SocketAddr, backends: &Backends<S>) -> anyhow::Result<()> {
     let forwarded = format!("x-forwarded-for: {}\r\n", peer.ip());
     let mut from_client = Buffer::new();
     let mut from_backend = Buffer::new();
@@ -217,10 +264,10 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, backends: &Backends) -> 
         };
         let i = backends.least_loaded();
         backends.in_flight.borrow_mut()[i] += 1;
-        let outcome = exchange(backends, i, &request, &head, &mut from_backend, &mut response).await;
+        let outcome = exchange(backends, i, &mut request, &head, &mut from_backend, &mut response).await;
         backends.in_flight.borrow_mut()[i] -= 1;
         outcome?;
-        client.write_all(&response).await?;
+        write_all(&mut client, &mut response).await?;
         if head.close {
             return Ok(());
         }
@@ -235,7 +282,7 @@ struct RequestHead {
 /// Reads one request into `out` (head with X-Forwarded-For, then body);
 /// None when the client closed between requests.
 async fn read_request(
-    client: &mut TcpStream,
+    client: &mut impl Stream,
     buf: &mut Buffer,
     out: &mut Vec<u8>,
     forwarded: &str,
@@ -275,7 +322,9 @@ async fn read_request(
             buf.consume(buffered);
             let start = out.len();
             out.resize(start + body_len - buffered, 0);
-            client.read_exact(&mut out[start..]).await?;
+            let (read, back) = client.read_exact_into(std::mem::take(out), start).await;
+            *out = back;
+            read?;
             return Ok(Some(RequestHead { is_head, close }));
         }
         if !buf.fill(client).await? {
@@ -290,10 +339,10 @@ async fn read_request(
 /// Sends `request` to backend `i` and reads its whole response into `out`
 /// (its head rewritten for the client's Connection), keeping the backend
 /// connection when the backend allows.
-async fn exchange(
-    backends: &Backends,
+async fn exchange<S: Stream>(
+    backends: &Backends<S>,
     i: usize,
-    request: &[u8],
+    request: &mut Vec<u8>,
     client: &RequestHead,
     buf: &mut Buffer,
     out: &mut Vec<u8>,
@@ -339,7 +388,9 @@ async fn exchange(
     out.extend_from_slice(&buf.bytes[head_len..have]);
     let start = out.len();
     out.resize(start + head_len + body_len - have, 0);
-    upstream.read_exact(&mut out[start..]).await?;
+    let (read, back) = upstream.read_exact_into(std::mem::take(out), start).await;
+    *out = back;
+    read?;
     if keep && buf.len == have {
         backends.idle.borrow_mut()[i].push(upstream);
     }
@@ -370,22 +421,33 @@ fn is_io_disconnect(e: &std::io::Error) -> bool {
 /// answer. A kept-alive connection the backend has meanwhile closed fails
 /// before any byte comes back; then the request goes once more, over a new
 /// connection, as every proxy does.
-async fn send(backends: &Backends, i: usize, request: &[u8], buf: &mut Buffer) -> anyhow::Result<TcpStream> {
+async fn send<S: Stream>(
+    backends: &Backends<S>,
+    i: usize,
+    request: &mut Vec<u8>,
+    buf: &mut Buffer,
+) -> anyhow::Result<S> {
     buf.len = 0;
     let idle = backends.idle.borrow_mut()[i].pop();
     if let Some(mut conn) = idle
-        && conn.write_all(request).await.is_ok()
+        && write_all(&mut conn, request).await.is_ok()
         && buf.fill(&mut conn).await.unwrap_or(false)
     {
         return Ok(conn);
     }
-    let mut conn = TcpStream::connect(backends.addrs[i]).await?;
-    conn.set_nodelay(true)?;
-    conn.write_all(request).await?;
+    let mut conn = S::connect(backends.addrs[i]).await?;
+    write_all(&mut conn, request).await?;
     if !buf.fill(&mut conn).await? {
         bail!("backend closed before its response head");
     }
     Ok(conn)
+}
+
+/// Writes `bytes` whole, lending them to the stream.
+async fn write_all(to: &mut impl Stream, bytes: &mut Vec<u8>) -> io::Result<()> {
+    let (written, back) = to.write_all(std::mem::take(bytes)).await;
+    *bytes = back;
+    written
 }
 
 fn content_length(value: &[u8]) -> anyhow::Result<usize> {
