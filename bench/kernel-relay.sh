@@ -17,7 +17,7 @@
 #              system calls batched through io_uring, one io_uring_enter per
 #              round of completions, deferred task work
 #              (bench/kernel-relay/src/uring.rs)
-#   uring-plain  the same on a ring without IORING_SETUP_DEFER_TASKRUN
+#   uring-plain  the same without IORING_SETUP_DEFER_TASKRUN
 #   tokio-uring  the same copy loop on tokio-uring's safe API
 #   monoio     the same copy loop on monoio (an io_uring thread-per-core
 #              runtime with a safe API); monoio-defer with deferred task work
@@ -133,26 +133,23 @@ setsid "$relay" splice 127.0.0.1:18584 "${backends[@]}" >"$work/splice.log" 2>&1
 pids+=($!)
 setsid "$relay" sockmap "$work/splice.bpf.o" 127.0.0.1:18585 "${backends[@]}" >"$work/sockmap.log" 2>&1 &
 pids+=($!)
-setsid "$relay" uring 127.0.0.1:18587 "${backends[@]}" >"$work/uring.log" 2>&1 &
-pids+=($!)
-setsid "$relay" tokio-uring 127.0.0.1:18588 "${backends[@]}" >"$work/tokio-uring.log" 2>&1 &
-pids+=($!)
-KERNEL_RELAY_URING_PLAIN=1 setsid "$relay" uring 127.0.0.1:18589 "${backends[@]}" >"$work/uring-plain.log" 2>&1 &
-pids+=($!)
-setsid "$relay" monoio 127.0.0.1:18590 "${backends[@]}" >"$work/monoio.log" 2>&1 &
-pids+=($!)
-KERNEL_RELAY_MONOIO_DEFER=1 setsid "$relay" monoio 127.0.0.1:18591 "${backends[@]}" >"$work/monoio-defer.log" 2>&1 &
-pids+=($!)
+# The io_uring copy loops, one port each from 18587 on.
+io_uring_loops=(uring tokio-uring uring-plain monoio monoio-defer)
+declare -A url=()
+for ((k = 0; k < ${#io_uring_loops[@]}; k++)); do
+    mode=${io_uring_loops[k]}
+    setsid "$relay" "$mode" "127.0.0.1:$((18587 + k))" "${backends[@]}" >"$work/$mode.log" 2>&1 &
+    pids+=($!)
+    url[$mode]=http://127.0.0.1:$((18587 + k))$path
+done
 read -ra products <<<"${PROXIES:-shoal haproxy forwarder splice sockmap uring uring-plain tokio-uring monoio monoio-defer}"
 if [[ " ${products[*]} " != *" haproxy "* ]]; then
     echo "kernel-relay: PROXIES must include haproxy, the ratios' base" >&2
     exit 1
 fi
-declare -A url=([shoal]=http://127.0.0.1:18586$path [haproxy]=http://127.0.0.1:18581$path
+url+=([shoal]=http://127.0.0.1:18586$path [haproxy]=http://127.0.0.1:18581$path
     [forwarder]=http://127.0.0.1:18582$path [splice]=http://127.0.0.1:18584$path
-    [sockmap]=http://127.0.0.1:18585$path [uring]=http://127.0.0.1:18587$path
-    [tokio-uring]=http://127.0.0.1:18588$path [uring-plain]=http://127.0.0.1:18589$path
-    [monoio]=http://127.0.0.1:18590$path [monoio-defer]=http://127.0.0.1:18591$path)
+    [sockmap]=http://127.0.0.1:18585$path)
 for product in "${products[@]}"; do
     if [ -z "${url[$product]:-}" ]; then
         echo "kernel-relay: unknown proxy $product in PROXIES" >&2

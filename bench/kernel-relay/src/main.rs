@@ -17,7 +17,6 @@
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
@@ -28,25 +27,35 @@ use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 
 mod monoio_relay;
+mod per_core;
 mod tokio_uring_relay;
 mod uring;
 
-const USAGE: &str = "usage: kernel-relay splice LISTEN BACKEND... | kernel-relay sockmap BPF_OBJECT LISTEN BACKEND... | kernel-relay uring|tokio-uring|monoio LISTEN BACKEND...";
+const USAGE: &str = "usage: kernel-relay splice LISTEN BACKEND... | kernel-relay sockmap BPF_OBJECT LISTEN BACKEND... | kernel-relay uring|uring-plain|tokio-uring|monoio|monoio-defer LISTEN BACKEND...";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // The io_uring loops run threads of their own, not tokio's.
-    if let [mode, listen, backends @ ..] = args.as_slice() {
-        let serve = match mode.as_str() {
-            "uring" => uring::serve,
-            "tokio-uring" => tokio_uring_relay::serve,
-            "monoio" => monoio_relay::serve,
-            _ => return tokio_runtime(args),
-        };
+    if let [mode, listen, backends @ ..] = args.as_slice()
+        && let Some(serve) = io_uring_loop(mode)
+    {
         let listen = listen.parse().with_context(|| format!("listen address {listen}"))?;
         return serve(listen, parse_backends(backends)?);
     }
     tokio_runtime(args)
+}
+
+type Serve = fn(SocketAddr, Vec<SocketAddr>) -> Result<()>;
+
+fn io_uring_loop(mode: &str) -> Option<Serve> {
+    Some(match mode {
+        "uring" => |listen, backends| uring::serve(listen, backends, true),
+        "uring-plain" => |listen, backends| uring::serve(listen, backends, false),
+        "tokio-uring" => tokio_uring_relay::serve,
+        "monoio" => |listen, backends| monoio_relay::serve(listen, backends, false),
+        "monoio-defer" => |listen, backends| monoio_relay::serve(listen, backends, true),
+        _ => return None,
+    })
 }
 
 fn tokio_runtime(args: Vec<String>) -> Result<()> {
@@ -81,23 +90,17 @@ async fn serve_tokio(args: Vec<String>) -> Result<()> {
         .await
         .with_context(|| format!("binding {listen}"))?;
     eprintln!("kernel-relay: listening on {listen}");
-    let turn = AtomicUsize::new(0);
-    loop {
-        let client = match listener.accept().await {
-            Ok((client, _)) => client,
-            Err(e) => {
-                eprintln!("kernel-relay: accept: {e}");
-                continue;
-            }
-        };
-        let backend = backends[turn.fetch_add(1, Ordering::Relaxed) % backends.len()];
-        let mode = mode.clone();
-        tokio::spawn(async move {
-            if let Err(e) = relay(client, backend, &mode).await {
-                eprintln!("kernel-relay: {backend}: {e:#}");
-            }
-        });
-    }
+    per_core::accept_round_robin(
+        || listener.accept(),
+        &backends,
+        0,
+        |client, backend| {
+            let mode = mode.clone();
+            tokio::spawn(async move { per_core::report(backend, relay(client, backend, &mode).await) });
+        },
+    )
+    .await;
+    Ok(())
 }
 
 #[derive(Clone)]

@@ -13,51 +13,41 @@ use monoio::buf::IoBuf;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::{TcpListener, TcpStream};
 
-/// Starts a worker per core, each with its own SO_REUSEPORT listener, and
-/// serves until one fails.
-pub fn serve(listen: SocketAddr, backends: Vec<SocketAddr>) -> Result<()> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let handles: Vec<_> = (0..workers)
-        .map(|worker| {
-            let backends = backends.clone();
-            std::thread::spawn(move || -> Result<()> {
-                let listener = crate::uring::reuse_port_listener(listen)?;
-                let mut builder = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new();
-                if std::env::var_os("KERNEL_RELAY_MONOIO_DEFER").is_some() {
-                    let mut ring = io_uring_06::IoUring::builder();
-                    ring.setup_single_issuer().setup_defer_taskrun();
-                    builder = builder.uring_builder(ring);
-                }
-                let mut runtime = builder.build().context("starting monoio's io_uring runtime")?;
-                runtime.block_on(accept_loop(listener, backends, worker))
-            })
+use crate::per_core;
+
+/// Serves on a monoio runtime per core; `defer_taskrun` creates its rings
+/// with IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN.
+pub fn serve(listen: SocketAddr, backends: Vec<SocketAddr>, defer_taskrun: bool) -> Result<()> {
+    if defer_taskrun {
+        per_core::serve(listen, backends, "monoio (deferred task work)", |l, b, i| {
+            worker(l, b, i, true)
         })
-        .collect();
-    eprintln!("kernel-relay: listening on {listen} ({workers} monoio workers)");
-    for handle in handles {
-        handle.join().map_err(|_| anyhow::anyhow!("a worker panicked"))??;
+    } else {
+        per_core::serve(listen, backends, "monoio", |l, b, i| worker(l, b, i, false))
     }
-    Ok(())
 }
 
-async fn accept_loop(listener: std::net::TcpListener, backends: Vec<SocketAddr>, mut turn: usize) -> Result<()> {
-    let listener = TcpListener::from_std(listener).context("registering the listener")?;
-    loop {
-        let client = match listener.accept().await {
-            Ok((client, _)) => client,
-            Err(e) => {
-                eprintln!("kernel-relay: accept: {e}");
-                continue;
-            }
-        };
-        let backend = backends[turn % backends.len()];
-        turn += 1;
-        monoio::spawn(async move {
-            if let Err(e) = relay(client, backend).await {
-                eprintln!("kernel-relay: {backend}: {e:#}");
-            }
-        });
+fn worker(listener: std::net::TcpListener, backends: Vec<SocketAddr>, index: usize, defer_taskrun: bool) -> Result<()> {
+    let mut builder = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new();
+    if defer_taskrun {
+        let mut ring = io_uring_06::IoUring::builder();
+        ring.setup_single_issuer().setup_defer_taskrun();
+        builder = builder.uring_builder(ring);
     }
+    let mut runtime = builder.build().context("starting monoio's io_uring runtime")?;
+    runtime.block_on(async move {
+        let listener = TcpListener::from_std(listener).context("registering the listener")?;
+        per_core::accept_round_robin(
+            || listener.accept(),
+            &backends,
+            index,
+            |client, backend| {
+                monoio::spawn(async move { per_core::report(backend, relay(client, backend).await) });
+            },
+        )
+        .await;
+        Ok(())
+    })
 }
 
 async fn relay(client: TcpStream, backend: SocketAddr) -> Result<()> {

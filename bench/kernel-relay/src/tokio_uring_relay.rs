@@ -13,44 +13,25 @@ use anyhow::{Context, Result};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::{TcpListener, TcpStream};
 
-/// Starts a worker per core, each with its own SO_REUSEPORT listener, and
-/// serves until one fails.
-pub fn serve(listen: SocketAddr, backends: Vec<SocketAddr>) -> Result<()> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let handles: Vec<_> = (0..workers)
-        .map(|worker| {
-            let backends = backends.clone();
-            std::thread::spawn(move || {
-                let listener = crate::uring::reuse_port_listener(listen)?;
-                tokio_uring::start(accept_loop(listener, backends, worker))
-            })
-        })
-        .collect();
-    eprintln!("kernel-relay: listening on {listen} ({workers} tokio-uring workers)");
-    for handle in handles {
-        handle.join().map_err(|_| anyhow::anyhow!("a worker panicked"))??;
-    }
-    Ok(())
-}
+use crate::per_core;
 
-async fn accept_loop(listener: std::net::TcpListener, backends: Vec<SocketAddr>, mut turn: usize) -> Result<()> {
-    let listener = TcpListener::from_std(listener);
-    loop {
-        let client = match listener.accept().await {
-            Ok((client, _)) => client,
-            Err(e) => {
-                eprintln!("kernel-relay: accept: {e}");
-                continue;
-            }
-        };
-        let backend = backends[turn % backends.len()];
-        turn += 1;
-        tokio_uring::spawn(async move {
-            if let Err(e) = relay(client, backend).await {
-                eprintln!("kernel-relay: {backend}: {e:#}");
-            }
-        });
-    }
+/// Serves on a tokio-uring runtime per core.
+pub fn serve(listen: SocketAddr, backends: Vec<SocketAddr>) -> Result<()> {
+    per_core::serve(listen, backends, "tokio-uring", |listener, backends, index| {
+        tokio_uring::start(async move {
+            let listener = TcpListener::from_std(listener);
+            per_core::accept_round_robin(
+                || listener.accept(),
+                &backends,
+                index,
+                |client, backend| {
+                    tokio_uring::spawn(async move { per_core::report(backend, relay(client, backend).await) });
+                },
+            )
+            .await;
+            Ok(())
+        })
+    })
 }
 
 async fn relay(client: TcpStream, backend: SocketAddr) -> Result<()> {

@@ -21,6 +21,8 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use anyhow::{Context, Result};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
+use crate::per_core;
+
 /// A copy loop's buffer: HAProxy's, Shoal's and the forwarder's size.
 const BUFFER: usize = 16 * 1024;
 
@@ -28,33 +30,18 @@ const BUFFER: usize = 16 * 1024;
 /// `slot << 2 | direction << 1 | is_send`.
 const ACCEPT: u64 = u64::MAX;
 
-/// Starts a worker per core and serves until one fails.
-pub fn serve(listen: SocketAddr, backends: Vec<SocketAddr>) -> Result<()> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let handles: Vec<_> = (0..workers)
-        .map(|worker| {
-            let backends = backends.clone();
-            std::thread::spawn(move || Worker::new(listen, backends, worker)?.run())
+/// Serves with a hand-driven ring per core; `defer_taskrun` creates the
+/// rings with IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN.
+pub fn serve(listen: SocketAddr, backends: Vec<SocketAddr>, defer_taskrun: bool) -> Result<()> {
+    if defer_taskrun {
+        per_core::serve(listen, backends, "io_uring (deferred task work)", |l, b, i| {
+            Worker::new(l, b, i, true)?.run()
         })
-        .collect();
-    eprintln!("kernel-relay: listening on {listen} ({workers} io_uring workers)");
-    for handle in handles {
-        handle.join().map_err(|_| anyhow::anyhow!("a worker panicked"))??;
+    } else {
+        per_core::serve(listen, backends, "io_uring", |l, b, i| {
+            Worker::new(l, b, i, false)?.run()
+        })
     }
-    Ok(())
-}
-
-/// A listener of its own for one worker: the kernel spreads connections
-/// over the workers' sockets.
-pub fn reuse_port_listener(listen: SocketAddr) -> Result<std::net::TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(listen), socket2::Type::STREAM, None)?;
-    socket.set_reuse_port(true)?;
-    socket.set_reuse_address(true)?;
-    socket
-        .bind(&listen.into())
-        .with_context(|| format!("binding {listen}"))?;
-    socket.listen(1024)?;
-    Ok(socket.into())
 }
 
 /// A client connection and its backend connection. Direction 0 reads the
@@ -87,14 +74,18 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(listen: SocketAddr, backends: Vec<SocketAddr>, worker: usize) -> Result<Worker> {
-        let listener = reuse_port_listener(listen)?;
-        // The ring is entered only by this thread, and completions are
-        // wanted only when it asks for them: the kernel can then run the
-        // work that completes them in that io_uring_enter call instead of
-        // interrupting the thread.
+    fn new(
+        listener: std::net::TcpListener,
+        backends: Vec<SocketAddr>,
+        worker: usize,
+        defer_taskrun: bool,
+    ) -> Result<Worker> {
+        // With deferred task work the ring is entered only by this thread,
+        // and completions are wanted only when it asks for them: the kernel
+        // can then run the work that completes them in that io_uring_enter
+        // call instead of interrupting the thread.
         let mut builder = IoUring::builder();
-        if std::env::var_os("KERNEL_RELAY_URING_PLAIN").is_none() {
+        if defer_taskrun {
             builder.setup_single_issuer().setup_defer_taskrun();
         }
         let ring = builder
