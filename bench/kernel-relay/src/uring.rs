@@ -105,7 +105,10 @@ impl Worker {
     fn run(mut self) -> Result<()> {
         self.accept()?;
         loop {
-            self.ring.submit_and_wait(1).context("io_uring_enter")?;
+            match self.ring.submit_and_wait(1) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                entered => entered.context("io_uring_enter")?,
+            };
             let mut completions = std::mem::take(&mut self.completions);
             completions.extend(
                 self.ring
