@@ -1,6 +1,6 @@
 //! L4 proxies whose bytes the kernel relays, to measure against the
 //! user-space copy loop that Shoal, HAProxy and the forwarder yardstick use
-//! (bench/kernel-relay.sh runs them). Both pick backends round robin.
+//! (bench/kernel-relay.sh runs them). All pick backends round robin.
 //!
 //! - `splice`: each direction moves bytes socket -> pipe -> socket with
 //!   splice(2), so they are never copied into user space; the proxy is still
@@ -12,7 +12,8 @@
 //!   before the pair was in the map, and the end of each direction.
 //! - `uring`, `tokio-uring`, `monoio`: a user-space copy loop whose system
 //!   calls io_uring batches, to measure what fewer kernel entries are worth:
-//!   by hand (uring.rs), and on two runtimes with safe APIs.
+//!   by hand (uring.rs), and on two runtimes with safe APIs; `uring-plain`
+//!   and `monoio-defer` change only how the rings are set up.
 
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr};
