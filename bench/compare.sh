@@ -252,16 +252,16 @@ wait_http() { # URL: up to 10 s
 for port in 18001 18002 18003 18180 18181 18280 18380 18381 18080 18081 18082; do
     wait_http "http://127.0.0.1:$port/"
 done
-proxies=(shoal haproxy nginx forwarder forwarder-uring)
+proxies=(shoal haproxy nginx forwarder)
 # The io_uring yardstick needs io_uring (Linux 6.1 or later, not disabled
 # by sysctl or seccomp); where it does not start, the run goes on without it.
 if (wait_http http://127.0.0.1:18390/) 2>/dev/null; then
     own_session "$forwarder_uring_pid"
+    proxies+=(forwarder-uring)
 else
     echo "compare: WARNING: forwarder --uring did not start; no io_uring yardstick in this run:" >&2
     # Its error and cause, without the backtrace.
     grep -v '^ \{2,\}[0-9]*:\|^ \{6,\}at ' "$work/forwarder-uring.log" | head -5 >&2
-    proxies=(shoal haproxy nginx forwarder)
 fi
 [ -n "$nginx_stream" ] && wait_http "http://127.0.0.1:18281/"
 # The sticky node must see both peers over replication before it counts.

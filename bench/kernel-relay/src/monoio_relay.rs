@@ -18,13 +18,12 @@ use crate::per_core;
 /// Serves on a monoio runtime per core; `defer_taskrun` creates its rings
 /// with IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN.
 pub fn serve(listen: SocketAddr, backends: Vec<SocketAddr>, defer_taskrun: bool) -> Result<()> {
-    if defer_taskrun {
-        per_core::serve(listen, backends, "monoio (deferred task work)", |l, b, i| {
-            worker(l, b, i, true)
-        })
+    let what = if defer_taskrun {
+        "monoio (deferred task work)"
     } else {
-        per_core::serve(listen, backends, "monoio", |l, b, i| worker(l, b, i, false))
-    }
+        "monoio"
+    };
+    per_core::serve(listen, backends, what, move |l, b, i| worker(l, b, i, defer_taskrun))
 }
 
 fn worker(listener: std::net::TcpListener, backends: Vec<SocketAddr>, index: usize, defer_taskrun: bool) -> Result<()> {

@@ -14,12 +14,12 @@ pub fn serve(
     listen: SocketAddr,
     backends: Vec<SocketAddr>,
     what: &str,
-    worker: fn(std::net::TcpListener, Vec<SocketAddr>, usize) -> Result<()>,
+    worker: impl Fn(std::net::TcpListener, Vec<SocketAddr>, usize) -> Result<()> + Clone + Send + 'static,
 ) -> Result<()> {
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let handles: Vec<_> = (0..workers)
         .map(|index| {
-            let backends = backends.clone();
+            let (backends, worker) = (backends.clone(), worker.clone());
             std::thread::spawn(move || worker(reuse_port_listener(listen)?, backends, index))
         })
         .collect();

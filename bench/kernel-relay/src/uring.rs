@@ -33,15 +33,14 @@ const ACCEPT: u64 = u64::MAX;
 /// Serves with a hand-driven ring per core; `defer_taskrun` creates the
 /// rings with IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN.
 pub fn serve(listen: SocketAddr, backends: Vec<SocketAddr>, defer_taskrun: bool) -> Result<()> {
-    if defer_taskrun {
-        per_core::serve(listen, backends, "io_uring (deferred task work)", |l, b, i| {
-            Worker::new(l, b, i, true)?.run()
-        })
+    let what = if defer_taskrun {
+        "io_uring (deferred task work)"
     } else {
-        per_core::serve(listen, backends, "io_uring", |l, b, i| {
-            Worker::new(l, b, i, false)?.run()
-        })
-    }
+        "io_uring"
+    };
+    per_core::serve(listen, backends, what, move |l, b, i| {
+        Worker::new(l, b, i, defer_taskrun)?.run()
+    })
 }
 
 /// A client connection and its backend connection. Direction 0 reads the
@@ -171,8 +170,10 @@ impl Worker {
                 return Ok(());
             }
         };
-        for socket in [&client, &upstream] {
-            socket.set_nodelay(true).context("TCP_NODELAY")?;
+        // A client gone already (reset) is that pair's end, not the worker's.
+        if let Err(e) = client.set_nodelay(true).and_then(|()| upstream.set_nodelay(true)) {
+            eprintln!("kernel-relay: TCP_NODELAY: {e}");
+            return Ok(());
         }
         let pair = Pair {
             sockets: [client, upstream],
