@@ -12,15 +12,17 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use shoal_node::affinity::AffinityTable;
 use shoal_node::balance::{Balancer, Candidate, Member, PickCtx};
 use shoal_node::config::Algorithm;
+use shoal_node::pool::AtomicEwma;
 
 const SIZES: [usize; 3] = [3, 100, 10_000];
 
-/// A backend as the data plane presents it: live load read atomically.
+/// A backend as the data plane presents it: live load read atomically, and
+/// the pool's decaying latency estimate.
 struct Backend {
     id: u64,
     weight: u32,
     load: AtomicU64,
-    latency_us: f64,
+    latency: AtomicEwma,
 }
 
 impl Candidate for Backend {
@@ -36,19 +38,23 @@ impl Candidate for Backend {
     fn load(&self) -> u64 {
         self.load.load(Ordering::Relaxed)
     }
-    fn latency_us(&self) -> f64 {
-        self.latency_us
+    fn latency_us(&self, now_ms: u64) -> f64 {
+        self.latency.at(now_ms)
     }
 }
 
 fn backends(n: usize) -> (Vec<String>, Vec<Backend>) {
     let names: Vec<String> = (0..n).map(|i| format!("b{i}")).collect();
     let cands = (0..n)
-        .map(|i| Backend {
-            id: i as u64,
-            weight: 1 + (i % 4) as u32,
-            load: AtomicU64::new((i * 7 % 13) as u64),
-            latency_us: 500.0 + (i * 37 % 101) as f64,
+        .map(|i| {
+            let latency = AtomicEwma::default();
+            latency.observe(500.0 + (i * 37 % 101) as f64, shoal_node::clock::now_ms());
+            Backend {
+                id: i as u64,
+                weight: 1 + (i % 4) as u32,
+                load: AtomicU64::new((i * 7 % 13) as u64),
+                latency,
+            }
         })
         .collect();
     (names, cands)

@@ -66,7 +66,9 @@ pub(super) fn load_per_weight_cmp<C: Candidate>(a: &C, b: &C) -> Ordering {
 
 /// Lowest expected wait: latency EWMA × (in-flight + 1) / weight. A backend
 /// without a latency sample counts as nearly instant, so it is tried at once
-/// and sampled, while its load still counts against it.
+/// and sampled, while its load still counts against it. The EWMA decays
+/// with time since its last sample (see `pool::ewma`), so a backend that
+/// scored badly once is tried again rather than starved for good.
 pub struct LeastResponseTime {
     rotation: Rotation,
 }
@@ -84,6 +86,7 @@ impl LeastResponseTime {
     pub fn pick<C: Candidate>(&self, cands: &[C], ctx: &mut PickCtx) -> Option<usize> {
         let n = cands.len();
         let start = self.rotation.next(n, ctx);
+        let now_ms = ctx.now_ms();
         let mut best: Option<(usize, f64)> = None;
         for k in 0..n {
             let i = (start + k) % n;
@@ -91,7 +94,7 @@ impl LeastResponseTime {
             if !ctx.allows(c) {
                 continue;
             }
-            let latency = match c.latency_us() {
+            let latency = match c.latency_us(now_ms) {
                 l if l > 0.0 => l,
                 _ => UNSAMPLED_US,
             };

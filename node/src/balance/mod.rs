@@ -4,7 +4,8 @@
 //! weights (so hash-based tables are identical on every node with the same
 //! config) and then asked to [`Balancer::pick`] among candidates, which report
 //! their live state (usable, load, latency) through [`Candidate`]. Nothing
-//! here does I/O or reads a clock.
+//! here does I/O; the time a pick needs comes from [`PickCtx`], which tests
+//! set.
 
 mod hash;
 mod least;
@@ -32,8 +33,9 @@ pub trait Candidate {
     fn weight(&self) -> u32;
     /// Active connections or in-flight requests, cluster-wide where known.
     fn load(&self) -> u64;
-    /// Smoothed response latency in microseconds; 0 when unknown.
-    fn latency_us(&self) -> f64;
+    /// Smoothed response latency in microseconds as it stands at `now_ms`
+    /// (a [`crate::clock::now_ms`] time); 0 when unknown.
+    fn latency_us(&self, now_ms: u64) -> f64;
 }
 
 impl<T: Candidate> Candidate for std::sync::Arc<T> {
@@ -49,8 +51,8 @@ impl<T: Candidate> Candidate for std::sync::Arc<T> {
     fn load(&self) -> u64 {
         (**self).load()
     }
-    fn latency_us(&self) -> f64 {
-        (**self).latency_us()
+    fn latency_us(&self, now_ms: u64) -> f64 {
+        (**self).latency_us(now_ms)
     }
 }
 
@@ -61,11 +63,13 @@ pub struct Member<'a> {
     pub weight: u32,
 }
 
-/// Per-pick inputs: the request's hash key, a random source, and backends
-/// already tried by this request.
+/// Per-pick inputs: the request's hash key, a random source, backends
+/// already tried by this request, and the time.
 pub struct PickCtx {
     pub hash: Option<u64>,
     rng: fastrand::Rng,
+    /// A fixed time instead of the clock's, for tests.
+    now_ms: Option<u64>,
     excluded: Vec<u64>,
     /// The data-plane worker picking: state an algorithm keeps per worker
     /// (weighted rotation scores) is that worker's.
@@ -81,6 +85,7 @@ impl PickCtx {
         Self {
             hash,
             rng,
+            now_ms: None,
             excluded: Vec::new(),
             worker: crate::dataplane::workers::current(),
         }
@@ -91,6 +96,18 @@ impl PickCtx {
     pub(crate) fn on_worker(mut self, worker: usize) -> Self {
         self.worker = worker;
         self
+    }
+
+    /// As picked at `now_ms` (a [`crate::clock::now_ms`] time).
+    pub fn at(mut self, now_ms: u64) -> Self {
+        self.now_ms = Some(now_ms);
+        self
+    }
+
+    /// The time of this pick; read from the clock only by the algorithms
+    /// that need it.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms.unwrap_or_else(crate::clock::now_ms)
     }
 
     /// Never pick the backend `id` again for this request.

@@ -25,7 +25,7 @@ impl Candidate for Tc {
     fn load(&self) -> u64 {
         self.load
     }
-    fn latency_us(&self) -> f64 {
+    fn latency_us(&self, _now_ms: u64) -> f64 {
         self.latency
     }
 }
@@ -345,6 +345,128 @@ fn least_response_time_prefers_fast_and_idle() {
     assert_eq!(b.pick(&cs, &mut seeded(None)), Some(1));
 }
 
+/// A backend in a simulation of sequential requests: its true latency, and
+/// the decaying estimate the pool keeps of it.
+struct Simulated {
+    slot: usize,
+    weight: u32,
+    true_us: f64,
+    estimate: crate::pool::AtomicEwma,
+}
+
+impl Candidate for Simulated {
+    fn id(&self) -> u64 {
+        self.slot as u64
+    }
+    fn usable(&self) -> bool {
+        true
+    }
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn load(&self) -> u64 {
+        0
+    }
+    fn latency_us(&self, now_ms: u64) -> f64 {
+        self.estimate.at(now_ms)
+    }
+}
+
+/// Sends requests one at a time (so nothing is ever in flight at a pick)
+/// for `seconds` of simulated time to backends of weights 1, 2, 3 whose
+/// true latencies are 300 µs, 300 µs and 5 ms; `outlier(n, slot)` may
+/// replace the latency of the `n`th request. Returns each request's
+/// (start in ms, backend).
+fn sequential_lrt(seconds: u64, outlier: impl Fn(usize, usize) -> Option<f64>) -> Vec<(u64, usize)> {
+    let b = Balancer::new(Algorithm::LeastResponseTime, &members(&[1, 2, 3]));
+    let cs: Vec<Simulated> = [(1, 300.0), (2, 300.0), (3, 5_000.0)]
+        .into_iter()
+        .enumerate()
+        .map(|(slot, (weight, true_us))| Simulated {
+            slot,
+            weight,
+            true_us,
+            estimate: Default::default(),
+        })
+        .collect();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let (mut now_us, mut picks) = (1_000_000.0f64, Vec::new());
+    while now_us < (seconds as f64 + 1.0) * 1e6 {
+        let now_ms = (now_us / 1_000.0) as u64;
+        let Some(i) = b.pick(&cs, &mut PickCtx::with_rng(None, rng.fork()).at(now_ms)) else {
+            panic!("no pick at {now_ms} ms");
+        };
+        let took = outlier(picks.len(), i).unwrap_or(cs[i].true_us);
+        now_us += took;
+        cs[i].estimate.observe(took, (now_us / 1_000.0) as u64);
+        picks.push((now_ms, i));
+    }
+    picks
+}
+
+fn picks_of(picks: &[(u64, usize)], slot: usize, from_ms: u64) -> usize {
+    picks.iter().filter(|&&(t, i)| i == slot && t >= from_ms).count()
+}
+
+#[test]
+fn least_response_time_tries_a_backend_again_after_an_outlier() {
+    // What the cluster test once saw under a loaded machine: demo-b's first
+    // response takes 4 ms and a later one of demo-a's 8 ms. Each then
+    // scores worse than demo-c's 5 ms / weight 3. Without decay neither
+    // would ever be picked again and the slow backend would take all.
+    let picks = sequential_lrt(60, |n, slot| match (n, slot) {
+        (_, 1) if n < 3 => Some(4_000.0),
+        (200, 0) => Some(8_000.0),
+        _ => None,
+    });
+    let at = |n: usize| picks[n].0;
+    assert!(
+        picks[200..].iter().any(|&(_, i)| i == 2),
+        "the outliers never sent a request to the slow backend: the test does not test"
+    );
+    // Each fast backend is tried again once its estimate has decayed below
+    // the best score: demo-a (1.84 ms after the outlier) when it falls under
+    // demo-c's 1.67 ms, about 1 s later; demo-b (4 ms / 2) under demo-a's
+    // 300 µs, about 10 s × ln(2 ms / 300 µs) = 19 s after its outlier.
+    for (slot, within_ms) in [(0, 3_000), (1, 25_000)] {
+        let back = picks[201..].iter().find(|&&(_, i)| i == slot).map(|&(t, _)| t);
+        assert!(
+            back.is_some_and(|t| t < at(200) + within_ms),
+            "backend {slot} first picked again at {back:?} ms, outlier at {} ms",
+            at(200)
+        );
+    }
+    // So the slow backend carried the traffic for about a second...
+    let slow_after = picks_of(&picks, 2, at(200));
+    assert!(
+        slow_after < 400,
+        "the slow backend got {slow_after} picks after the outlier"
+    );
+    // ...and from then on is only re-tried now and then, each time about
+    // ln(5 ms / 3 / 150 µs) × 10 s = 24 s apart.
+    let from = at(200) + 30_000;
+    let (fast, slow) = (
+        picks_of(&picks, 0, from) + picks_of(&picks, 1, from),
+        picks_of(&picks, 2, from),
+    );
+    assert!(fast > 50_000, "fast backends got {fast} picks in the last 30 s");
+    assert!(slow <= 6, "the slow backend got {slow} picks in the last 30 s");
+}
+
+#[test]
+fn least_response_time_re_tries_a_slow_backend_rarely() {
+    // Ten simulated minutes without outliers: the slow backend is sampled
+    // again when its estimate has decayed to the fast ones' score, about
+    // every 10 s × ln(5 ms / 3 / 150 µs) = 24 s, once each time.
+    let picks = sequential_lrt(600, |_, _| None);
+    let slow = picks_of(&picks, 2, 0);
+    assert!(
+        (10..=40).contains(&slow),
+        "the slow backend got {slow} of {} picks",
+        picks.len()
+    );
+}
+
 /// A candidate whose load changes every time it is read, as under real
 /// concurrency.
 struct Shifty {
@@ -368,7 +490,7 @@ impl Candidate for Shifty {
         // Alternates between loads so no value read twice agrees.
         (r * 7 + self.slot as u64 * 3) % 5
     }
-    fn latency_us(&self) -> f64 {
+    fn latency_us(&self, _now_ms: u64) -> f64 {
         100.0
     }
 }

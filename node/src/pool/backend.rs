@@ -257,12 +257,16 @@ impl Backend {
         self.cluster_load.store(load, Ordering::Relaxed);
     }
 
+    /// The latency EWMA as last sampled, without the decay balancing
+    /// applies to it.
     pub fn latency_ewma_us(&self) -> f64 {
-        self.hot.latency_us.get()
+        self.hot.latency_us.last()
     }
 
     pub fn observe_latency(&self, latency: Duration) {
-        self.hot.latency_us.observe(latency.as_secs_f64() * 1e6);
+        self.hot
+            .latency_us
+            .observe(latency.as_secs_f64() * 1e6, clock::now_ms());
     }
 
     /// At its connection limit with a full waiting queue.
@@ -363,8 +367,8 @@ impl Candidate for Backend {
     fn load(&self) -> u64 {
         self.active().saturating_add(self.cluster_load())
     }
-    fn latency_us(&self) -> f64 {
-        self.latency_ewma_us()
+    fn latency_us(&self, now_ms: u64) -> f64 {
+        self.hot.latency_us.at(now_ms)
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 pub use backend::{AdminState, Backend, BackendCounters, BackendParams, InFlight, Saturated};
 pub use budget::{RequestGuard, RetryBudget, RetryGuard};
+pub use ewma::AtomicEwma;
 pub use outlier::{EjectionHistory, OutlierPolicy};
 pub use ramp::WEIGHT_SCALE;
 
