@@ -17,8 +17,9 @@
 # completed, so the count does not depend on the request rate valgrind
 # allows.
 #
-# Usage: bench/instructions.sh   DURATION=10, and SHOAL_BIN or
-# FORWARDER_BIN to count prebuilt binaries (environment)
+# Usage: bench/instructions.sh   DURATION=10, SHOAL_BIN or FORWARDER_BIN
+# to count prebuilt binaries, PROFILE_DIR to keep each proxy's callgrind
+# profile under load there, for callgrind_annotate (environment)
 # Installs wrk, nginx and valgrind with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,7 +76,7 @@ CONF
 count() {
     local name=$1 port=$2 out="$work/${1// /-}.callgrind" requests idle total
     shift 2
-    SHOAL_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$work/$name.log" 2>&1 &
+    SHOAL_LOG=warn valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$out" "$@" >"$work/$name.log" 2>&1 &
     proxy=$!
     for _ in $(seq 300); do
         curl -fs -o /dev/null "http://127.0.0.1:$port/" && break
@@ -88,6 +89,10 @@ count() {
     requests=$(wrk -t1 -c8 -d"${duration}s" "http://127.0.0.1:$port/" | awk '/requests in/ {print $1}')
     callgrind_control -d "$proxy" >/dev/null
     kill "$proxy"
+    if [ -n "${PROFILE_DIR:-}" ]; then
+        mkdir -p "$PROFILE_DIR"
+        cp "$out.2" "$PROFILE_DIR/${name// /-}.callgrind"
+    fi
     wait "$proxy" 2>/dev/null || true
     proxy=""
     # Each dump is a numbered part and restarts the count: .1 idle, .2 load.
