@@ -99,7 +99,8 @@ impl PickCtx {
     }
 
     /// As picked at `now_ms` (a [`crate::clock::now_ms`] time).
-    pub fn at(mut self, now_ms: u64) -> Self {
+    #[cfg(test)]
+    pub(crate) fn at(mut self, now_ms: u64) -> Self {
         self.now_ms = Some(now_ms);
         self
     }
