@@ -21,6 +21,9 @@
 #   tokio-uring  the same copy loop on tokio-uring's safe API
 #   monoio     the same copy loop on monoio (an io_uring thread-per-core
 #              runtime with a safe API); monoio-defer with deferred task work
+#   compio     the same on compio (the same kind of runtime, which falls
+#              back to epoll by itself where io_uring is refused);
+#              compio-defer with deferred task work, compio-poll on epoll
 # and prints, as medians over the rounds: requests/s, the ratio to HAProxy,
 # and per request the machine's busy CPU time (every core, kernel threads
 # included: where the kernel does the relaying, that is where its cost
@@ -134,7 +137,7 @@ pids+=($!)
 setsid "$relay" sockmap "$work/splice.bpf.o" 127.0.0.1:18585 "${backends[@]}" >"$work/sockmap.log" 2>&1 &
 pids+=($!)
 # The io_uring copy loops, one port each from 18587 on.
-io_uring_loops=(uring tokio-uring uring-plain monoio monoio-defer)
+io_uring_loops=(uring tokio-uring uring-plain monoio monoio-defer compio compio-defer compio-poll)
 declare -A url=()
 for ((k = 0; k < ${#io_uring_loops[@]}; k++)); do
     mode=${io_uring_loops[k]}
@@ -142,7 +145,7 @@ for ((k = 0; k < ${#io_uring_loops[@]}; k++)); do
     pids+=($!)
     url[$mode]=http://127.0.0.1:$((18587 + k))$path
 done
-read -ra products <<<"${PROXIES:-shoal haproxy forwarder splice sockmap uring uring-plain tokio-uring monoio monoio-defer}"
+read -ra products <<<"${PROXIES:-shoal haproxy forwarder splice sockmap uring uring-plain tokio-uring monoio monoio-defer compio compio-defer compio-poll}"
 if [[ " ${products[*]} " != *" haproxy "* ]]; then
     echo "kernel-relay: PROXIES must include haproxy, the ratios' base" >&2
     exit 1

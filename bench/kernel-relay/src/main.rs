@@ -12,8 +12,9 @@
 //!   before the pair was in the map, and the end of each direction.
 //! - `uring`, `tokio-uring`, `monoio`: a user-space copy loop whose system
 //!   calls io_uring batches, to measure what fewer kernel entries are worth:
-//!   by hand (uring.rs), and on two runtimes with safe APIs; `uring-plain`
-//!   and `monoio-defer` change only how the rings are set up.
+//!   by hand (uring.rs), and on three runtimes with safe APIs; `uring-plain`,
+//!   `monoio-defer` and `compio-defer` change only how the rings are set up;
+//!   `compio-poll` is compio on its epoll fallback.
 
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr};
@@ -27,12 +28,13 @@ use nix::fcntl::{OFlag, SpliceFFlags, splice};
 use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 
+mod compio_relay;
 mod monoio_relay;
 mod per_core;
 mod tokio_uring_relay;
 mod uring;
 
-const USAGE: &str = "usage: kernel-relay splice LISTEN BACKEND... | kernel-relay sockmap BPF_OBJECT LISTEN BACKEND... | kernel-relay uring|uring-plain|tokio-uring|monoio|monoio-defer LISTEN BACKEND...";
+const USAGE: &str = "usage: kernel-relay splice LISTEN BACKEND... | kernel-relay sockmap BPF_OBJECT LISTEN BACKEND... | kernel-relay uring|uring-plain|tokio-uring|monoio|monoio-defer|compio|compio-defer|compio-poll LISTEN BACKEND...";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -55,6 +57,9 @@ fn io_uring_loop(mode: &str) -> Option<Serve> {
         "tokio-uring" => tokio_uring_relay::serve,
         "monoio" => |listen, backends| monoio_relay::serve(listen, backends, false),
         "monoio-defer" => |listen, backends| monoio_relay::serve(listen, backends, true),
+        "compio" => |listen, backends| compio_relay::serve(listen, backends, compio_relay::Driver::Uring),
+        "compio-defer" => |listen, backends| compio_relay::serve(listen, backends, compio_relay::Driver::UringDeferred),
+        "compio-poll" => |listen, backends| compio_relay::serve(listen, backends, compio_relay::Driver::Poll),
         _ => return None,
     })
 }
