@@ -65,13 +65,19 @@ fn pack(value: f64, at_ms: u64) -> u64 {
     ((at_ms as u32 as u64) << 32) | u64::from((value as f32).to_bits())
 }
 
-/// Milliseconds from `then` to `now`, both truncated `now_ms` values. The
-/// truncation wraps every 49 days, so an age past half of that is taken
-/// as a `now` read just before another thread's sample: age 0. (A backend
-/// unsampled for over 24 days reads undecayed until its next sample.)
+/// How far a reader's `now_ms` may lag a sample stored by another thread
+/// (its clock read a moment earlier) and still be taken as "just then".
+const LAG_MS: u32 = 60_000;
+
+/// Milliseconds from `then` to `now`, both truncated `now_ms` values, so
+/// counted modulo 2^32 ms (49.7 days). A `now` up to a minute before
+/// `then` is another thread's sample landing after this reader's clock
+/// read: age 0. (The cost of the truncation: a backend left unsampled for
+/// a multiple of 49.7 days, give or take a minute, reads as just sampled,
+/// so undecayed, for a while.)
 fn age(now_ms: u64, then: u32) -> u32 {
     let age = (now_ms as u32).wrapping_sub(then);
-    if age > i32::MAX as u32 { 0 } else { age }
+    if age > u32::MAX - LAG_MS { 0 } else { age }
 }
 
 impl AtomicEwma {
@@ -159,6 +165,8 @@ mod tests {
         e.observe(400.0, 2_000);
         // A reader's now_ms from 1 ms before that sample landed.
         assert_eq!(e.at(1_999), 400.0);
+        // A backend unsampled for 30 days has decayed to nothing.
+        assert_eq!(e.at(2_000 + 30 * 86_400_000), 0.0);
         // now_ms past 2^32 ms compares by its low bits.
         let wrap = 1u64 << 32;
         let e = AtomicEwma::default();
