@@ -12,7 +12,13 @@ fn epoch() -> Instant {
 /// Milliseconds since the process first asked; never 0, so 0 can mean
 /// "unset" in an atomic.
 pub fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64 + 1
+    ms_at(Instant::now())
+}
+
+/// `at` as a `now_ms()` reading, for a caller that has read the clock
+/// already. (An `at` before the epoch, which no caller has, reads as 1.)
+pub fn ms_at(at: Instant) -> u64 {
+    at.saturating_duration_since(epoch()).as_millis() as u64 + 1
 }
 
 /// Time since a `now_ms()` reading.

@@ -529,7 +529,8 @@ impl HttpSite {
             }
             Some(Ok(resp)) => resp,
         };
-        backend.observe_latency(started.elapsed());
+        let answered = Instant::now();
+        backend.observe_latency_at(answered - started, answered);
         let outcome = if resp.status().is_server_error() {
             Outcome::Failure
         } else {

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 use serde::Serialize;
@@ -264,9 +264,15 @@ impl Backend {
     }
 
     pub fn observe_latency(&self, latency: Duration) {
+        self.observe_latency_at(latency, Instant::now());
+    }
+
+    /// As `observe_latency`, for a sample that ended at `ended`: the
+    /// request path has just read the clock, and need not read it twice.
+    pub fn observe_latency_at(&self, latency: Duration, ended: Instant) {
         self.hot
             .latency_us
-            .observe(latency.as_secs_f64() * 1e6, clock::now_ms());
+            .observe(latency.as_secs_f64() * 1e6, clock::ms_at(ended));
     }
 
     /// At its connection limit with a full waiting queue.

@@ -432,7 +432,7 @@ impl ClientConn<'_, '_> {
             let failure = match head {
                 Ok(Ok((head_len, code, rendered))) => {
                     self.answered = Instant::now();
-                    backend.observe_latency(self.answered - started);
+                    backend.observe_latency_at(self.answered - started, self.answered.into_std());
                     let outcome = if code >= 500 {
                         Outcome::Failure
                     } else {
