@@ -1,5 +1,6 @@
 //! The TCP proxy end to end: half-close, connect retries, idle timeout and
-//! what a client sees when no backend can be reached.
+//! what a client sees when no backend can be reached. Every test runs on
+//! both I/O interfaces (`[node] io`): `epoll::*` and `io_uring::*`.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -8,15 +9,70 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use shoal_cluster_tests::client;
 use shoal_cluster_tests::config::{listener, local, node, pool};
-use shoal_cluster_tests::{Backend, Node, tcp_get};
+use shoal_cluster_tests::{Backend, Node, get, tcp_get, wait_until};
 
-fn node_with(backends: &[(&str, SocketAddr)], listener_extra: &str) -> Result<(Node, SocketAddr)> {
+/// Which `[node] io` a test runs its node with.
+#[derive(Clone, Copy)]
+enum Io {
+    Epoll,
+    IoUring,
+}
+
+impl Io {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Epoll => "epoll",
+            Self::IoUring => "io_uring",
+        }
+    }
+}
+
+fn node_with(io: Io, backends: &[(&str, SocketAddr)], listener_extra: &str) -> Result<(Node, SocketAddr)> {
     let (admin, tcp) = (local()?, local()?);
-    let cfg = node(admin, "")
+    let cfg = node(admin, &format!("io = \"{}\"", io.name()))
         + &listener("raw", tcp, "tcp", "p", listener_extra)
         + &pool("p", "retries = 2\nconnect_timeout = \"500ms\"", backends);
-    Ok((Node::start(&cfg, admin)?, tcp))
+    let node = Node::start(&cfg, admin)?;
+    // The node says which one its TCP listeners really use.
+    assert_eq!(node.status()?["node"]["tcp_io"], io.name(), "{}", node.log());
+    Ok((node, tcp))
 }
+
+/// Each test once per I/O interface; io_uring's are skipped, loudly,
+/// where this kernel refuses io_uring to the test itself.
+macro_rules! on_both_io {
+    ($($test:ident),* $(,)?) => {
+        mod epoll {
+            $(
+                #[test]
+                fn $test() -> anyhow::Result<()> {
+                    super::$test(super::Io::Epoll)
+                }
+            )*
+        }
+        mod io_uring {
+            $(
+                #[test]
+                fn $test() -> anyhow::Result<()> {
+                    if !shoal_cluster_tests::io_uring_available(stringify!($test)) {
+                        return Ok(());
+                    }
+                    super::$test(super::Io::IoUring)
+                }
+            )*
+        }
+    };
+}
+
+on_both_io!(
+    half_close_is_forwarded_and_the_backend_can_still_answer,
+    connect_failures_are_retried_on_another_backend,
+    idle_connections_are_closed_but_active_ones_are_not,
+    without_any_reachable_backend_the_client_is_closed,
+    a_backend_that_never_completes_the_handshake_costs_a_client_at_most_connect_timeout,
+    over_max_connections_a_tcp_client_is_refused_after_a_short_wait,
+    a_reload_moves_a_port_between_tcp_and_http_and_back,
+);
 
 /// A raw TCP backend that reads until the client's FIN, then answers with
 /// everything it read reversed and closes. It can only answer if the proxy
@@ -38,10 +94,9 @@ fn start_reverse_on_eof_backend() -> Result<SocketAddr> {
     Ok(addr)
 }
 
-#[test]
-fn half_close_is_forwarded_and_the_backend_can_still_answer() -> Result<()> {
+fn half_close_is_forwarded_and_the_backend_can_still_answer(io: Io) -> Result<()> {
     let backend = start_reverse_on_eof_backend()?;
-    let (node, tcp) = node_with(&[("rev", backend)], "")?;
+    let (node, tcp) = node_with(io, &[("rev", backend)], "")?;
     let data: Vec<u8> = (0..2 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
     let mut s = client::connect(tcp, None)?;
     let writer = {
@@ -63,11 +118,10 @@ fn half_close_is_forwarded_and_the_backend_can_still_answer() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn connect_failures_are_retried_on_another_backend() -> Result<()> {
+fn connect_failures_are_retried_on_another_backend(io: Io) -> Result<()> {
     let live = Backend::start("live")?;
     let dead = local()?;
-    let (node, tcp) = node_with(&[("dead", dead), ("live", live.addr)], "")?;
+    let (node, tcp) = node_with(io, &[("dead", dead), ("live", live.addr)], "")?;
     for i in 0..30 {
         let r = tcp_get(tcp, None, "/")?;
         assert_eq!((i, r.status, r.backend()), (i, 200, Some("live")));
@@ -83,10 +137,9 @@ fn connect_failures_are_retried_on_another_backend() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn idle_connections_are_closed_but_active_ones_are_not() -> Result<()> {
+fn idle_connections_are_closed_but_active_ones_are_not(io: Io) -> Result<()> {
     let b = Backend::start("a")?;
-    let (node, tcp) = node_with(&[("a", b.addr)], "idle_timeout = \"400ms\"")?;
+    let (node, tcp) = node_with(io, &[("a", b.addr)], "idle_timeout = \"400ms\"")?;
 
     let mut idle = client::connect(tcp, None)?;
     let start = Instant::now();
@@ -106,9 +159,8 @@ fn idle_connections_are_closed_but_active_ones_are_not() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn without_any_reachable_backend_the_client_is_closed() -> Result<()> {
-    let (node, tcp) = node_with(&[("dead1", local()?), ("dead2", local()?)], "")?;
+fn without_any_reachable_backend_the_client_is_closed(io: Io) -> Result<()> {
+    let (node, tcp) = node_with(io, &[("dead1", local()?), ("dead2", local()?)], "")?;
     let mut s = client::connect(tcp, None)?;
     let mut buf = [0u8; 16];
     assert_eq!(s.read(&mut buf)?, 0);
@@ -134,12 +186,11 @@ fn unanswering_backend() -> Result<(socket2::Socket, std::net::TcpStream, Socket
     Ok((socket, filler, addr))
 }
 
-#[test]
-fn a_backend_that_never_completes_the_handshake_costs_a_client_at_most_connect_timeout() -> Result<()> {
+fn a_backend_that_never_completes_the_handshake_costs_a_client_at_most_connect_timeout(io: Io) -> Result<()> {
     let live = Backend::start("live")?;
     let (_listening, _filler, hung) = unanswering_backend()?;
     // Pool: connect_timeout 500ms, 2 retries.
-    let (node, tcp) = node_with(&[("hung", hung), ("live", live.addr)], "")?;
+    let (node, tcp) = node_with(io, &[("hung", hung), ("live", live.addr)], "")?;
     let mut slowest = Duration::ZERO;
     for _ in 0..4 {
         let started = Instant::now();
@@ -161,10 +212,9 @@ fn a_backend_that_never_completes_the_handshake_costs_a_client_at_most_connect_t
     Ok(())
 }
 
-#[test]
-fn over_max_connections_a_tcp_client_is_refused_after_a_short_wait() -> Result<()> {
+fn over_max_connections_a_tcp_client_is_refused_after_a_short_wait(io: Io) -> Result<()> {
     let b = Backend::start("a")?;
-    let (node, tcp) = node_with(&[("a", b.addr)], "max_connections = 1")?;
+    let (node, tcp) = node_with(io, &[("a", b.addr)], "max_connections = 1")?;
     let holder = client::connect(tcp, None)?;
     shoal_cluster_tests::wait_until(
         "the slot to be taken",
@@ -192,5 +242,49 @@ fn over_max_connections_a_tcp_client_is_refused_after_a_short_wait() -> Result<(
     assert_eq!(tcp_get(tcp, None, "/")?.status, 200);
     assert!(node.status()?["listeners"][0]["refused_connections"].as_u64() >= Some(1));
     node.assert_no_panic();
+    Ok(())
+}
+
+/// A listener that changes protocol keeps its port: on io_uring its
+/// sockets move between the ring threads and the epoll workers. A
+/// connection opened before a reload is served to its end.
+fn a_reload_moves_a_port_between_tcp_and_http_and_back(io: Io) -> Result<()> {
+    let b = Backend::start("a")?;
+    let (lb, port) = node_with(io, &[("a", b.addr)], "")?;
+    let as_protocol = |protocol: &str| {
+        node(lb.admin, &format!("io = \"{}\"", io.name()))
+            + &listener("raw", port, protocol, "p", "")
+            + &pool("p", "retries = 2\nconnect_timeout = \"500ms\"", &[("a", b.addr)])
+    };
+    let mut held = client::connect(port, None)?;
+    for (protocol, requests_counted) in [("http", true), ("tcp", false)] {
+        lb.reload(&as_protocol(protocol))?;
+        wait_until(
+            &format!("the listener to serve {protocol}"),
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            || (lb.status().ok()?["listeners"][0]["protocol"] == protocol).then_some(()),
+        )?;
+        let before = lb.status()?["listeners"][0]["requests"].as_u64().unwrap_or(0);
+        let r = if protocol == "http" {
+            get(port, "/")?
+        } else {
+            tcp_get(port, None, "/")?
+        };
+        assert_eq!((protocol, r.status, r.backend()), (protocol, 200, Some("a")));
+        let after = lb.status()?["listeners"][0]["requests"].as_u64().unwrap_or(0);
+        assert_eq!(
+            after > before,
+            requests_counted,
+            "{protocol}: requests {before} -> {after}"
+        );
+    }
+    // Opened on the first TCP loop, before both reloads.
+    held.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    held.read_to_string(&mut answer)?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(lb.status()?["node"]["tcp_io"], io.name());
+    lb.assert_no_panic();
     Ok(())
 }

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::balance::Candidate;
 use crate::cluster::BackendCluster;
+use crate::config::IoMode;
 use crate::server::NodeState;
 
 #[derive(Debug, Serialize)]
@@ -27,6 +28,8 @@ pub struct NodeInfo {
     pub id: String,
     pub version: &'static str,
     pub uptime_s: u64,
+    /// How TCP listeners wait for I/O: "epoll" or "io_uring".
+    pub tcp_io: IoMode,
 }
 
 #[derive(Debug, Serialize)]
@@ -182,6 +185,7 @@ pub fn build(state: &NodeState) -> Status {
             id: id.clone(),
             version: env!("CARGO_PKG_VERSION"),
             uptime_s: state.started.elapsed().as_secs(),
+            tcp_io: state.tcp_io,
         },
         cluster: state.cluster.as_ref().map(|c| ClusterInfo {
             name: c.name.clone(),

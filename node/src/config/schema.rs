@@ -39,9 +39,25 @@ pub struct NodeConfig {
     /// Data-plane worker threads; default: one per CPU.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// How the data plane waits for its sockets (TCP listeners only, for
+    /// now): epoll, or io_uring rings where the kernel allows them.
+    #[serde(default)]
+    pub io: IoMode,
     /// File holding a bearer token that admin writes must present.
     #[serde(default)]
     pub admin_token_file: Option<PathBuf>,
+}
+
+/// The data plane's I/O interface (`[node] io`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoMode {
+    /// Readiness through epoll, on tokio.
+    #[default]
+    Epoll,
+    /// TCP listeners on io_uring (one ring per worker, deferred task
+    /// work), falling back to epoll where rings are refused.
+    IoUring,
 }
 
 fn default_admin_addr() -> SocketAddr {

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
-const BUF_SIZE: usize = 16 * 1024;
+pub(super) const BUF_SIZE: usize = 16 * 1024;
 /// At most this much per splice: a pipe's default capacity, so the pipe,
 /// drained after every chunk, never fills. Smaller pipes are not used.
 const PIPE_CHUNK: usize = 64 * 1024;

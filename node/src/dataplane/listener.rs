@@ -35,20 +35,31 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// One listening socket of `addr` per runtime in `on` (the data-plane
-/// workers), each registered with its runtime: SO_REUSEPORT, so the kernel
-/// spreads connections over them. A plain bind first proves the address
-/// free, since SO_REUSEPORT would otherwise silently share the port with
-/// another process of the same user.
+/// workers), each registered with its runtime (see [`bind_std_each`]).
 pub fn bind_each(addr: SocketAddr, on: &[Handle]) -> std::io::Result<Vec<Arc<TcpListener>>> {
-    let shared = on.len() > 1;
+    register_each(bind_std_each(addr, on.len())?, on)
+}
+
+/// `count` listening sockets of `addr`, SO_REUSEPORT when more than one,
+/// so the kernel spreads connections over them. A plain bind first proves
+/// the address free, since SO_REUSEPORT would otherwise silently share the
+/// port with another process of the same user.
+pub fn bind_std_each(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let shared = count > 1;
     if shared {
         drop(bound(addr, false)?);
     }
-    on.iter()
-        .map(|h| {
-            let std = bind_std(addr, shared)?;
+    (0..count).map(|_| bind_std(addr, shared)).collect()
+}
+
+/// Registers socket `i` with runtime `on[i]`.
+pub fn register_each(sockets: Vec<std::net::TcpListener>, on: &[Handle]) -> std::io::Result<Vec<Arc<TcpListener>>> {
+    sockets
+        .into_iter()
+        .zip(on)
+        .map(|(socket, h)| {
             let _runtime = h.enter();
-            TcpListener::from_std(std).map(Arc::new)
+            TcpListener::from_std(socket).map(Arc::new)
         })
         .collect()
 }
@@ -121,7 +132,12 @@ impl ConnLimit {
     /// never while `refusing` (the last wait found none); else after
     /// waiting up to [`QUEUE_WAIT`] for one. `None` means refuse it: the
     /// refusal is counted, unless the loop was cancelled meanwhile.
-    async fn admit(&self, name: &str, refusing: &mut bool, cancel: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+    pub(super) async fn admit(
+        &self,
+        name: &str,
+        refusing: &mut bool,
+        cancel: &CancellationToken,
+    ) -> Option<OwnedSemaphorePermit> {
         if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
             *refusing = false;
             return Some(permit);

@@ -1,7 +1,7 @@
 //! The proxying data plane: listeners, the L4 (TCP) and L7 (HTTP) proxies.
 
 mod body;
-mod copy;
+pub mod copy;
 pub mod h1;
 pub mod headers;
 pub mod http;
@@ -13,6 +13,7 @@ pub mod route;
 
 pub mod stats;
 pub mod tcp;
+pub mod uring;
 pub mod workers;
 
 pub use body::ResponseBody;

@@ -1,7 +1,11 @@
 //! The L4 proxy: each client connection is rate-limited, balanced once,
 //! connected to a backend (another one if connecting fails), then bytes are
 //! copied both ways until either side is done or the connection idles out.
+//! Balancing and retries are written once; connecting and copying belong
+//! to the I/O interface ([`Relay`]: epoll here, io_uring in `uring`).
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,7 +14,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
 
-use super::copy::{self, CopyError};
+use super::copy::{self, CopyError, Transferred};
 use super::ratelimit::RateLimiter;
 use super::stats::ListenerStats;
 use crate::affinity::sticky::ip_key;
@@ -33,8 +37,57 @@ pub struct TcpProxy {
     pub stats: Arc<ListenerStats>,
 }
 
+/// How an I/O interface connects to a backend and relays a connection.
+pub trait Relay {
+    type Stream;
+    /// Connects (with TCP_NODELAY), failing with `TimedOut` after `timeout`.
+    fn connect(addr: SocketAddr, timeout: Duration) -> impl Future<Output = io::Result<Self::Stream>>;
+    /// Copies both ways until both directions end, either side fails, or
+    /// nothing moves for `idle` (see `copy::proxy`).
+    fn relay(
+        client: Self::Stream,
+        backend: Self::Stream,
+        idle: Duration,
+        on_first_response: impl FnOnce(Duration) + Send + 'static,
+    ) -> impl Future<Output = Result<Transferred, CopyError>>;
+}
+
+/// tokio's sockets, on epoll.
+pub struct Epoll;
+
+impl Relay for Epoll {
+    type Stream = TcpStream;
+
+    async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| timed_out(timeout))??;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    fn relay(
+        client: TcpStream,
+        backend: TcpStream,
+        idle: Duration,
+        on_first_response: impl FnOnce(Duration) + Send + 'static,
+    ) -> impl Future<Output = Result<Transferred, CopyError>> {
+        copy::proxy(client, backend, idle, on_first_response)
+    }
+}
+
+pub fn timed_out(after: Duration) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("timed out after {after:?}"))
+}
+
 impl TcpProxy {
+    /// Serves one client connection on epoll.
     pub async fn handle(&self, client: TcpStream, peer: SocketAddr) {
+        self.handle_on::<Epoll>(client, peer).await;
+    }
+
+    /// Serves one client connection on the I/O interface `R`.
+    pub async fn handle_on<R: Relay>(&self, client: R::Stream, peer: SocketAddr) {
         let site = self.site.load_full();
         if let Some(limit) = &site.rate_limit
             && limit.check(peer.ip(), Instant::now()).is_err()
@@ -63,18 +116,13 @@ impl TcpProxy {
                 }
             };
             let backend = Arc::clone(in_flight.backend());
-            let connected = tokio::time::timeout(pool.connect_timeout, TcpStream::connect(backend.addr)).await;
-            let stream = match connected {
-                Ok(Ok(s)) => s,
-                failed => {
+            let stream = match R::connect(backend.addr, pool.connect_timeout).await {
+                Ok(s) => s,
+                Err(error) => {
                     backend.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
                     backend.observe_latency(pool.connect_timeout);
                     pool.report(&backend, Outcome::Failure);
                     ctx.exclude(backend.id);
-                    let error = match failed {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => format!("timed out after {:?}", pool.connect_timeout),
-                    };
                     tracing::warn!(listener = %site.listener, pool = %pool.name, backend = %backend.name, attempt, %error, "connect to backend failed");
                     continue;
                 }
@@ -85,12 +133,11 @@ impl TcpProxy {
                 site.affinity
                     .record_use(&pool.name, key, &backend.name, kept, s.ttl, *now);
             }
-            let _ = stream.set_nodelay(true);
             // The first response time is what L4 sees of a backend's
             // latency (for least_response_time).
             let sampled = Arc::clone(&backend);
             let on_first_response = move |d| sampled.observe_latency(d);
-            match copy::proxy(client, stream, site.idle_timeout, on_first_response).await {
+            match R::relay(client, stream, site.idle_timeout, on_first_response).await {
                 Ok(moved) => {
                     tracing::debug!(listener = %site.listener, backend = %backend.name, ?moved, "connection done")
                 }

@@ -14,6 +14,8 @@ use crossbeam_utils::CachePadded;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
+use super::uring::UringWorkers;
+
 thread_local! {
     static CURRENT: Cell<usize> = const { Cell::new(0) };
 }
@@ -63,6 +65,12 @@ impl<T> PerWorker<T> {
     }
 }
 
+/// Marks the calling thread as worker `index` (a data-plane thread of
+/// another runtime serving the same shards).
+pub(crate) fn set_current(index: usize) {
+    CURRENT.with(|c| c.set(index));
+}
+
 /// The index of the worker running the caller; 0 on any other thread.
 /// Picks the worker's own backend connection pool.
 pub fn current() -> usize {
@@ -72,6 +80,7 @@ pub fn current() -> usize {
 /// The running data-plane threads; they stop when this is dropped (after
 /// the node has drained: their tasks end with them).
 pub struct Workers {
+    rings: Option<UringWorkers>,
     handles: Vec<Handle>,
     stop: CancellationToken,
 }
@@ -89,11 +98,40 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("shoal-dp-{i}"))
                 .spawn(move || {
-                    CURRENT.with(|c| c.set(i));
+                    set_current(i);
                     rt.block_on(stop.cancelled());
                 })?;
         }
-        Ok(Self { handles, stop })
+        Ok(Self {
+            rings: None,
+            handles,
+            stop,
+        })
+    }
+
+    /// Adds a ring thread per worker, for TCP listeners (`[node] io =
+    /// "io_uring"`). Where the kernel refuses io_uring, says so and keeps
+    /// serving on epoll.
+    pub fn with_rings(mut self) -> Self {
+        if self.handles.is_empty() {
+            return self;
+        }
+        match UringWorkers::start(&self.handles) {
+            Ok(rings) => {
+                tracing::info!(rings = rings.count(), "TCP listeners run on io_uring");
+                self.rings = Some(rings);
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "io = \"io_uring\" but this kernel refuses io_uring: TCP listeners run on epoll"
+            ),
+        }
+        self
+    }
+
+    /// The ring threads, when TCP listeners run on io_uring.
+    pub fn rings(&self) -> Option<&UringWorkers> {
+        self.rings.as_ref()
     }
 
     /// How many accept sockets (and backend pools) each listener needs: one
@@ -124,6 +162,8 @@ impl Workers {
 
 impl Drop for Workers {
     fn drop(&mut self) {
+        // The ring threads first: they use the runtimes' timers.
+        drop(self.rings.take());
         self.stop.cancel();
     }
 }

@@ -24,6 +24,7 @@ use crate::dataplane::http::{HttpProxy, HttpSite, Upstream};
 use crate::dataplane::listener::{self, ConnLimit, HttpServing, Stop};
 use crate::dataplane::ratelimit::RateLimiter;
 use crate::dataplane::tcp::{TcpProxy, TcpSite};
+use crate::dataplane::uring;
 use crate::dataplane::workers::Workers;
 use crate::tls::{self, CertStore};
 
@@ -77,12 +78,54 @@ enum Site {
     Tcp(TcpSite),
 }
 
+/// A listener's sockets, one per data-plane worker, held as the runtime
+/// that accepts on them needs them.
+#[derive(Clone)]
+enum Sockets {
+    /// Registered with the epoll workers' runtimes.
+    Epoll(Vec<Arc<TcpListener>>),
+    /// Plain, for the ring threads (each accepts on a descriptor of its own).
+    Uring(Vec<Arc<std::net::TcpListener>>),
+}
+
+impl Sockets {
+    fn bind(addr: SocketAddr, rings: bool, workers: &Workers) -> std::io::Result<Self> {
+        if rings {
+            let sockets = listener::bind_std_each(addr, workers.count())?;
+            Ok(Self::Uring(sockets.into_iter().map(Arc::new).collect()))
+        } else {
+            listener::bind_each(addr, &workers.handles()).map(Self::Epoll)
+        }
+    }
+
+    /// These sockets, for the other kind of runtime if need be (a reload
+    /// that moves a listener between HTTP and TCP): new descriptors of the
+    /// same sockets, so the port stays open throughout.
+    fn for_runtime(&self, rings: bool, workers: &Workers) -> std::io::Result<Self> {
+        match (self, rings) {
+            (Self::Epoll(_), false) | (Self::Uring(_), true) => Ok(self.clone()),
+            (Self::Epoll(sockets), true) => sockets
+                .iter()
+                .map(|s| {
+                    use std::os::fd::AsFd;
+                    let fd = s.as_fd().try_clone_to_owned()?;
+                    Ok(Arc::new(std::net::TcpListener::from(fd)))
+                })
+                .collect::<std::io::Result<_>>()
+                .map(Self::Uring),
+            (Self::Uring(sockets), false) => {
+                let copies = sockets.iter().map(|s| s.try_clone()).collect::<std::io::Result<_>>()?;
+                listener::register_each(copies, &workers.handles()).map(Self::Epoll)
+            }
+        }
+    }
+}
+
 struct Slot {
     name: String,
     bind: SocketAddr,
     kind: Kind,
-    /// One per data-plane worker.
-    sockets: Vec<Arc<TcpListener>>,
+    sockets: Sockets,
     cancel: CancellationToken,
     proxy: Proxy,
     certs: Option<Arc<CertStore>>,
@@ -112,7 +155,7 @@ enum Step {
         name: String,
         bind: SocketAddr,
         kind: Kind,
-        sockets: Vec<Arc<TcpListener>>,
+        sockets: Sockets,
         site: Site,
         certs: Option<Arc<CertStore>>,
         stats: Arc<ListenerStats>,
@@ -171,11 +214,12 @@ impl Listeners {
                 steps.push(Step::Update { slot, site, cert });
                 continue;
             }
+            let rings = matches!(kind, Kind::Tcp { .. }) && workers.rings().is_some();
             let sockets = match self.slots.iter().find(|s| s.bind == l.bind) {
-                Some(s) => s.sockets.clone(),
-                None => listener::bind_each(l.bind, &workers.handles())
-                    .with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.bind))?,
-            };
+                Some(s) => s.sockets.for_runtime(rings, workers),
+                None => Sockets::bind(l.bind, rings, workers),
+            }
+            .with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.bind))?;
             let certs = match &l.tls {
                 Some(t) => Some(Arc::new(
                     CertStore::load(&t.cert, &t.key).with_context(|| format!("listener {:?}", l.name))?,
@@ -289,7 +333,7 @@ impl Listeners {
 #[allow(clippy::too_many_arguments)]
 fn spawn_loops(
     kind: &Kind,
-    sockets: &[Arc<TcpListener>],
+    sockets: &Sockets,
     site: Site,
     certs: Option<&Arc<CertStore>>,
     stats: &Arc<ListenerStats>,
@@ -332,6 +376,11 @@ fn spawn_loops(
                 tls,
             };
 
+            // The plan binds HTTP listeners for epoll, always.
+            let Sockets::Epoll(sockets) = sockets else {
+                tracing::error!("HTTP listener planned on io_uring sockets; listener not started");
+                return Proxy::Http(proxy);
+            };
             workers.spawn_each(|i| {
                 tracker.track_future(listener::serve_http(
                     Arc::clone(&sockets[i % sockets.len()]),
@@ -349,15 +398,30 @@ fn spawn_loops(
                 site: ArcSwap::from_pointee(site),
                 stats: Arc::clone(stats),
             });
-            workers.spawn_each(|i| {
-                tracker.track_future(listener::serve_tcp(
-                    Arc::clone(&sockets[i % sockets.len()]),
-                    Arc::clone(&proxy),
-                    limit.clone(),
-                    tracker.clone(),
-                    stop.clone(),
-                ))
-            });
+            match (sockets, workers.rings()) {
+                (Sockets::Epoll(sockets), _) => workers.spawn_each(|i| {
+                    tracker.track_future(listener::serve_tcp(
+                        Arc::clone(&sockets[i % sockets.len()]),
+                        Arc::clone(&proxy),
+                        limit.clone(),
+                        tracker.clone(),
+                        stop.clone(),
+                    ))
+                }),
+                (Sockets::Uring(sockets), Some(rings)) => rings.spawn_each(|i| {
+                    let (socket, proxy) = (Arc::clone(&sockets[i % sockets.len()]), Arc::clone(&proxy));
+                    let (limit, tracker, stop) = (limit.clone(), tracker.clone(), stop.clone());
+                    move || {
+                        tracker
+                            .clone()
+                            .track_future(uring::serve_tcp(socket, proxy, limit, tracker, stop))
+                    }
+                }),
+                // The plan binds for rings only when there are rings.
+                (Sockets::Uring(_), None) => {
+                    tracing::error!("TCP listener planned on io_uring without rings; listener not started");
+                }
+            }
             Proxy::Tcp(proxy)
         }
     }

@@ -21,7 +21,7 @@ pub use listeners::Changes;
 
 use crate::affinity::{AffinityTable, Replication};
 use crate::cluster::Cluster;
-use crate::config::{self, Config};
+use crate::config::{self, Config, IoMode};
 use crate::dataplane::listener;
 use crate::dataplane::workers::Workers;
 use crate::{admin, health};
@@ -32,6 +32,9 @@ use listeners::Listeners;
 pub struct NodeState {
     pub id: NodeId,
     pub started: Instant,
+    /// How TCP listeners wait for I/O: `[node] io`, or epoll where the
+    /// kernel refused io_uring.
+    pub tcp_io: IoMode,
     pub current: ArcSwap<Generation>,
     /// Bearer token admin writes must present, if configured.
     pub admin_token: ArcSwapOption<String>,
@@ -105,7 +108,11 @@ impl RunningNode {
     /// Binds every socket first (so a port conflict fails the start with
     /// nothing half-running), then starts serving.
     pub async fn start(config: Config) -> Result<Self> {
-        let workers = Workers::start(worker_count(config.node.workers)).context("starting the data-plane threads")?;
+        let mut workers =
+            Workers::start(worker_count(config.node.workers)).context("starting the data-plane threads")?;
+        if config.node.io == IoMode::IoUring {
+            workers = workers.with_rings();
+        }
         let upstreams = generation::build_upstreams(&config, None, workers.count()).await?;
         for u in &upstreams {
             u.pool.activate();
@@ -160,9 +167,15 @@ impl RunningNode {
         let health = start_health(&applied, &cancel, &tracker);
         let id = applied.config.node.id.clone();
         let shutdown_timeout = applied.config.node.shutdown_timeout.get();
+        let tcp_io = if workers.rings().is_some() {
+            IoMode::IoUring
+        } else {
+            IoMode::Epoll
+        };
         let state = Arc::new(NodeState {
             id: id.clone(),
             started: Instant::now(),
+            tcp_io,
             current: ArcSwap::from_pointee(applied),
             admin_token: ArcSwapOption::new(admin_token),
             cluster,
@@ -291,6 +304,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.node.workers != new.node.workers {
         changed.push("node.workers");
+    }
+    if old.node.io != new.node.io {
+        changed.push("node.io");
     }
     if old.node.shutdown_timeout != new.node.shutdown_timeout {
         changed.push("node.shutdown_timeout");
