@@ -156,6 +156,9 @@ enum Step {
         bind: SocketAddr,
         kind: Kind,
         sockets: Sockets,
+        /// For io_uring sockets: each ring thread's own descriptor of its
+        /// worker's socket (the accept loop owns and closes it).
+        ring_fds: Vec<std::net::TcpListener>,
         site: Site,
         certs: Option<Arc<CertStore>>,
         stats: Arc<ListenerStats>,
@@ -220,6 +223,16 @@ impl Listeners {
                 None => Sockets::bind(l.bind, rings, workers),
             }
             .with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.bind))?;
+            // Taken now, so that running out of descriptors fails the
+            // reload instead of leaving a worker's socket unserved.
+            let ring_fds = match &sockets {
+                Sockets::Uring(s) => s
+                    .iter()
+                    .map(|s| s.try_clone())
+                    .collect::<std::io::Result<_>>()
+                    .with_context(|| format!("listener {:?}: cannot accept on {}", l.name, l.bind))?,
+                Sockets::Epoll(_) => Vec::new(),
+            };
             let certs = match &l.tls {
                 Some(t) => Some(Arc::new(
                     CertStore::load(&t.cert, &t.key).with_context(|| format!("listener {:?}", l.name))?,
@@ -236,6 +249,7 @@ impl Listeners {
                 bind: l.bind,
                 kind,
                 sockets,
+                ring_fds,
                 site,
                 certs,
                 stats,
@@ -278,10 +292,11 @@ impl Listeners {
                     bind,
                     kind,
                     sockets,
+                    ring_fds,
                     site,
                     certs,
                     stats,
-                } => started.push((name, bind, kind, sockets, site, certs, stats)),
+                } => started.push((name, bind, kind, sockets, ring_fds, site, certs, stats)),
             }
         }
         // Stop what is not kept before starting replacements, so one socket
@@ -295,7 +310,7 @@ impl Listeners {
                 changes.stopped.push(slot.name);
             }
         }
-        for (name, bind, kind, sockets, site, certs, stats) in started {
+        for (name, bind, kind, sockets, ring_fds, site, certs, stats) in started {
             // The loop stops with its own token; its connections only at
             // shutdown.
             let stop = Stop {
@@ -303,7 +318,17 @@ impl Listeners {
                 connections: root.clone(),
             };
             let cancel = stop.accepting.clone();
-            let proxy = spawn_loops(&kind, &sockets, site, certs.as_ref(), &stats, stop, tracker, workers);
+            let proxy = spawn_loops(
+                &kind,
+                &sockets,
+                ring_fds,
+                site,
+                certs.as_ref(),
+                &stats,
+                stop,
+                tracker,
+                workers,
+            );
             tracing::info!(listener = %name, %bind, kind = ?kind, "listening");
             changes.started.push(name.clone());
             next.push(Slot {
@@ -334,6 +359,7 @@ impl Listeners {
 fn spawn_loops(
     kind: &Kind,
     sockets: &Sockets,
+    ring_fds: Vec<std::net::TcpListener>,
     site: Site,
     certs: Option<&Arc<CertStore>>,
     stats: &Arc<ListenerStats>,
@@ -408,15 +434,22 @@ fn spawn_loops(
                         stop.clone(),
                     ))
                 }),
-                (Sockets::Uring(sockets), Some(rings)) => rings.spawn_each(|i| {
-                    let (socket, proxy) = (Arc::clone(&sockets[i % sockets.len()]), Arc::clone(&proxy));
-                    let (limit, tracker, stop) = (limit.clone(), tracker.clone(), stop.clone());
-                    move || {
-                        tracker
-                            .clone()
-                            .track_future(uring::serve_tcp(socket, proxy, limit, tracker, stop))
-                    }
-                }),
+                (Sockets::Uring(_), Some(rings)) => {
+                    // One descriptor per ring thread, as many as workers.
+                    let mut fds = ring_fds.into_iter();
+                    rings.spawn_each(|_| {
+                        let fd = fds.next();
+                        let (proxy, limit, tracker, stop) =
+                            (Arc::clone(&proxy), limit.clone(), tracker.clone(), stop.clone());
+                        move || {
+                            tracker.clone().track_future(async move {
+                                if let Some(fd) = fd {
+                                    uring::serve_tcp(fd, proxy, limit, tracker, stop).await;
+                                }
+                            })
+                        }
+                    });
+                }
                 // The plan binds for rings only when there are rings.
                 (Sockets::Uring(_), None) => {
                     tracing::error!("TCP listener planned on io_uring without rings; listener not started");

@@ -39,19 +39,19 @@ impl Relay for Uring {
     }
 }
 
-/// The TCP accept loop of one ring thread, on its own descriptor of
-/// `socket` (the listener's socket for this worker); like the epoll loop
+/// The TCP accept loop of one ring thread, on `socket`, its own
+/// descriptor of its worker's listening socket; like the epoll loop
 /// (`listener::serve_tcp`), it stops accepting when `stop.accepting` is
 /// cancelled and leaves its connections be.
 pub async fn serve_tcp(
-    socket: Arc<std::net::TcpListener>,
+    socket: std::net::TcpListener,
     proxy: Arc<TcpProxy>,
     limit: ConnLimit,
     tracker: TaskTracker,
     stop: Stop,
 ) {
     let name = Arc::clone(&proxy.site.load().listener);
-    let listener = match socket.try_clone().and_then(TcpListener::from_std) {
+    let listener = match TcpListener::from_std(socket) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(listener = %name, error = %e, "cannot accept on io_uring: this worker serves no connection of the listener");
