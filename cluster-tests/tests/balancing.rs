@@ -41,13 +41,18 @@ fn local() -> Result<SocketAddr> {
 /// "tcp-ALG" (hashing the client address). demo-c answers after
 /// `demo_c_delay`.
 fn setup(demo_c_delay: &str) -> Result<Setup> {
+    setup_on(demo_c_delay, "epoll")
+}
+
+/// [`setup`], with `[node] io = "IO"`.
+fn setup_on(demo_c_delay: &str, io: &str) -> Result<Setup> {
     let backends = vec![
         Backend::start("demo-a")?,
         Backend::start("demo-b")?,
         Backend::start_with_delay("demo-c", demo_c_delay)?,
     ];
     let admin = local()?;
-    let mut cfg = format!("[node]\nid = \"lb1\"\nadmin_addr = \"{admin}\"\n\n");
+    let mut cfg = format!("[node]\nid = \"lb1\"\nadmin_addr = \"{admin}\"\nio = \"{io}\"\n\n");
     let (mut http, mut tcp) = (HashMap::new(), HashMap::new());
     for alg in ALGORITHMS {
         for (proto, map) in [("http", &mut http), ("tcp", &mut tcp)] {
@@ -162,6 +167,25 @@ fn sequential_requests_follow_each_algorithms_rule() -> Result<()> {
     // decays. Only both at once would send demo-c more than 30 (for the
     // second or so that decay takes) and fail this.
     let s = setup("20ms")?;
+    sequential_spread(&s, true)
+}
+
+/// The same through TCP listeners on io_uring, whose accept, connect and
+/// copy loops (and first-response timing, which least_response_time
+/// reads) are their own.
+#[test]
+fn sequential_tcp_connections_on_io_uring_follow_each_algorithms_rule() -> Result<()> {
+    if !shoal_cluster_tests::io_uring_available("sequential_tcp_connections_on_io_uring_follow_each_algorithms_rule") {
+        return Ok(());
+    }
+    let s = setup_on("20ms", "io_uring")?;
+    assert_eq!(s.node.status()?["node"]["tcp_io"], "io_uring", "{}", s.node.log());
+    sequential_spread(&s, false)
+}
+
+/// 600 sequential requests per non-hashing algorithm, all algorithms at
+/// once, over TCP and (if `http`) HTTP.
+fn sequential_spread(s: &Setup, http: bool) -> Result<()> {
     let results: Vec<Result<()>> = std::thread::scope(|scope| {
         let handles: Vec<_> = ALGORITHMS
             .iter()
@@ -169,7 +193,9 @@ fn sequential_requests_follow_each_algorithms_rule() -> Result<()> {
             .map(|&alg| {
                 let (h, t) = (s.http[alg], s.tcp[alg]);
                 scope.spawn(move || -> Result<()> {
-                    check_spread(alg, "http", &http_counts(h, 600)?);
+                    if http {
+                        check_spread(alg, "http", &http_counts(h, 600)?);
+                    }
                     check_spread(alg, "tcp", &tcp_counts(t, 600)?);
                     Ok(())
                 })
