@@ -5,7 +5,8 @@
 //!
 //! No direction holds a buffer until either side has sent something, so
 //! an idle connection costs only its sockets and task, as on epoll. Bulk
-//! data is copied, not spliced (the epoll path splices it).
+//! data is copied, not spliced (the epoll path splices it), through a
+//! buffer that grows while reads fill it and shrinks back when they stop.
 
 use std::cell::Cell;
 use std::io;
@@ -17,6 +18,10 @@ use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 use monoio::time::Instant;
 
 use crate::dataplane::copy::{BUF_SIZE, CopyError, Transferred};
+
+/// The largest buffer a bulk direction grows to: fewer, larger reads and
+/// writes per byte, each one ring operation.
+const BULK_BUF_SIZE: usize = 256 * 1024;
 
 /// Copies until both directions have ended, either side fails, or nothing
 /// moves for `idle`; `on_first_response` as in `dataplane::copy::proxy`.
@@ -97,13 +102,27 @@ async fn pump(
         }
         on_read();
         touch(last, start);
-        let (written, mut back) = to.write_all(back).await;
+        let (written, back) = to.write_all(back).await;
         written?;
         // A slow reader on the other side is activity too, not idleness.
         touch(last, start);
         total += n as u64;
-        back.clear();
-        buf = back;
+        buf = next_buffer(back, n);
+    }
+}
+
+/// The buffer for the next read, after one that read `n` into `buf`: four
+/// times larger (up to [`BULK_BUF_SIZE`]) when it was filled, back to
+/// [`BUF_SIZE`] when a large one was not, else `buf` again.
+fn next_buffer(mut buf: Vec<u8>, n: usize) -> Vec<u8> {
+    let capacity = buf.capacity();
+    if n == capacity && capacity < BULK_BUF_SIZE {
+        Vec::with_capacity((capacity * 4).min(BULK_BUF_SIZE))
+    } else if n < BUF_SIZE && capacity > BUF_SIZE {
+        Vec::with_capacity(BUF_SIZE)
+    } else {
+        buf.clear();
+        buf
     }
 }
 
@@ -140,6 +159,11 @@ mod tests {
         Ok((ring_end, std_end))
     }
 
+    /// 3 MB that no shifted or repeated chunk matches.
+    fn pattern() -> Vec<u8> {
+        (0..3_000_000u32).map(|i| (i % 251) as u8).collect()
+    }
+
     #[test]
     fn copies_both_ways_passes_the_half_close_and_times_the_first_response() -> io::Result<()> {
         let Some(mut rt) = ring("copies_both_ways_passes_the_half_close_and_times_the_first_response") else {
@@ -164,7 +188,8 @@ mod tests {
                 user.write_all(b"ping")?;
                 let mut answer = [0u8; 4];
                 user.read_exact(&mut answer)?;
-                user.write_all(&[7u8; 100_000])?;
+                // Enough for the buffer to grow to its largest.
+                user.write_all(&pattern())?;
                 user.shutdown(Shutdown::Write)?;
                 let mut rest = Vec::new();
                 user.read_to_end(&mut rest)?;
@@ -181,9 +206,10 @@ mod tests {
             };
             let (got_backend, got_user) = (joined(backend_side)?, joined(user_side)?);
             assert_eq!(&got_backend[..4], b"ping");
-            assert_eq!(got_backend.len(), 4 + 100_000);
+            assert_eq!(got_backend.len(), 4 + 3_000_000);
+            assert!(got_backend[4..] == pattern()[..], "the bulk upload arrived changed");
             assert_eq!(got_user, b"pongbye");
-            assert_eq!((moved.client_to_backend, moved.backend_to_client), (100_004, 7));
+            assert_eq!((moved.client_to_backend, moved.backend_to_client), (3_000_004, 7));
             let took = first_response.try_recv().map_err(io::Error::other)?;
             assert!(
                 took >= Duration::from_millis(30) && took < Duration::from_secs(5),
@@ -191,6 +217,28 @@ mod tests {
             );
             Ok(())
         })
+    }
+
+    #[test]
+    fn the_buffer_grows_while_reads_fill_it_and_shrinks_when_they_stop() {
+        let read_into = |capacity: usize, n: usize| {
+            let mut buf = Vec::with_capacity(capacity);
+            buf.resize(n.min(capacity), 1);
+            next_buffer(buf, n)
+        };
+        let grown = |capacity, n| {
+            let next = read_into(capacity, n);
+            assert!(next.is_empty(), "the next read starts at the front");
+            next.capacity()
+        };
+        assert_eq!(grown(BUF_SIZE, BUF_SIZE), 4 * BUF_SIZE);
+        assert_eq!(grown(4 * BUF_SIZE, 4 * BUF_SIZE), BULK_BUF_SIZE);
+        assert_eq!(grown(BULK_BUF_SIZE, BULK_BUF_SIZE), BULK_BUF_SIZE, "no further");
+        // Short messages keep the small buffer; a bulk buffer stays while
+        // reads are at least a small buffer's worth.
+        assert_eq!(grown(BUF_SIZE, 10), BUF_SIZE);
+        assert_eq!(grown(BULK_BUF_SIZE, BUF_SIZE), BULK_BUF_SIZE);
+        assert_eq!(grown(BULK_BUF_SIZE, BUF_SIZE - 1), BUF_SIZE);
     }
 
     #[test]
