@@ -257,6 +257,15 @@ fn a_reload_moves_a_port_between_tcp_and_http_and_back(io: Io) -> Result<()> {
             + &pool("p", "retries = 2\nconnect_timeout = \"500ms\"", &[("a", b.addr)])
     };
     let mut held = client::connect(port, None)?;
+    let held_open = || (lb.status().ok()?["listeners"][0]["active_connections"] == 1).then_some(());
+    // Accepted by the TCP loop (and connected to the backend) before the
+    // reloads, not left in the kernel's queue for the HTTP loop.
+    wait_until(
+        "the TCP loop to accept",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        held_open,
+    )?;
     for (protocol, requests_counted) in [("http", true), ("tcp", false)] {
         lb.reload(&as_protocol(protocol))?;
         wait_until(
@@ -279,7 +288,8 @@ fn a_reload_moves_a_port_between_tcp_and_http_and_back(io: Io) -> Result<()> {
             "{protocol}: requests {before} -> {after}"
         );
     }
-    // Opened on the first TCP loop, before both reloads.
+    // Opened on the first TCP loop, before both reloads, and open since.
+    assert!(held_open().is_some(), "{}", lb.status()?["listeners"][0]);
     held.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
     let mut answer = String::new();
     held.read_to_string(&mut answer)?;

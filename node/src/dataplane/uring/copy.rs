@@ -137,19 +137,8 @@ mod tests {
     use std::net::Shutdown;
     use std::sync::mpsc;
 
+    use super::super::tests::ring;
     use super::*;
-
-    /// A ring runtime for a test, or `None` (after a loud SKIP line) where
-    /// this kernel refuses io_uring.
-    fn ring(test: &str) -> Option<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
-        match super::super::runtime() {
-            Ok(r) => Some(r),
-            Err(e) => {
-                eprintln!("\n!!!!! SKIPPED {test}: this kernel refuses io_uring ({e}) !!!!!\n");
-                None
-            }
-        }
-    }
 
     /// A connected pair: the ring's end, and a blocking std end a thread drives.
     async fn pair() -> io::Result<(TcpStream, std::net::TcpStream)> {

@@ -1,6 +1,8 @@
 //! The data plane on io_uring (`[node] io = "io_uring"`), for TCP
 //! listeners: one monoio runtime per worker, each on a ring of its own
-//! created with IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, so
+//! created with IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN
+//! (Linux 6.1+: without deferred task work rings do no better than epoll
+//! here, so older kernels stay on epoll), so
 //! a worker enters the kernel once per round for all its sockets' I/O and
 //! completions run only when it asks for them (docs/benchmarks.md,
 //! "io_uring"). Balancing, retries and stats are the epoll path's own
@@ -15,19 +17,36 @@
 mod copy;
 mod serve;
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
+use std::panic::AssertUnwindSafe;
+use std::task::Poll;
+use std::time::Duration;
 
 use monoio::time::TimeDriver;
 use monoio::{IoUringDriver, RuntimeBuilder};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 pub use serve::{Uring, serve_tcp};
 
 /// Work handed to a ring thread: it builds its future there, since
 /// monoio's sockets are bound to their thread.
 type Job = Box<dyn FnOnce() + Send>;
+
+thread_local! {
+    /// Cancelled when this ring thread stops: its tasks end, so that none
+    /// outlives the ring (monoio drops only the tasks that are runnable).
+    static CLOSING: CancellationToken = CancellationToken::new();
+    /// This ring thread's tasks still running.
+    static TASKS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How long a stopping ring thread waits for its tasks to end; they end
+/// at their next poll, which the cancellation itself brings.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// The running ring threads; they stop when this is dropped, with the
 /// tasks they run.
@@ -37,7 +56,8 @@ pub struct UringWorkers {
 }
 
 impl Drop for UringWorkers {
-    /// Returns once every ring thread has dropped its tasks.
+    /// Returns once every ring thread has ended its tasks (or waited
+    /// [`CLOSE_WAIT`] for them).
     fn drop(&mut self) {
         self.jobs.clear();
         for t in self.threads.drain(..) {
@@ -72,11 +92,21 @@ impl UringWorkers {
                         }
                     };
                     let _ = ready_tx.send(Ok(()));
-                    runtime.block_on(async move {
+                    let serve = async move {
                         while let Some(job) = rx.recv().await {
                             job();
                         }
-                    });
+                        close().await;
+                    };
+                    // Tasks contain their own panics; one here is the
+                    // ring's. Its worker's sockets would keep taking a
+                    // share of new connections that nobody accepts: exit,
+                    // so that a supervisor restarts the node and a peer
+                    // takes its addresses meanwhile.
+                    if std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(serve))).is_err() {
+                        tracing::error!(ring = i, "an io_uring ring thread panicked: the node exits");
+                        std::process::exit(70);
+                    }
                 })?;
             started.threads.push(thread);
             // On an error, dropping `started` stops the threads started.
@@ -102,26 +132,125 @@ impl UringWorkers {
             let build = make(i);
             // A send fails only when the thread is gone (the node is
             // stopping): the work is moot then.
-            let _ = jobs.send(Box::new(move || {
-                monoio::spawn(build());
-            }));
+            let _ = jobs.send(Box::new(move || spawn(build())));
         }
     }
 }
 
-/// A ring with deferred task work (Linux 6.1+), else a plain one.
+/// A ring with deferred task work; an error where the kernel refuses it
+/// (before Linux 6.1, `kernel.io_uring_disabled`, seccomp).
 pub(super) fn runtime() -> io::Result<monoio::Runtime<TimeDriver<IoUringDriver>>> {
     let mut ring = io_uring::IoUring::builder();
     ring.setup_single_issuer().setup_defer_taskrun();
-    match RuntimeBuilder::<IoUringDriver>::new()
+    RuntimeBuilder::<IoUringDriver>::new()
         .uring_builder(ring)
         .enable_timer()
         .build()
-    {
-        Ok(r) => Ok(r),
-        Err(e) => {
-            tracing::info!(error = %e, "io_uring without deferred task work");
-            RuntimeBuilder::<IoUringDriver>::new().enable_timer().build()
+}
+
+/// Runs `task` on the calling ring thread until it ends or the ring stops.
+/// A panic in it is logged and ends only this task (and its sockets), as
+/// a panic in a tokio task does.
+pub(super) fn spawn(task: impl Future<Output = ()> + 'static) {
+    struct Counted;
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            TASKS.with(|n| n.set(n.get().saturating_sub(1)));
         }
+    }
+    let closing = CLOSING.with(CancellationToken::clone);
+    TASKS.with(|n| n.set(n.get() + 1));
+    monoio::spawn(async move {
+        let _counted = Counted;
+        let mut task = std::pin::pin!(async {
+            monoio::select! {
+                () = task => {}
+                () = closing.cancelled() => {}
+            }
+        });
+        let outcome =
+            std::future::poll_fn(
+                |cx| match std::panic::catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(cx))) {
+                    Ok(Poll::Pending) => Poll::Pending,
+                    Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
+                    Err(panic) => Poll::Ready(Err(panic)),
+                },
+            )
+            .await;
+        if outcome.is_err() {
+            tracing::error!("a task on an io_uring ring panicked: its connection is closed");
+        }
+    });
+}
+
+/// Ends this ring thread's tasks and waits (up to [`CLOSE_WAIT`]) until
+/// they have dropped their sockets and timers.
+async fn close() {
+    CLOSING.with(CancellationToken::cancel);
+    let deadline = monoio::time::Instant::now() + CLOSE_WAIT;
+    while TASKS.with(Cell::get) > 0 && monoio::time::Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::io::Read;
+    use std::rc::Rc;
+
+    use super::*;
+
+    /// A ring runtime for a test, or `None` (after a loud SKIP line) where
+    /// this kernel refuses io_uring with deferred task work.
+    pub(crate) fn ring(test: &str) -> Option<monoio::Runtime<TimeDriver<IoUringDriver>>> {
+        match runtime() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("\n!!!!! SKIPPED {test}: this kernel refuses io_uring ({e}) !!!!!\n");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn a_panic_ends_only_its_own_task() {
+        let Some(mut rt) = ring("a_panic_ends_only_its_own_task") else {
+            return;
+        };
+        rt.block_on(async {
+            spawn(async { panic!("a task's own panic") });
+            let ran = Rc::new(Cell::new(false));
+            let after = Rc::clone(&ran);
+            spawn(async move { after.set(true) });
+            monoio::time::sleep(Duration::from_millis(20)).await;
+            assert!(ran.get(), "the ring went on running tasks");
+            assert_eq!(TASKS.with(Cell::get), 0, "both tasks are counted out");
+        });
+    }
+
+    #[test]
+    fn closing_a_ring_ends_its_tasks_and_their_sockets() -> io::Result<()> {
+        let Some(mut rt) = ring("closing_a_ring_ends_its_tasks_and_their_sockets") else {
+            return Ok(());
+        };
+        rt.block_on(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let ring_end = monoio::net::TcpStream::connect_addr(listener.local_addr()?).await?;
+            let (mut peer, _) = listener.accept()?;
+            // A task that waits for a byte that never comes.
+            spawn(async move {
+                let mut held = ring_end;
+                let _ = monoio::io::AsyncReadRent::read(&mut held, Vec::with_capacity(16)).await;
+                std::future::pending::<()>().await;
+            });
+            monoio::time::sleep(Duration::from_millis(10)).await;
+            assert_eq!(TASKS.with(Cell::get), 1);
+            close().await;
+            assert_eq!(TASKS.with(Cell::get), 0);
+            // Its socket is closed: the peer reads the end of the stream.
+            peer.set_read_timeout(Some(Duration::from_secs(5)))?;
+            assert_eq!(peer.read(&mut [0u8; 16])?, 0);
+            Ok(())
+        })
     }
 }

@@ -64,7 +64,7 @@ pub async fn serve_tcp(
     let canceller = Canceller::new();
     let cancel = canceller.handle();
     let accepting = stop.accepting.clone();
-    monoio::spawn(async move {
+    super::spawn(async move {
         accepting.cancelled().await;
         canceller.cancel();
     });
@@ -79,13 +79,27 @@ pub async fn serve_tcp(
                     continue;
                 };
                 let proxy = Arc::clone(&proxy);
-                monoio::spawn(tracker.track_future(async move {
+                super::spawn(tracker.track_future(async move {
                     let _open = proxy.stats.open();
                     let _slot = slot;
                     proxy.handle_on::<Uring>(stream, peer).await;
                 }));
             }
             Err(_) if stop.accepting.is_cancelled() => return,
+            // The listening socket is non-blocking (epoll's descriptors
+            // share that flag), which a kernel may honour in a ring's
+            // accept: wait for a client instead.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                monoio::select! {
+                    r = listener.readable(true) => {
+                        if let Err(e) = r {
+                            tracing::error!(listener = %name, error = %e, "waiting for a client failed; pausing accepts for 50ms");
+                            monoio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    () = stop.accepting.cancelled() => return,
+                }
+            }
             Err(e) => {
                 tracing::error!(listener = %name, error = %e, "accept failed; pausing accepts for 50ms");
                 monoio::time::sleep(Duration::from_millis(50)).await;
