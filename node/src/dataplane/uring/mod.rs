@@ -17,18 +17,18 @@
 mod copy;
 mod serve;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::panic::AssertUnwindSafe;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use monoio::time::TimeDriver;
 use monoio::{IoUringDriver, RuntimeBuilder};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 pub use serve::{Uring, serve_tcp};
 
@@ -37,15 +37,24 @@ pub use serve::{Uring, serve_tcp};
 type Job = Box<dyn FnOnce() + Send>;
 
 thread_local! {
-    /// Cancelled when this ring thread stops: its tasks end, so that none
-    /// outlives the ring (monoio drops only the tasks that are runnable).
-    static CLOSING: CancellationToken = CancellationToken::new();
-    /// This ring thread's tasks still running.
-    static TASKS: Cell<usize> = const { Cell::new(0) };
+    /// This ring thread's tasks, so that a stopping ring can end them:
+    /// monoio drops only the tasks that are runnable with its runtime.
+    static TASKS: RingTasks = RingTasks::default();
+}
+
+/// The tasks of one ring thread, each with the waker that ends it.
+#[derive(Default)]
+struct RingTasks {
+    /// Set when the ring stops: every task ends at its next poll.
+    closing: Cell<bool>,
+    next_id: Cell<u64>,
+    /// The waker of each running task, stored at its first poll (a monoio
+    /// task keeps one waker).
+    running: RefCell<HashMap<u64, Option<Waker>>>,
 }
 
 /// How long a stopping ring thread waits for its tasks to end; they end
-/// at their next poll, which the cancellation itself brings.
+/// at their next poll, which the stop itself brings.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// The running ring threads; they stop when this is dropped, with the
@@ -152,43 +161,62 @@ pub(super) fn runtime() -> io::Result<monoio::Runtime<TimeDriver<IoUringDriver>>
 /// A panic in it is logged and ends only this task (and its sockets), as
 /// a panic in a tokio task does.
 pub(super) fn spawn(task: impl Future<Output = ()> + 'static) {
-    struct Counted;
-    impl Drop for Counted {
+    /// Takes the task off the ring's list when it ends, however it ends.
+    struct Listed(u64);
+    impl Drop for Listed {
         fn drop(&mut self) {
-            TASKS.with(|n| n.set(n.get().saturating_sub(1)));
+            // Not at all while the thread's locals are being torn down.
+            let _ = TASKS.try_with(|t| t.running.borrow_mut().remove(&self.0));
         }
     }
-    let closing = CLOSING.with(CancellationToken::clone);
-    TASKS.with(|n| n.set(n.get() + 1));
+    let id = TASKS.with(|t| {
+        let id = t.next_id.get();
+        t.next_id.set(id + 1);
+        t.running.borrow_mut().insert(id, None);
+        id
+    });
     monoio::spawn(async move {
-        let _counted = Counted;
-        let mut task = std::pin::pin!(async {
-            monoio::select! {
-                () = task => {}
-                () = closing.cancelled() => {}
+        let listed = Listed(id);
+        let mut task = std::pin::pin!(task);
+        let mut waker_stored = false;
+        // Each poll checks one flag for the ring's stop, rather than
+        // polling a second future beside the task on every wakeup.
+        let outcome = std::future::poll_fn(|cx| {
+            if TASKS.with(|t| t.closing.get()) {
+                return Poll::Ready(Ok(()));
             }
-        });
-        let outcome =
-            std::future::poll_fn(
-                |cx| match std::panic::catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(cx))) {
-                    Ok(Poll::Pending) => Poll::Pending,
-                    Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
-                    Err(panic) => Poll::Ready(Err(panic)),
-                },
-            )
-            .await;
+            if !waker_stored {
+                TASKS.with(|t| t.running.borrow_mut().insert(listed.0, Some(cx.waker().clone())));
+                waker_stored = true;
+            }
+            match std::panic::catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(cx))) {
+                Ok(Poll::Pending) => Poll::Pending,
+                Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
+                Err(panic) => Poll::Ready(Err(panic)),
+            }
+        })
+        .await;
         if outcome.is_err() {
             tracing::error!("a task on an io_uring ring panicked: its connection is closed");
         }
     });
 }
 
+/// How many tasks this ring thread runs.
+fn running() -> usize {
+    TASKS.with(|t| t.running.borrow().len())
+}
+
 /// Ends this ring thread's tasks and waits (up to [`CLOSE_WAIT`]) until
 /// they have dropped their sockets and timers.
 async fn close() {
-    CLOSING.with(CancellationToken::cancel);
+    let wakers: Vec<Waker> = TASKS.with(|t| {
+        t.closing.set(true);
+        t.running.borrow().values().flatten().cloned().collect()
+    });
+    wakers.into_iter().for_each(Waker::wake);
     let deadline = monoio::time::Instant::now() + CLOSE_WAIT;
-    while TASKS.with(Cell::get) > 0 && monoio::time::Instant::now() < deadline {
+    while running() > 0 && monoio::time::Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(1)).await;
     }
 }
@@ -224,7 +252,7 @@ pub(super) mod tests {
             spawn(async move { after.set(true) });
             monoio::time::sleep(Duration::from_millis(20)).await;
             assert!(ran.get(), "the ring went on running tasks");
-            assert_eq!(TASKS.with(Cell::get), 0, "both tasks are counted out");
+            assert_eq!(running(), 0, "both tasks are counted out");
         });
     }
 
@@ -244,9 +272,9 @@ pub(super) mod tests {
                 std::future::pending::<()>().await;
             });
             monoio::time::sleep(Duration::from_millis(10)).await;
-            assert_eq!(TASKS.with(Cell::get), 1);
+            assert_eq!(running(), 1);
             close().await;
-            assert_eq!(TASKS.with(Cell::get), 0);
+            assert_eq!(running(), 0);
             // Its socket is closed: the peer reads the end of the stream.
             peer.set_read_timeout(Some(Duration::from_secs(5)))?;
             assert_eq!(peer.read(&mut [0u8; 16])?, 0);
