@@ -27,3 +27,53 @@ pub fn io_uring_available(test: &str) -> bool {
         }
     }
 }
+
+/// Which `[node] io` a test runs its node with.
+#[derive(Clone, Copy, Debug)]
+pub enum Io {
+    Epoll,
+    IoUring,
+}
+
+impl Io {
+    /// The value of `[node] io`, and of `node.tcp_io` in `/status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Epoll => "epoll",
+            Self::IoUring => "io_uring",
+        }
+    }
+
+    /// The `[node]` line that asks for this interface.
+    pub fn config(self) -> String {
+        format!("io = \"{}\"", self.name())
+    }
+}
+
+/// Each test (a function taking an [`Io`]) once per I/O interface, as
+/// `epoll::test` and `io_uring::test`; io_uring's skip, loudly, where this
+/// kernel refuses io_uring to the test itself.
+#[macro_export]
+macro_rules! on_both_io {
+    ($($test:ident),* $(,)?) => {
+        mod epoll {
+            $(
+                #[test]
+                fn $test() -> anyhow::Result<()> {
+                    super::$test($crate::Io::Epoll)
+                }
+            )*
+        }
+        mod io_uring {
+            $(
+                #[test]
+                fn $test() -> anyhow::Result<()> {
+                    if !$crate::io_uring_available(stringify!($test)) {
+                        return Ok(());
+                    }
+                    super::$test($crate::Io::IoUring)
+                }
+            )*
+        }
+    };
+}

@@ -1,5 +1,7 @@
 //! The HTTP proxy end to end: forwarding headers, keep-alive on both sides,
 //! streamed bodies, error statuses, hostile input and graceful shutdown.
+//! Every test runs on both I/O interfaces (`[node] io`): `epoll::*` and
+//! `io_uring::*`.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -9,16 +11,29 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use shoal_cluster_tests::client::{self, KeepAlive};
 use shoal_cluster_tests::config::{listener, local, node, pool};
-use shoal_cluster_tests::{Backend, Node, get, request, wait_until};
+use shoal_cluster_tests::{Backend, Io, Node, get, on_both_io, request, wait_until};
 
 /// A node with one HTTP listener on a pool of `backends` (name, address),
 /// plus `pool_extra` lines in the pool table.
-fn node_with(backends: &[(&str, SocketAddr)], pool_extra: &str) -> Result<(Node, SocketAddr)> {
+fn node_with(io: Io, backends: &[(&str, SocketAddr)], pool_extra: &str) -> Result<(Node, SocketAddr)> {
     let (admin, http) = (local()?, local()?);
-    let cfg = node(admin, "shutdown_timeout = \"5s\"")
+    let cfg = node(admin, &format!("shutdown_timeout = \"5s\"\n{}", io.config()))
         + &listener("web", http, "http", "web", "")
         + &pool("web", pool_extra, backends);
-    Ok((Node::start(&cfg, admin)?, http))
+    started(io, &cfg, admin, http)
+}
+
+/// Starts a node from `cfg`, checking it serves plain HTTP on `io` (a
+/// silent fallback to epoll would fail the test, not pass it there).
+fn started(io: Io, cfg: &str, admin: SocketAddr, http: SocketAddr) -> Result<(Node, SocketAddr)> {
+    let node = Node::start(cfg, admin)?;
+    anyhow::ensure!(
+        node.status()?["node"]["tcp_io"] == io.name(),
+        "the node does not run on {}: {}",
+        io.name(),
+        node.log()
+    );
+    Ok((node, http))
 }
 
 fn header_lines(text: &str) -> BTreeSet<String> {
@@ -27,12 +42,13 @@ fn header_lines(text: &str) -> BTreeSet<String> {
 
 /// A node with one HTTP listener (`listener_extra` added to its table) on
 /// a pool of one backend; the backend lives as long as the returned value.
-fn one_backend_node(listener_extra: &str) -> Result<(Backend, Node, SocketAddr)> {
+fn one_backend_node(io: Io, listener_extra: &str) -> Result<(Backend, Node, SocketAddr)> {
     let b = Backend::start("a")?;
     let (admin, http) = (local()?, local()?);
-    let cfg =
-        node(admin, "") + &listener("web", http, "http", "web", listener_extra) + &pool("web", "", &[("a", b.addr)]);
-    let node = Node::start(&cfg, admin)?;
+    let cfg = node(admin, &io.config())
+        + &listener("web", http, "http", "web", listener_extra)
+        + &pool("web", "", &[("a", b.addr)]);
+    let (node, http) = started(io, &cfg, admin, http)?;
     Ok((b, node, http))
 }
 
@@ -41,10 +57,9 @@ fn listener_stat(node: &Node, key: &str, n: u64) -> Option<()> {
     (node.status().ok()?["listeners"][0][key] == n).then_some(())
 }
 
-#[test]
-fn forwarding_headers_are_set_and_hop_by_hop_headers_stripped() -> Result<()> {
+fn forwarding_headers_are_set_and_hop_by_hop_headers_stripped(io: Io) -> Result<()> {
     let b = Backend::start("a")?;
-    let (node, http) = node_with(&[("a", b.addr)], "")?;
+    let (node, http) = node_with(io, &[("a", b.addr)], "")?;
     let r = request(
         http,
         None,
@@ -88,10 +103,9 @@ fn forwarding_headers_are_set_and_hop_by_hop_headers_stripped() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn keep_alive_on_both_sides() -> Result<()> {
+fn keep_alive_on_both_sides(io: Io) -> Result<()> {
     let b = Backend::start("a")?;
-    let (node, http) = node_with(&[("a", b.addr)], "")?;
+    let (node, http) = node_with(io, &[("a", b.addr)], "")?;
     let mut conn = KeepAlive::open(http, None)?;
     let mut backend_conns = BTreeSet::new();
     for i in 0..20 {
@@ -119,10 +133,9 @@ fn keep_alive_on_both_sides() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn response_bodies_are_streamed_not_buffered() -> Result<()> {
+fn response_bodies_are_streamed_not_buffered(io: Io) -> Result<()> {
     let b = Backend::start("a")?;
-    let (node, http) = node_with(&[("a", b.addr)], "")?;
+    let (node, http) = node_with(io, &[("a", b.addr)], "")?;
     let mut s = client::connect(http, None)?;
     let start = Instant::now();
     write!(
@@ -158,10 +171,9 @@ fn response_bodies_are_streamed_not_buffered() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn request_bodies_pass_through_intact() -> Result<()> {
+fn request_bodies_pass_through_intact(io: Io) -> Result<()> {
     let b = Backend::start("a")?;
-    let (node, http) = node_with(&[("a", b.addr)], "")?;
+    let (node, http) = node_with(io, &[("a", b.addr)], "")?;
     let body: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     // Write on another thread: the echo streams back while we upload.
     let s = client::connect(http, None)?;
@@ -187,12 +199,11 @@ fn request_bodies_pass_through_intact() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn connect_failures_are_retried_on_another_backend() -> Result<()> {
+fn connect_failures_are_retried_on_another_backend(io: Io) -> Result<()> {
     let live = Backend::start("live")?;
     let dead = local()?;
     // No health check: only the retry keeps clients from seeing the dead one.
-    let (node, http) = node_with(&[("dead", dead), ("live", live.addr)], "retries = 2")?;
+    let (node, http) = node_with(io, &[("dead", dead), ("live", live.addr)], "retries = 2")?;
     for i in 0..40 {
         let r = get(http, "/")?;
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
@@ -210,10 +221,9 @@ fn connect_failures_are_retried_on_another_backend() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn backend_failures_give_502_and_504_with_a_reason() -> Result<()> {
+fn backend_failures_give_502_and_504_with_a_reason(io: Io) -> Result<()> {
     let dead = local()?;
-    let (node, http) = node_with(&[("dead", dead)], "retries = 0")?;
+    let (node, http) = node_with(io, &[("dead", dead)], "retries = 0")?;
     let r = get(http, "/")?;
     assert_eq!(r.status, 502);
     assert!(
@@ -224,7 +234,7 @@ fn backend_failures_give_502_and_504_with_a_reason() -> Result<()> {
     drop(node);
 
     let slow = Backend::start_with_delay("slow", "2s")?;
-    let (node, http) = node_with(&[("slow", slow.addr)], "response_timeout = \"300ms\"")?;
+    let (node, http) = node_with(io, &[("slow", slow.addr)], "response_timeout = \"300ms\"")?;
     let start = Instant::now();
     let r = get(http, "/")?;
     assert_eq!(r.status, 504);
@@ -239,7 +249,7 @@ fn backend_failures_give_502_and_504_with_a_reason() -> Result<()> {
 
     // A backend's own error status is passed through untouched.
     let fast = Backend::start("fast")?;
-    let (node, http) = node_with(&[("fast", fast.addr)], "")?;
+    let (node, http) = node_with(io, &[("fast", fast.addr)], "")?;
     let r = get(http, "/status/500")?;
     assert_eq!(r.status, 500);
     assert_eq!(r.text(), "status 500 from fast\n");
@@ -257,10 +267,9 @@ fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
-#[test]
-fn malformed_requests_get_400_and_the_node_keeps_serving() -> Result<()> {
+fn malformed_requests_get_400_and_the_node_keeps_serving(io: Io) -> Result<()> {
     let b = Backend::start("a")?;
-    let (node, http) = node_with(&[("a", b.addr)], "")?;
+    let (node, http) = node_with(io, &[("a", b.addr)], "")?;
     let bad: [&[u8]; 6] = [
         b"GARBAGE\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
@@ -296,10 +305,9 @@ fn malformed_requests_get_400_and_the_node_keeps_serving() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn sigterm_finishes_in_flight_requests_then_exits_zero() -> Result<()> {
+fn sigterm_finishes_in_flight_requests_then_exits_zero(io: Io) -> Result<()> {
     let b = Backend::start("a")?;
-    let (mut node, http) = node_with(&[("a", b.addr)], "")?;
+    let (mut node, http) = node_with(io, &[("a", b.addr)], "")?;
     let in_flight = std::thread::spawn(move || get(http, "/drip?chunks=3&interval_ms=500"));
     wait_until(
         "the request to be in flight",
@@ -331,10 +339,9 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn sigterm_closes_idle_kept_alive_connections_at_once() -> Result<()> {
+fn sigterm_closes_idle_kept_alive_connections_at_once(io: Io) -> Result<()> {
     let b = Backend::start("a")?;
-    let (mut node, http) = node_with(&[("a", b.addr)], "")?;
+    let (mut node, http) = node_with(io, &[("a", b.addr)], "")?;
     // Served once, then idle between requests (the idle timeout is 60 s).
     let mut idle = KeepAlive::open(http, None)?;
     assert_eq!(idle.send("GET", "/", &[], b"", false)?.status, 200);
@@ -351,10 +358,9 @@ fn sigterm_closes_idle_kept_alive_connections_at_once() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_backend_stalling_mid_response_is_cut_after_response_timeout() -> Result<()> {
+fn a_backend_stalling_mid_response_is_cut_after_response_timeout(io: Io) -> Result<()> {
     let b = Backend::start("a")?;
-    let (node, http) = node_with(&[("a", b.addr)], "response_timeout = \"500ms\"")?;
+    let (node, http) = node_with(io, &[("a", b.addr)], "response_timeout = \"500ms\"")?;
     let start = Instant::now();
     // Headers and the first chunk arrive at once, the second after 5 s.
     let r = get(http, "/drip?chunks=2&interval_ms=5000");
@@ -376,9 +382,8 @@ fn a_backend_stalling_mid_response_is_cut_after_response_timeout() -> Result<()>
     Ok(())
 }
 
-#[test]
-fn oversized_heads_get_431_and_oversized_bodies_413() -> Result<()> {
-    let (_b, node, http) = one_backend_node("max_body_bytes = 1000")?;
+fn oversized_heads_get_431_and_oversized_bodies_413(io: Io) -> Result<()> {
+    let (_b, node, http) = one_backend_node(io, "max_body_bytes = 1000")?;
     let sent_to_backend = || -> Result<u64> {
         node.status()?["pools"][0]["backends"][0]["requests"]
             .as_u64()
@@ -416,9 +421,8 @@ fn oversized_heads_get_431_and_oversized_bodies_413() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn at_max_connections_new_clients_wait_then_are_refused_until_a_slot_frees() -> Result<()> {
-    let (_b, node, http) = one_backend_node("max_connections = 2\nidle_timeout = \"30s\"")?;
+fn at_max_connections_new_clients_wait_then_are_refused_until_a_slot_frees(io: Io) -> Result<()> {
+    let (_b, node, http) = one_backend_node(io, "max_connections = 2\nidle_timeout = \"30s\"")?;
     let first = client::connect(http, None)?;
     let _second = client::connect(http, None)?;
     wait_until(
@@ -466,10 +470,9 @@ fn at_max_connections_new_clients_wait_then_are_refused_until_a_slot_frees() -> 
     Ok(())
 }
 
-#[test]
-fn a_slowloris_client_trickling_its_headers_is_cut_within_header_timeout() -> Result<()> {
+fn a_slowloris_client_trickling_its_headers_is_cut_within_header_timeout(io: Io) -> Result<()> {
     // The idle timeout is long: it is the header timeout that cuts.
-    let (_b, node, http) = one_backend_node("idle_timeout = \"30s\"\nheader_timeout = \"1s\"")?;
+    let (_b, node, http) = one_backend_node(io, "idle_timeout = \"30s\"\nheader_timeout = \"1s\"")?;
     let mut s = client::connect(http, None)?;
     let started = Instant::now();
     // One byte every 100 ms: bytes keep moving, the head never ends.
@@ -493,9 +496,8 @@ fn a_slowloris_client_trickling_its_headers_is_cut_within_header_timeout() -> Re
     Ok(())
 }
 
-#[test]
-fn a_keep_alive_connection_may_wait_longer_than_header_timeout() -> Result<()> {
-    let (_b, node, http) = one_backend_node("idle_timeout = \"30s\"\nheader_timeout = \"1s\"")?;
+fn a_keep_alive_connection_may_wait_longer_than_header_timeout(io: Io) -> Result<()> {
+    let (_b, node, http) = one_backend_node(io, "idle_timeout = \"30s\"\nheader_timeout = \"1s\"")?;
     let mut conn = client::KeepAlive::open(http, None)?;
     assert_eq!(conn.send("GET", "/", &[], b"", false)?.status, 200);
     // Idle between requests for 2.5 header timeouts: the idle timeout's
@@ -509,9 +511,8 @@ fn a_keep_alive_connection_may_wait_longer_than_header_timeout() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_connection_that_sends_nothing_counts_as_open_and_is_closed_after_idle_timeout() -> Result<()> {
-    let (_b, node, http) = one_backend_node("idle_timeout = \"1s\"")?;
+fn a_connection_that_sends_nothing_counts_as_open_and_is_closed_after_idle_timeout(io: Io) -> Result<()> {
+    let (_b, node, http) = one_backend_node(io, "idle_timeout = \"1s\"")?;
 
     let opened = Instant::now();
     let mut silent = client::connect(http, None)?;
@@ -549,9 +550,8 @@ fn a_connection_that_sends_nothing_counts_as_open_and_is_closed_after_idle_timeo
     Ok(())
 }
 
-#[test]
-fn a_client_that_stops_reading_is_cut_after_idle_timeout() -> Result<()> {
-    let (_b, node, http) = one_backend_node("idle_timeout = \"1s\"")?;
+fn a_client_that_stops_reading_is_cut_after_idle_timeout(io: Io) -> Result<()> {
+    let (_b, node, http) = one_backend_node(io, "idle_timeout = \"1s\"")?;
     let mut s = client::connect(http, None)?;
     // Ask for far more than socket buffers hold, and never read.
     write!(s, "GET /bytes?n=500000000 HTTP/1.1\r\nHost: x\r\n\r\n")?;
@@ -581,14 +581,13 @@ fn a_client_that_stops_reading_is_cut_after_idle_timeout() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn slow_uploads_are_bounded_by_the_client_idle_timeout_not_blamed_on_the_backend() -> Result<()> {
+fn slow_uploads_are_bounded_by_the_client_idle_timeout_not_blamed_on_the_backend(io: Io) -> Result<()> {
     let b = Backend::start("a")?;
     let (admin, http) = (local()?, local()?);
-    let cfg = node(admin, "")
+    let cfg = node(admin, &io.config())
         + &listener("web", http, "http", "web", "idle_timeout = \"1s\"")
         + &pool("web", "response_timeout = \"300ms\"", &[("a", b.addr)]);
-    let node = Node::start(&cfg, admin)?;
+    let (node, http) = started(io, &cfg, admin, http)?;
     // An upload taking 3 × 400 ms is fine: each pause is under the 1 s idle
     // timeout, and the 300 ms response timeout starts after the upload.
     let mut s = client::connect(http, None)?;
@@ -620,10 +619,9 @@ fn slow_uploads_are_bounded_by_the_client_idle_timeout_not_blamed_on_the_backend
     Ok(())
 }
 
-#[test]
-fn requests_that_cannot_be_forwarded_faithfully_are_refused() -> Result<()> {
+fn requests_that_cannot_be_forwarded_faithfully_are_refused(io: Io) -> Result<()> {
     let b = Backend::start("a")?;
-    let (node, http) = node_with(&[("a", b.addr)], "")?;
+    let (node, http) = node_with(io, &[("a", b.addr)], "")?;
     let answer = raw_exchange(http, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")?;
     assert!(answer.starts_with("HTTP/1.1 400"), "missing Host: {answer}");
     let answer = raw_exchange(
@@ -712,10 +710,9 @@ impl ScriptedBackend {
     }
 }
 
-#[test]
-fn chunked_close_delimited_and_interim_responses_reach_the_client_intact() -> Result<()> {
+fn chunked_close_delimited_and_interim_responses_reach_the_client_intact(io: Io) -> Result<()> {
     let b = ScriptedBackend::start(Closes::Never)?;
-    let (node, http) = node_with(&[("a", b.addr)], "")?;
+    let (node, http) = node_with(io, &[("a", b.addr)], "")?;
     let mut conn = KeepAlive::open(http, None)?;
     for _ in 0..3 {
         let r = conn.send("GET", "/chunked", &[], b"", false)?;
@@ -738,14 +735,13 @@ fn chunked_close_delimited_and_interim_responses_reach_the_client_intact() -> Re
     Ok(())
 }
 
-#[test]
-fn kept_alive_backend_connections_that_the_backend_closed_cost_no_request() -> Result<()> {
+fn kept_alive_backend_connections_that_the_backend_closed_cost_no_request(io: Io) -> Result<()> {
     // Closed while idle: the proxy sees the FIN and does not use it.
     // Closed as the request arrives: the proxy sends it again on a new
     // connection (a GET may be sent twice).
     for closes in [Closes::AfterFirstResponse, Closes::OnSecondRequest] {
         let b = ScriptedBackend::start(closes)?;
-        let (node, http) = node_with(&[("a", b.addr)], "")?;
+        let (node, http) = node_with(io, &[("a", b.addr)], "")?;
         let mut conn = KeepAlive::open(http, None)?;
         for i in 0..20 {
             let r = conn.send("GET", "/", &[], b"", false)?;
@@ -759,10 +755,9 @@ fn kept_alive_backend_connections_that_the_backend_closed_cost_no_request() -> R
     Ok(())
 }
 
-#[test]
-fn pipelined_requests_are_answered_in_order_and_hyper_takes_over_mid_connection() -> Result<()> {
+fn pipelined_requests_are_answered_in_order_and_hyper_takes_over_mid_connection(io: Io) -> Result<()> {
     let b = Backend::start("a")?;
-    let (node, http) = node_with(&[("a", b.addr)], "")?;
+    let (node, http) = node_with(io, &[("a", b.addr)], "")?;
     let s = client::connect(http, None)?;
     let mut reader = std::io::BufReader::new(s.try_clone()?);
     let mut w = s;
@@ -788,3 +783,27 @@ fn pipelined_requests_are_answered_in_order_and_hyper_takes_over_mid_connection(
     node.assert_no_panic();
     Ok(())
 }
+
+on_both_io!(
+    forwarding_headers_are_set_and_hop_by_hop_headers_stripped,
+    keep_alive_on_both_sides,
+    response_bodies_are_streamed_not_buffered,
+    request_bodies_pass_through_intact,
+    connect_failures_are_retried_on_another_backend,
+    backend_failures_give_502_and_504_with_a_reason,
+    malformed_requests_get_400_and_the_node_keeps_serving,
+    sigterm_finishes_in_flight_requests_then_exits_zero,
+    sigterm_closes_idle_kept_alive_connections_at_once,
+    a_backend_stalling_mid_response_is_cut_after_response_timeout,
+    oversized_heads_get_431_and_oversized_bodies_413,
+    at_max_connections_new_clients_wait_then_are_refused_until_a_slot_frees,
+    a_slowloris_client_trickling_its_headers_is_cut_within_header_timeout,
+    a_keep_alive_connection_may_wait_longer_than_header_timeout,
+    a_connection_that_sends_nothing_counts_as_open_and_is_closed_after_idle_timeout,
+    a_client_that_stops_reading_is_cut_after_idle_timeout,
+    slow_uploads_are_bounded_by_the_client_idle_timeout_not_blamed_on_the_backend,
+    requests_that_cannot_be_forwarded_faithfully_are_refused,
+    chunked_close_delimited_and_interim_responses_reach_the_client_intact,
+    kept_alive_backend_connections_that_the_backend_closed_cost_no_request,
+    pipelined_requests_are_answered_in_order_and_hyper_takes_over_mid_connection,
+);

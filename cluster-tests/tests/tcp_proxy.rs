@@ -9,59 +9,17 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use shoal_cluster_tests::client;
 use shoal_cluster_tests::config::{listener, local, node, pool};
-use shoal_cluster_tests::{Backend, Node, get, tcp_get, wait_until};
-
-/// Which `[node] io` a test runs its node with.
-#[derive(Clone, Copy)]
-enum Io {
-    Epoll,
-    IoUring,
-}
-
-impl Io {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Epoll => "epoll",
-            Self::IoUring => "io_uring",
-        }
-    }
-}
+use shoal_cluster_tests::{Backend, Io, Node, get, on_both_io, tcp_get, wait_until};
 
 fn node_with(io: Io, backends: &[(&str, SocketAddr)], listener_extra: &str) -> Result<(Node, SocketAddr)> {
     let (admin, tcp) = (local()?, local()?);
-    let cfg = node(admin, &format!("io = \"{}\"", io.name()))
+    let cfg = node(admin, &io.config())
         + &listener("raw", tcp, "tcp", "p", listener_extra)
         + &pool("p", "retries = 2\nconnect_timeout = \"500ms\"", backends);
     let node = Node::start(&cfg, admin)?;
     // The node says which one its TCP listeners really use.
     assert_eq!(node.status()?["node"]["tcp_io"], io.name(), "{}", node.log());
     Ok((node, tcp))
-}
-
-/// Each test once per I/O interface; io_uring's are skipped, loudly,
-/// where this kernel refuses io_uring to the test itself.
-macro_rules! on_both_io {
-    ($($test:ident),* $(,)?) => {
-        mod epoll {
-            $(
-                #[test]
-                fn $test() -> anyhow::Result<()> {
-                    super::$test(super::Io::Epoll)
-                }
-            )*
-        }
-        mod io_uring {
-            $(
-                #[test]
-                fn $test() -> anyhow::Result<()> {
-                    if !shoal_cluster_tests::io_uring_available(stringify!($test)) {
-                        return Ok(());
-                    }
-                    super::$test(super::Io::IoUring)
-                }
-            )*
-        }
-    };
 }
 
 on_both_io!(

@@ -26,7 +26,7 @@ use super::h1;
 use super::http::{HttpProxy, service};
 use super::idle::{ClientIo, ConnActivity};
 use super::stats::ListenerStats;
-use super::tcp::TcpProxy;
+use super::tcp::{Epoll, TcpProxy};
 
 /// Binds a listening socket the way a proxy wants it: address reuse so a
 /// restart does not wait out TIME_WAIT, and a deep accept backlog.
@@ -217,14 +217,7 @@ pub async fn serve_http(
     stop: Stop,
 ) {
     let name = Arc::clone(&proxy.site.load().listener);
-    let shared = Arc::new(HttpListener {
-        proxy,
-        serving,
-        // A token of this loop's own (cancelled with the node's): every
-        // request checks it, and a token's state sits behind a lock that
-        // the other workers' requests would otherwise contend for.
-        shutdown: stop.connections.child_token(),
-    });
+    let shared = HttpListener::new(proxy, serving, &stop);
     accept_loop(&name, &listener, &limit, &stop.accepting, |stream, peer, slot| {
         tracker.spawn(Arc::clone(&shared).accept(stream, peer, slot));
     })
@@ -232,13 +225,37 @@ pub async fn serve_http(
 }
 
 /// What every connection of one HTTP accept loop shares.
-struct HttpListener {
-    proxy: Arc<HttpProxy>,
-    serving: HttpServing,
-    shutdown: CancellationToken,
+pub struct HttpListener {
+    pub proxy: Arc<HttpProxy>,
+    pub serving: HttpServing,
+    /// The node's drain, as this loop's connections see it.
+    pub shutdown: CancellationToken,
 }
 
 impl HttpListener {
+    pub fn new(proxy: Arc<HttpProxy>, serving: HttpServing, stop: &Stop) -> Arc<Self> {
+        Arc::new(Self {
+            proxy,
+            serving,
+            // A token of this loop's own (cancelled with the node's): every
+            // request checks it, and a token's state sits behind a lock
+            // that the other workers' requests would otherwise contend for.
+            shutdown: stop.connections.child_token(),
+        })
+    }
+
+    /// The settings of Shoal's own HTTP/1.1 path for a client at `peer`.
+    pub fn h1_settings(&self, peer: SocketAddr) -> h1::Settings<'_> {
+        h1::Settings {
+            proxy: &self.proxy,
+            peer,
+            idle_timeout: self.serving.idle_timeout,
+            header_timeout: self.serving.header_timeout,
+            max_header_bytes: self.serving.max_header_bytes,
+            shutdown: &self.shutdown,
+        }
+    }
+
     /// A connection costs only its socket and a small task (about 640
     /// bytes in all, docs/benchmarks.md) until the client speaks: the protocol
     /// state and its buffers (about 18 KiB) are allocated, boxed, after the
@@ -262,26 +279,23 @@ impl HttpListener {
         let (stream, first) = match &self.serving.tls {
             // Plain HTTP/1.1: Shoal's own path, hyper for what it does not
             // take.
-            None => {
-                let settings = h1::Settings {
-                    proxy: &self.proxy,
-                    peer,
-                    idle_timeout: self.serving.idle_timeout,
-                    header_timeout: self.serving.header_timeout,
-                    max_header_bytes: self.serving.max_header_bytes,
-                    shutdown: &self.shutdown,
-                };
-                match h1::serve(&settings, stream, first).await {
-                    Ok(h1::Ending::Handoff { stream, buffered }) => (stream, buffered),
-                    Ok(h1::Ending::Closed) => return,
-                    Err(e) => {
-                        tracing::debug!(listener = %self.proxy.site.load().listener, client = %peer, error = %e, "client connection ended with an error");
-                        return;
-                    }
+            None => match h1::serve::<Epoll>(&self.h1_settings(peer), stream, &first).await {
+                Ok(h1::Ending::Handoff { stream, buffered }) => (stream, buffered),
+                Ok(h1::Ending::Closed) => return,
+                Err(e) => {
+                    tracing::debug!(listener = %self.proxy.site.load().listener, client = %peer, error = %e, "client connection ended with an error");
+                    return;
                 }
-            }
+            },
             Some(_) => (stream, first),
         };
+        self.serve_hyper(stream, first, peer).await;
+    }
+
+    /// Serves the connection with hyper from here: TLS listeners from the
+    /// start, plain ones from a request Shoal's own path does not take
+    /// (`first`: the bytes read so far).
+    pub async fn serve_hyper(&self, stream: TcpStream, first: Bytes, peer: SocketAddr) {
         let activity = Arc::new(ConnActivity::default());
         let conn = Conn {
             proxy: &self.proxy,
@@ -347,7 +361,7 @@ fn first_bytes(stream: &mut TcpStream) -> impl Future<Output = std::io::Result<B
 
 /// Most bytes the first read takes: a typical request head, or a TLS
 /// ClientHello; the rest is read by the protocol.
-const FIRST_READ: usize = 4096;
+pub(crate) const FIRST_READ: usize = 4096;
 
 /// One client connection being served.
 struct Conn<'a> {

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::super::workers::PerWorker;
 
 /// Most idle connections kept per backend and worker; more are closed.
-const MAX_IDLE_PER_BACKEND: usize = 1024;
+pub(crate) const MAX_IDLE_PER_BACKEND: usize = 1024;
 
 struct Idle {
     stream: TcpStream,
@@ -31,7 +31,7 @@ type IdleSet = Mutex<HashMap<u64, Vec<Idle>, BuildHasherDefault<IdHasher>>>;
 /// SipHash (the default) cost as much as the rest of taking and putting a
 /// connection.
 #[derive(Default)]
-struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn write(&mut self, bytes: &[u8]) {

@@ -11,13 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use http::header::HeaderValue;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::chunked::ChunkedEnd;
 use super::head::{self, Framing, Parsed};
+use super::io::{HttpRelay, make_room};
 use crate::dataplane::body::RequestBodyError;
 use crate::dataplane::headers;
 use crate::dataplane::http::{AttemptError, Binding, HttpProxy, HttpSite, Tries, Upstream, request_hash};
@@ -25,12 +24,12 @@ use crate::dataplane::lazy_timer::LazyTimer;
 use crate::pool::{Backend, InFlight, Outcome};
 
 /// How a connection left this path.
-pub enum Ending {
+pub enum Ending<S> {
     /// Closed (by either side, a timeout or the node draining).
     Closed,
     /// A request this path does not take: hyper serves the connection
     /// from here, starting with `buffered` (the request's bytes so far).
-    Handoff { stream: TcpStream, buffered: Bytes },
+    Handoff { stream: S, buffered: Bytes },
 }
 
 /// What a client connection needs from its listener.
@@ -49,9 +48,14 @@ pub struct Settings<'a> {
 /// Size of the buffer a response body is read into.
 const BODY_CHUNK: usize = 16 * 1024;
 
-/// Serves `stream`, whose first bytes (`first`) were read already.
-/// Errors are the connection's end, said for the debug log.
-pub async fn serve(settings: &Settings<'_>, mut stream: TcpStream, first: Bytes) -> Result<Ending, String> {
+/// Serves `stream`, whose first bytes (`first`) were read already, on the
+/// I/O interface `R`. Errors are the connection's end, said for the debug
+/// log.
+pub async fn serve<R: HttpRelay>(
+    settings: &Settings<'_>,
+    mut stream: R::Stream,
+    first: &[u8],
+) -> Result<Ending<R::Stream>, String> {
     // The listener's settings, held from one request to the next and
     // checked for a reload (one pointer comparison) as each request is
     // parsed: taking a reference on every request would move the shared
@@ -69,7 +73,7 @@ pub async fn serve(settings: &Settings<'_>, mut stream: TcpStream, first: Bytes)
         out: Vec::with_capacity(4096),
         rbuf: Vec::with_capacity(BODY_CHUNK),
     };
-    conn.inbuf.extend_from_slice(&first);
+    conn.inbuf.extend_from_slice(first);
     // When the head being read began; read from the clock only if it
     // does not arrive whole at once (most do: no clock read for them).
     let mut head_started: Option<Instant> = None;
@@ -116,7 +120,7 @@ pub async fn serve(settings: &Settings<'_>, mut stream: TcpStream, first: Bytes)
                     // A request already here is served (and its response
                     // says close) before a drain closes the connection.
                     biased;
-                    r = conn.client_timer.run(conn.answered + settings.idle_timeout, read_more(&mut stream, &mut conn.inbuf)) => r,
+                    r = conn.client_timer.run(conn.answered + settings.idle_timeout, read_more::<R>(&mut stream, &mut conn.inbuf)) => r,
                     () = &mut drained => return Ok(Ending::Closed),
                 }
             } else {
@@ -124,7 +128,7 @@ pub async fn serve(settings: &Settings<'_>, mut stream: TcpStream, first: Bytes)
                 conn.client_timer
                     .run(
                         started + settings.header_timeout,
-                        read_more(&mut stream, &mut conn.inbuf),
+                        read_more::<R>(&mut stream, &mut conn.inbuf),
                     )
                     .await
             };
@@ -143,12 +147,12 @@ pub async fn serve(settings: &Settings<'_>, mut stream: TcpStream, first: Bytes)
                 }
             }
         };
-        let keep = conn.exchange(&mut stream, prepared, arrived).await?;
+        let keep = conn.exchange::<R>(&mut stream, prepared, arrived).await?;
         scanned = 0;
         head_started = None;
         if !keep {
             // Our FIN after the last response byte.
-            let _ = stream.shutdown().await;
+            R::shutdown(&mut stream).await;
             return Ok(Ending::Closed);
         }
     }
@@ -163,11 +167,9 @@ fn ends_head(buf: &[u8], from: usize) -> bool {
 }
 
 /// Reads what the client sent next into `buf`; 0 at its end.
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(4096);
-    }
-    stream.read_buf(buf).await
+async fn read_more<R: HttpRelay>(stream: &mut R::Stream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    make_room(buf, 1024, 4096);
+    R::read_more(stream, buf).await
 }
 
 /// A request whose head is complete, taken apart into what the exchange
@@ -272,13 +274,18 @@ impl ClientConn<'_, '_> {
 
     /// Reads the body, forwards the request, answers the client. Whether
     /// the connection stays open for another request.
-    async fn exchange(&mut self, stream: &mut TcpStream, p: Prepared<'_>, arrived: Instant) -> Result<bool, String> {
+    async fn exchange<R: HttpRelay>(
+        &mut self,
+        stream: &mut R::Stream,
+        p: Prepared<'_>,
+        arrived: Instant,
+    ) -> Result<bool, String> {
         let proxy = self.s.proxy;
         proxy.stats.here().requests.fetch_add(1, Ordering::Relaxed);
         let site = p.site;
         let whole = p.head_len.saturating_add(p.body_len);
         while self.inbuf.len() < whole {
-            match tokio::time::timeout(site.client_idle, read_more(stream, &mut self.inbuf)).await {
+            match tokio::time::timeout(site.client_idle, read_more::<R>(stream, &mut self.inbuf)).await {
                 Ok(Ok(0)) => return Err("client closed within a request body".into()),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(format!("reading a request body: {e}")),
@@ -292,7 +299,7 @@ impl ClientConn<'_, '_> {
                         extra: None,
                         close: true,
                     };
-                    return self.answer_locally(stream, &p, arrived, answer).await;
+                    return self.answer_locally::<R>(stream, &p, arrived, answer).await;
                 }
             }
         }
@@ -313,17 +320,17 @@ impl ClientConn<'_, '_> {
                 )),
                 close: p.close,
             };
-            return self.answer_locally(stream, &p, arrived, answer).await;
+            return self.answer_locally::<R>(stream, &p, arrived, answer).await;
         }
 
         let pool = &*p.upstream.pool;
         let preferred = p.binding.as_ref().and_then(|b| b.bound.clone());
         let mut tries = Tries::new(site, pool, p.hash, preferred.as_ref(), p.idempotent);
         while let Some((in_flight, _retry)) = tries.next().await {
-            match self.attempt(&p, &in_flight).await {
+            match self.attempt::<R>(&p, &in_flight).await {
                 Ok(answer) => {
                     drop(tries);
-                    return self.relay(stream, &p, arrived, in_flight, answer).await;
+                    return self.relay::<R>(stream, &p, arrived, in_flight, answer).await;
                 }
                 // A body read whole cannot fail later.
                 Err(e) => {
@@ -340,13 +347,13 @@ impl ClientConn<'_, '_> {
             extra: None,
             close: p.close,
         };
-        self.answer_locally(stream, &p, arrived, answer).await
+        self.answer_locally::<R>(stream, &p, arrived, answer).await
     }
 
     /// A response the proxy makes itself.
-    async fn answer_locally(
+    async fn answer_locally<R: HttpRelay>(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut R::Stream,
         p: &Prepared<'_>,
         arrived: Instant,
         answer: Local<'_>,
@@ -365,16 +372,16 @@ impl ClientConn<'_, '_> {
         stats.count_status(answer.status);
         self.answered = Instant::now();
         stats.latency.observe(self.answered - arrived);
-        self.write_client(stream, p.site.client_idle).await?;
+        self.write_client::<R>(stream, p.site.client_idle).await?;
         Ok(!close)
     }
 
     /// Writes `out` to the client, which has `idle` from the last answer
     /// to take it; the idle timeout then runs from the write's end.
-    async fn write_client(&mut self, stream: &mut TcpStream, idle: Duration) -> Result<(), String> {
+    async fn write_client<R: HttpRelay>(&mut self, stream: &mut R::Stream, idle: Duration) -> Result<(), String> {
         match self
             .client_timer
-            .run(self.answered + idle, stream.write_all(&self.out))
+            .run(self.answered + idle, R::write_all(stream, &mut self.out))
             .await
         {
             Ok(Ok(())) => {
@@ -389,25 +396,24 @@ impl ClientConn<'_, '_> {
     /// One try on `in_flight`'s backend: sends `out` and reads the
     /// response head into `rbuf`; once it is there, `out` holds the head
     /// as the client gets it.
-    async fn attempt(&mut self, p: &Prepared<'_>, in_flight: &InFlight) -> Result<Answer, AttemptError> {
+    async fn attempt<R: HttpRelay>(
+        &mut self,
+        p: &Prepared<'_>,
+        in_flight: &InFlight,
+    ) -> Result<Answer<R::Stream>, AttemptError> {
         let upstream = p.upstream;
         let pool = &*upstream.pool;
         let draining = self.s.shutdown;
         let backend = in_flight.backend();
         let started = Instant::now();
-        let mut kept = upstream.conns.take(backend.id, started);
+        let mut kept = R::take_idle(upstream, backend.id, started);
         loop {
             let reused = kept.is_some();
             let mut conn = match kept.take() {
                 Some(c) => c,
-                None => match tokio::time::timeout(pool.connect_timeout, TcpStream::connect(backend.addr)).await {
-                    Ok(Ok(c)) => {
-                        // Set on the listening socket for clients; a
-                        // connected one needs its own.
-                        let _ = c.set_nodelay(true);
-                        c
-                    }
-                    Ok(Err(_)) | Err(_) => {
+                None => match R::connect(backend.addr, pool.connect_timeout).await {
+                    Ok(c) => c,
+                    Err(_) => {
                         backend.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
                         backend.observe_latency(pool.connect_timeout);
                         return Err(AttemptError::Connect);
@@ -422,8 +428,8 @@ impl ClientConn<'_, '_> {
             let head = self
                 .backend_timer
                 .run(sent + pool.response_timeout, async {
-                    conn.write_all(out).await.map_err(HeadError::Send)?;
-                    read_head(&mut conn, rbuf, p.is_head, |resp| {
+                    R::send_all(&mut conn, out).await.map_err(HeadError::Send)?;
+                    read_head::<R, _>(&mut conn, rbuf, p.is_head, |resp| {
                         render_response(resp, p, backend, draining.is_cancelled(), out)
                     })
                     .await
@@ -472,13 +478,13 @@ impl ClientConn<'_, '_> {
     /// with it (in `rbuf`, after the backend's head) to the client, then
     /// the rest of the body as it arrives; keeps the backend connection
     /// when it can carry another request.
-    async fn relay(
+    async fn relay<R: HttpRelay>(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut R::Stream,
         p: &Prepared<'_>,
         arrived: Instant,
         in_flight: InFlight,
-        answer: Answer,
+        answer: Answer<R::Stream>,
     ) -> Result<bool, String> {
         let site = p.site;
         let backend = in_flight.backend();
@@ -500,15 +506,15 @@ impl ClientConn<'_, '_> {
             .map_err(|e| format!("backend {:?}: {e}", backend.name))?;
         let mut clean = take == after_head.len();
         self.out.extend_from_slice(&after_head[..take]);
-        self.write_client(stream, site.client_idle).await?;
+        self.write_client::<R>(stream, site.client_idle).await?;
 
         if !done {
-            clean = relay_rest(stream, &mut backend_conn, &mut self.rbuf, &mut body, p, backend).await?;
+            clean = relay_rest::<R>(stream, &mut backend_conn, &mut self.rbuf, &mut body, p, backend).await?;
             // The idle timeout runs from the body's end.
             self.answered = Instant::now();
         }
         if rendered.reusable && clean {
-            p.upstream.conns.put(backend.id, backend_conn, self.answered);
+            R::put_idle(p.upstream, backend.id, backend_conn, self.answered);
         }
         drop(in_flight);
         Ok(!rendered.close)
@@ -517,9 +523,9 @@ impl ClientConn<'_, '_> {
 
 /// Copies the rest of the body from the backend to the client; whether
 /// the backend sent nothing past its end.
-async fn relay_rest(
-    stream: &mut TcpStream,
-    backend_conn: &mut TcpStream,
+async fn relay_rest<R: HttpRelay>(
+    stream: &mut R::Stream,
+    backend_conn: &mut R::Stream,
     buf: &mut Vec<u8>,
     body: &mut BodyEnd,
     p: &Prepared<'_>,
@@ -529,7 +535,8 @@ async fn relay_rest(
     let client_idle = p.site.client_idle;
     loop {
         buf.clear();
-        let read = tokio::time::timeout(pool.response_timeout, backend_conn.read_buf(buf)).await;
+        make_room(buf, BODY_CHUNK, BODY_CHUNK);
+        let read = tokio::time::timeout(pool.response_timeout, R::read_more(backend_conn, buf)).await;
         let n = match read {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => {
@@ -551,20 +558,24 @@ async fn relay_rest(
             return Err(format!("backend {:?} closed mid-response", backend.name));
         }
         let (take, done) = body.scan(buf).map_err(|e| format!("backend {:?}: {e}", backend.name))?;
-        match tokio::time::timeout(client_idle, stream.write_all(&buf[..take])).await {
+        // Bytes past the body's end are the backend's mistake: not sent,
+        // and the connection not kept.
+        let clean = take == buf.len();
+        buf.truncate(take);
+        match tokio::time::timeout(client_idle, R::write_all(stream, buf)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(format!("writing to the client: {e}")),
             Err(_) => return Err(format!("client read nothing for {client_idle:?}")),
         }
         if done {
-            return Ok(take == buf.len());
+            return Ok(clean);
         }
     }
 }
 
 /// A backend's answer whose head has arrived.
-struct Answer {
-    conn: TcpStream,
+struct Answer<S> {
+    conn: S,
     /// Of the backend's head, at the start of `rbuf`.
     head_len: usize,
     code: u16,
@@ -642,12 +653,12 @@ impl HeadError {
 /// Reads a backend's response head into `buf`, skipping interim (1xx)
 /// responses; the final head's length and status code, and what
 /// `render` made of it (parsed once, where it was found complete).
-async fn read_head<R>(
-    conn: &mut TcpStream,
+async fn read_head<R: HttpRelay, T>(
+    conn: &mut R::Stream,
     buf: &mut Vec<u8>,
     is_head: bool,
-    render: impl FnOnce(&head::ResponseHead<'_, '_>) -> R,
-) -> Result<(usize, u16, R), HeadError> {
+    render: impl FnOnce(&head::ResponseHead<'_, '_>) -> T,
+) -> Result<(usize, u16, T), HeadError> {
     loop {
         if !buf.is_empty() {
             let mut header_slots = head::header_slots();
@@ -666,10 +677,8 @@ async fn read_head<R>(
                 Ok(None) => {}
             }
         }
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(BODY_CHUNK);
-        }
-        match conn.read_buf(buf).await {
+        make_room(buf, 1024, BODY_CHUNK);
+        match R::read_more(conn, buf).await {
             Ok(0) => return Err(HeadError::Closed),
             Ok(_) => {}
             Err(e) => return Err(HeadError::Io(e)),

@@ -11,7 +11,10 @@ mod backend_conns;
 pub mod chunked;
 mod conn;
 pub mod head;
+mod io;
 mod names;
 
 pub use backend_conns::BackendConns;
+pub(crate) use backend_conns::{IdHasher, MAX_IDLE_PER_BACKEND};
 pub use conn::{Ending, Settings, serve};
+pub use io::{HttpRelay, make_room};

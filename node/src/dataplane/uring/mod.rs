@@ -15,6 +15,8 @@
 //! unchanged, at the cost of a cross-thread wakeup when they fire.
 
 mod copy;
+mod fd;
+mod http;
 mod serve;
 
 use std::cell::{Cell, RefCell};
@@ -30,6 +32,7 @@ use monoio::{IoUringDriver, RuntimeBuilder};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
+pub use http::serve_http;
 pub use serve::{Uring, serve_tcp};
 
 /// Work handed to a ring thread: it builds its future there, since
@@ -102,6 +105,7 @@ impl UringWorkers {
                     };
                     let _ = ready_tx.send(Ok(()));
                     let serve = async move {
+                        spawn(http::sweep_idle());
                         while let Some(job) = rx.recv().await {
                             job();
                         }
@@ -210,6 +214,7 @@ fn running() -> usize {
 /// Ends this ring thread's tasks and waits (up to [`CLOSE_WAIT`]) until
 /// they have dropped their sockets and timers.
 async fn close() {
+    http::close_idle();
     let wakers: Vec<Waker> = TASKS.with(|t| {
         t.closing.set(true);
         t.running.borrow().values().flatten().cloned().collect()
