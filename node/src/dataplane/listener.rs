@@ -25,8 +25,9 @@ use tokio_util::task::TaskTracker;
 use super::h1;
 use super::http::{HttpProxy, service};
 use super::idle::{ClientIo, ConnActivity};
-use super::stats::ListenerStats;
+use super::stats::{ListenerStats, OpenConn};
 use super::tcp::{Epoll, TcpProxy};
+use super::uring;
 
 /// Binds a listening socket the way a proxy wants it: address reuse so a
 /// restart does not wait out TIME_WAIT, and a deep accept backlog.
@@ -208,6 +209,8 @@ pub struct HttpServing {
     pub tls: Option<TlsAcceptor>,
 }
 
+/// `ring`: where plain-text connections are served once they speak
+/// (`[node] io = "io_uring"`); else here.
 pub async fn serve_http(
     listener: Arc<TcpListener>,
     proxy: Arc<HttpProxy>,
@@ -215,9 +218,12 @@ pub async fn serve_http(
     limit: ConnLimit,
     tracker: TaskTracker,
     stop: Stop,
+    ring: Option<uring::Ring>,
 ) {
     let name = Arc::clone(&proxy.site.load().listener);
-    let shared = HttpListener::new(proxy, serving, &stop);
+    // TLS connections stay here: rustls and hyper are written on tokio.
+    let ring = ring.filter(|_| serving.tls.is_none()).map(|r| (r, tracker.clone()));
+    let shared = HttpListener::new(proxy, serving, &stop, ring);
     accept_loop(&name, &listener, &limit, &stop.accepting, |stream, peer, slot| {
         tracker.spawn(Arc::clone(&shared).accept(stream, peer, slot));
     })
@@ -230,13 +236,22 @@ pub struct HttpListener {
     pub serving: HttpServing,
     /// The node's drain, as this loop's connections see it.
     pub shutdown: CancellationToken,
+    /// The ring thread that serves this loop's connections once they speak,
+    /// and what tracks them there.
+    ring: Option<(uring::Ring, TaskTracker)>,
 }
 
 impl HttpListener {
-    pub fn new(proxy: Arc<HttpProxy>, serving: HttpServing, stop: &Stop) -> Arc<Self> {
+    fn new(
+        proxy: Arc<HttpProxy>,
+        serving: HttpServing,
+        stop: &Stop,
+        ring: Option<(uring::Ring, TaskTracker)>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             proxy,
             serving,
+            ring,
             // A token of this loop's own (cancelled with the node's): every
             // request checks it, and a token's state sits behind a lock
             // that the other workers' requests would otherwise contend for.
@@ -259,23 +274,74 @@ impl HttpListener {
     /// A connection costs only its socket and a small task (about 640
     /// bytes in all, docs/benchmarks.md) until the client speaks: the protocol
     /// state and its buffers (about 18 KiB) are allocated, boxed, after the
-    /// first bytes.
+    /// first bytes, here or on the ring thread. (A tokio task's allocation
+    /// is rounded up to 128 bytes: this future at 400 bytes took 700 bytes
+    /// per idle connection, at 408 bytes 980.)
     async fn accept(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
-        let _open = self.proxy.stats.open();
-        let _slot = slot;
+        let open = self.proxy.stats.open();
         let first = tokio::select! {
             r = tokio::time::timeout(self.serving.idle_timeout, first_bytes(&mut stream)) => {
                 r.unwrap_or_else(|_| Err(std::io::Error::new(ErrorKind::TimedOut, "sent nothing within the idle timeout")))
             }
             () = self.shutdown.cancelled() => return,
         };
-        match first {
-            Ok(first) => Box::pin(self.serve(stream, first, peer)).await,
-            Err(e) => tracing::debug!(client = %peer, error = %e, "client connection ended before its first byte"),
+        let first = match first {
+            Ok(first) => first,
+            Err(e) => {
+                tracing::debug!(client = %peer, error = %e, "client connection ended before its first byte");
+                return;
+            }
+        };
+        match &self.ring {
+            Some((ring, tracker)) => self.to_ring(ring, tracker, stream, first, peer, open, slot),
+            None => Box::pin(self.serve(stream, first, peer, open, slot)).await,
         }
     }
 
-    async fn serve(&self, stream: TcpStream, first: Bytes, peer: SocketAddr) {
+    /// Moves a connection that has spoken to its ring thread.
+    #[allow(clippy::too_many_arguments)]
+    fn to_ring(
+        self: &Arc<Self>,
+        ring: &uring::Ring,
+        tracker: &TaskTracker,
+        stream: TcpStream,
+        first: Bytes,
+        peer: SocketAddr,
+        open: OpenConn,
+        slot: OwnedSemaphorePermit,
+    ) {
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(client = %peer, error = %e, "cannot move a connection to io_uring; closing it");
+                return;
+            }
+        };
+        let accepted = uring::Accepted {
+            stream,
+            first,
+            peer,
+            open,
+            slot,
+            tracker: tracker.clone(),
+        };
+        let listener = Arc::clone(self);
+        let tracker = tracker.clone();
+        // A ring that has stopped (the node is stopping) drops the
+        // connection, which closes it.
+        ring.spawn(move || tracker.track_future(uring::serve_http(listener, accepted)));
+    }
+
+    async fn serve(
+        &self,
+        stream: TcpStream,
+        first: Bytes,
+        peer: SocketAddr,
+        open: OpenConn,
+        slot: OwnedSemaphorePermit,
+    ) {
+        let _open = open;
+        let _slot = slot;
         let (stream, first) = match &self.serving.tls {
             // Plain HTTP/1.1: Shoal's own path, hyper for what it does not
             // take.
@@ -361,7 +427,7 @@ fn first_bytes(stream: &mut TcpStream) -> impl Future<Output = std::io::Result<B
 
 /// Most bytes the first read takes: a typical request head, or a TLS
 /// ClientHello; the rest is read by the protocol.
-pub(crate) const FIRST_READ: usize = 4096;
+const FIRST_READ: usize = 4096;
 
 /// One client connection being served.
 struct Conn<'a> {

@@ -21,7 +21,7 @@ use crate::affinity::AffinityTable;
 use crate::config::{Config, ListenerConfig, ListenerTls, Protocol};
 use crate::dataplane::ListenerStats;
 use crate::dataplane::http::{HttpProxy, HttpSite, Upstream};
-use crate::dataplane::listener::{self, ConnLimit, HttpListener, HttpServing, Stop};
+use crate::dataplane::listener::{self, ConnLimit, HttpServing, Stop};
 use crate::dataplane::ratelimit::RateLimiter;
 use crate::dataplane::tcp::{TcpProxy, TcpSite};
 use crate::dataplane::uring;
@@ -59,12 +59,6 @@ impl Kind {
                 max_connections: l.max_connections(),
             },
         }
-    }
-
-    /// Whether the listener runs on io_uring when the node has rings: TCP
-    /// and plain-text HTTP (TLS and hyper are written on tokio).
-    fn on_rings(&self) -> bool {
-        matches!(self, Self::Tcp { .. } | Self::Http { tls: None, .. })
     }
 
     fn max_connections(&self) -> u32 {
@@ -223,7 +217,7 @@ impl Listeners {
                 steps.push(Step::Update { slot, site, cert });
                 continue;
             }
-            let rings = kind.on_rings() && workers.rings().is_some();
+            let rings = matches!(kind, Kind::Tcp { .. }) && workers.rings().is_some();
             let sockets = match self.slots.iter().find(|s| s.bind == l.bind) {
                 Some(s) => s.sockets.for_runtime(rings, workers),
                 None => Sockets::bind(l.bind, rings, workers),
@@ -408,36 +402,22 @@ fn spawn_loops(
                 tls,
             };
 
-            match (sockets, workers.rings()) {
-                (Sockets::Epoll(sockets), _) => workers.spawn_each(|i| {
-                    tracker.track_future(listener::serve_http(
-                        Arc::clone(&sockets[i % sockets.len()]),
-                        Arc::clone(&proxy),
-                        serving.clone(),
-                        limit.clone(),
-                        tracker.clone(),
-                        stop.clone(),
-                    ))
-                }),
-                (Sockets::Uring(_), Some(rings)) => {
-                    let mut fds = ring_fds.into_iter();
-                    rings.spawn_each(|_| {
-                        let fd = fds.next();
-                        let shared = HttpListener::new(Arc::clone(&proxy), serving.clone(), &stop);
-                        let (limit, tracker, stop) = (limit.clone(), tracker.clone(), stop.clone());
-                        move || {
-                            tracker.clone().track_future(async move {
-                                if let Some(fd) = fd {
-                                    uring::serve_http(fd, shared, limit, tracker, stop).await;
-                                }
-                            })
-                        }
-                    });
-                }
-                (Sockets::Uring(_), None) => {
-                    tracing::error!("HTTP listener planned on io_uring without rings; listener not started");
-                }
-            }
+            // The plan binds HTTP listeners for epoll, always.
+            let Sockets::Epoll(sockets) = sockets else {
+                tracing::error!("HTTP listener planned on io_uring sockets; listener not started");
+                return Proxy::Http(proxy);
+            };
+            workers.spawn_each(|i| {
+                tracker.track_future(listener::serve_http(
+                    Arc::clone(&sockets[i % sockets.len()]),
+                    Arc::clone(&proxy),
+                    serving.clone(),
+                    limit.clone(),
+                    tracker.clone(),
+                    stop.clone(),
+                    workers.rings().and_then(|r| r.ring(i)),
+                ))
+            });
             Proxy::Http(proxy)
         }
         Site::Tcp(site) => {

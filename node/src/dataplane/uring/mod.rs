@@ -32,7 +32,8 @@ use monoio::{IoUringDriver, RuntimeBuilder};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
-pub use http::serve_http;
+pub use http::{Accepted, serve_http};
+
 pub use serve::{Uring, serve_tcp};
 
 /// Work handed to a ring thread: it builds its future there, since
@@ -135,6 +136,11 @@ impl UringWorkers {
         self.jobs.len()
     }
 
+    /// What starts tasks on ring thread `i` (of [`count`](Self::count)).
+    pub fn ring(&self, i: usize) -> Option<Ring> {
+        self.jobs.get(i).cloned().map(Ring)
+    }
+
     /// Runs the future `make(i)()` builds on every ring thread `i`.
     pub fn spawn_each<M, F>(&self, mut make: impl FnMut(usize) -> M)
     where
@@ -147,6 +153,18 @@ impl UringWorkers {
             // stopping): the work is moot then.
             let _ = jobs.send(Box::new(move || spawn(build())));
         }
+    }
+}
+
+/// Starts tasks on one ring thread, from any thread.
+#[derive(Clone)]
+pub struct Ring(mpsc::UnboundedSender<Job>);
+
+impl Ring {
+    /// Runs the future `make` builds there; false if the ring has stopped
+    /// (the node is stopping), and `make` is dropped unrun.
+    pub fn spawn<F: Future<Output = ()> + 'static>(&self, make: impl FnOnce() -> F + Send + 'static) -> bool {
+        self.0.send(Box::new(move || spawn(make()))).is_ok()
     }
 }
 
@@ -165,45 +183,66 @@ pub(super) fn runtime() -> io::Result<monoio::Runtime<TimeDriver<IoUringDriver>>
 /// A panic in it is logged and ends only this task (and its sockets), as
 /// a panic in a tokio task does.
 pub(super) fn spawn(task: impl Future<Output = ()> + 'static) {
-    /// Takes the task off the ring's list when it ends, however it ends.
-    struct Listed(u64);
-    impl Drop for Listed {
-        fn drop(&mut self) {
-            // Not at all while the thread's locals are being torn down.
-            let _ = TASKS.try_with(|t| t.running.borrow_mut().remove(&self.0));
-        }
-    }
     let id = TASKS.with(|t| {
         let id = t.next_id.get();
         t.next_id.set(id + 1);
         t.running.borrow_mut().insert(id, None);
         id
     });
-    monoio::spawn(async move {
-        let listed = Listed(id);
-        let mut task = std::pin::pin!(task);
-        let mut waker_stored = false;
+    monoio::spawn(Contained {
+        task,
+        listed: Listed(id),
+        waker_stored: false,
+    });
+}
+
+/// Takes a task off its ring's list when it ends, however it ends.
+struct Listed(u64);
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        // Not at all while the thread's locals are being torn down.
+        let _ = TASKS.try_with(|t| t.running.borrow_mut().remove(&self.0));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A ring task: it ends at the ring's stop and contains its panics.
+    /// A struct rather than an `async` block, which would hold the task
+    /// twice (captured, then pinned): an idle connection's task is most of
+    /// what the connection costs.
+    struct Contained<F> {
+        #[pin]
+        task: F,
+        listed: Listed,
+        waker_stored: bool,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Contained<F> {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.project();
         // Each poll checks one flag for the ring's stop, rather than
         // polling a second future beside the task on every wakeup.
-        let outcome = std::future::poll_fn(|cx| {
-            if TASKS.with(|t| t.closing.get()) {
-                return Poll::Ready(Ok(()));
-            }
-            if !waker_stored {
-                TASKS.with(|t| t.running.borrow_mut().insert(listed.0, Some(cx.waker().clone())));
-                waker_stored = true;
-            }
-            match std::panic::catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(cx))) {
-                Ok(Poll::Pending) => Poll::Pending,
-                Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
-                Err(panic) => Poll::Ready(Err(panic)),
-            }
-        })
-        .await;
-        if outcome.is_err() {
-            tracing::error!("a task on an io_uring ring panicked: its connection is closed");
+        if TASKS.with(|t| t.closing.get()) {
+            return Poll::Ready(());
         }
-    });
+        if !*this.waker_stored {
+            let id = this.listed.0;
+            TASKS.with(|t| t.running.borrow_mut().insert(id, Some(cx.waker().clone())));
+            *this.waker_stored = true;
+        }
+        let task = this.task;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| task.poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                tracing::error!("a task on an io_uring ring panicked: its connection is closed");
+                Poll::Ready(())
+            }
+        }
+    }
 }
 
 /// How many tasks this ring thread runs.

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::TaskTracker;
 
 use super::copy;
@@ -52,26 +51,6 @@ pub async fn serve_tcp(
     stop: Stop,
 ) {
     let name = Arc::clone(&proxy.site.load().listener);
-    accept_loop(socket, &name, &limit, &stop, |stream, peer, slot| {
-        let proxy = Arc::clone(&proxy);
-        super::spawn(tracker.track_future(async move {
-            let _open = proxy.stats.open();
-            let _slot = slot;
-            proxy.handle_on::<Uring>(stream, peer).await;
-        }));
-    })
-    .await;
-}
-
-/// Accepts on `socket` until `stop.accepting` is cancelled, at most
-/// `limit` connections open at once (each holds its slot until it ends).
-pub(super) async fn accept_loop(
-    socket: std::net::TcpListener,
-    name: &str,
-    limit: &ConnLimit,
-    stop: &Stop,
-    mut on_accept: impl FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit),
-) {
     let listener = match TcpListener::from_std(socket) {
         Ok(l) => l,
         Err(e) => {
@@ -96,10 +75,15 @@ pub(super) async fn accept_loop(
         }
         match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => {
-                // Refused: dropping the stream closes it.
-                if let Some(slot) = limit.admit(name, &mut refusing, &stop.accepting).await {
-                    on_accept(stream, peer, slot);
-                }
+                let Some(slot) = limit.admit(&name, &mut refusing, &stop.accepting).await else {
+                    continue;
+                };
+                let proxy = Arc::clone(&proxy);
+                super::spawn(tracker.track_future(async move {
+                    let _open = proxy.stats.open();
+                    let _slot = slot;
+                    proxy.handle_on::<Uring>(stream, peer).await;
+                }));
             }
             Err(_) if stop.accepting.is_cancelled() => return,
             // The listening socket is non-blocking (epoll's descriptors
