@@ -36,6 +36,19 @@ fn started(io: Io, cfg: &str, admin: SocketAddr, http: SocketAddr) -> Result<(No
     Ok((node, http))
 }
 
+/// Checks how many of the node's client connections were served on
+/// io_uring: none on epoll; on io_uring, `on_ring` (a connection moves to a
+/// ring once it speaks, unless its first request asks to close).
+fn assert_ring_connections(io: Io, node: &Node, on_ring: u64) -> Result<()> {
+    let expected = match io {
+        Io::Epoll => 0,
+        Io::IoUring => on_ring,
+    };
+    let got = node.status()?["listeners"][0]["ring_connections"].as_u64();
+    anyhow::ensure!(got == Some(expected), "ring_connections is {got:?}, not {expected}");
+    Ok(())
+}
+
 fn header_lines(text: &str) -> BTreeSet<String> {
     text.lines().map(str::to_string).collect()
 }
@@ -129,6 +142,7 @@ fn keep_alive_on_both_sides(io: Io) -> Result<()> {
     let status = node.status()?;
     assert_eq!(status["listeners"][0]["accepted_connections"], 1);
     assert_eq!(status["listeners"][0]["requests"], 20);
+    assert_ring_connections(io, &node, 1)?;
     node.assert_no_panic();
     Ok(())
 }
@@ -167,6 +181,8 @@ fn response_bodies_are_streamed_not_buffered(io: Io) -> Result<()> {
         first < Duration::from_millis(600),
         "first chunk took {first:?}: the proxy buffered the body"
     );
+    // It asked to close: served where it was accepted.
+    assert_ring_connections(io, &node, 0)?;
     node.assert_no_panic();
     Ok(())
 }
@@ -731,6 +747,7 @@ fn chunked_close_delimited_and_interim_responses_reach_the_client_intact(io: Io)
         Some("close"),
         "a body ended by closing ends the client connection too"
     );
+    assert_ring_connections(io, &node, 1)?;
     node.assert_no_panic();
     Ok(())
 }
@@ -750,6 +767,7 @@ fn kept_alive_backend_connections_that_the_backend_closed_cost_no_request(io: Io
         let backend = &node.status()?["pools"][0]["backends"][0];
         assert_eq!(backend["failures"], 0, "{backend}");
         assert_eq!(backend["requests"], 20, "{backend}");
+        assert_ring_connections(io, &node, 1)?;
         node.assert_no_panic();
     }
     Ok(())
@@ -780,6 +798,8 @@ fn pipelined_requests_are_answered_in_order_and_hyper_takes_over_mid_connection(
     let r = client::read_response(&mut reader, "GET")?;
     assert_eq!(r.status, 200);
     assert_eq!(node.status()?["listeners"][0]["requests"], 4);
+    // Served on the ring until hyper took over.
+    assert_ring_connections(io, &node, 1)?;
     node.assert_no_panic();
     Ok(())
 }

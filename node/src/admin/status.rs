@@ -101,6 +101,9 @@ pub struct Listener {
     pub rate_limited: u64,
     /// Closed unserved at `max_connections`.
     pub refused_connections: u64,
+    /// Connections served on io_uring (`[node] io = "io_uring"`): HTTP
+    /// ones move there once they speak, unless they asked to close.
+    pub ring_connections: u64,
     pub responses: BTreeMap<&'static str, u64>,
 }
 
@@ -239,6 +242,7 @@ pub fn build(state: &NodeState) -> Status {
                 requests: t.requests,
                 rate_limited: t.rate_limited,
                 refused_connections: t.refused,
+                ring_connections: t.on_ring,
                 responses: CLASSES.iter().zip(t.responses).map(|(c, n)| (*c, n)).collect(),
             })
             .collect(),

@@ -293,8 +293,10 @@ impl HttpListener {
             }
         };
         match &self.ring {
-            Some((ring, tracker)) => self.to_ring(ring, tracker, stream, first, peer, open, slot),
-            None => Box::pin(self.serve(stream, first, peer, open, slot)).await,
+            Some((ring, tracker)) if h1::head::worth_keeping(&first) => {
+                self.to_ring(ring, tracker, stream, first, peer, open, slot);
+            }
+            _ => Box::pin(self.serve(stream, first, peer, open, slot)).await,
         }
     }
 
@@ -325,6 +327,7 @@ impl HttpListener {
             slot,
             tracker: tracker.clone(),
         };
+        self.proxy.stats.here().on_ring.fetch_add(1, Ordering::Relaxed);
         let listener = Arc::clone(self);
         let tracker = tracker.clone();
         // A ring that has stopped (the node is stopping) drops the

@@ -29,6 +29,8 @@ pub struct Counters {
     /// Connections closed unserved because the listener was at its
     /// `max_connections`.
     pub refused: AtomicU64,
+    /// HTTP connections moved to an io_uring ring thread once they spoke.
+    pub on_ring: AtomicU64,
     /// Time from a request's arrival to its response headers.
     pub latency: Histogram,
 }
@@ -66,6 +68,7 @@ pub struct ListenerTotals {
     pub unserved: u64,
     pub rate_limited: u64,
     pub refused: u64,
+    pub on_ring: u64,
     pub latency: HistogramCounts,
 }
 
@@ -91,6 +94,7 @@ impl ListenerStats {
             t.unserved += get(&s.unserved);
             t.rate_limited += get(&s.rate_limited);
             t.refused += get(&s.refused);
+            t.on_ring += get(&s.on_ring);
             t.latency.add(&s.latency);
         }
         t.active = t.accepted.saturating_sub(closed);

@@ -94,6 +94,21 @@ impl RequestHead<'_, '_> {
     }
 }
 
+/// Whether a connection whose first bytes are `first` is worth moving to
+/// a ring thread: its first request, if complete, is one this path takes
+/// and does not ask to close. A request that asks to close (or goes to
+/// hyper) is served where it is: moving a connection costs more than the
+/// ring saves on one request.
+pub fn worth_keeping(first: &[u8]) -> bool {
+    let mut slots = header_slots();
+    match parse_request(first, &mut slots) {
+        Parsed::Complete(head) => !head.close,
+        // A head longer than the first read: keep-alive is HTTP/1.1's default.
+        Parsed::Partial => true,
+        Parsed::Unsupported(_) => false,
+    }
+}
+
 pub fn parse_request<'h, 'b>(buf: &'b [u8], slots: &'h mut HeaderSlots<'b>) -> Parsed<RequestHead<'h, 'b>> {
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, slots) {
@@ -514,6 +529,26 @@ fn content_length(value: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_connections_that_will_carry_more_requests_move_to_a_ring() {
+        assert!(worth_keeping(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"));
+        assert!(!worth_keeping(
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        ));
+        assert!(
+            worth_keeping(b"GET / HTTP/1.1\r\nHost: h\r\nX-Long: "),
+            "a head not read whole yet"
+        );
+        assert!(
+            !worth_keeping(b"\x16\x03\x01\x02\x00"),
+            "not HTTP: hyper answers it here"
+        );
+        assert!(
+            !worth_keeping(b"GET / HTTP/1.0\r\nHost: h\r\n\r\n"),
+            "HTTP/1.0 goes to hyper"
+        );
+    }
 
     fn request(raw: &[u8]) -> Result<(usize, String, String, u64, bool), &'static str> {
         let mut slots = header_slots();
