@@ -31,9 +31,10 @@
 # Usage: bench/compare.sh [--no-write]
 #   ROUNDS=3 DURATION=10 CONNECTIONS=64 IDLE=10000 (environment), and
 #   SCENARIOS="l7 l4 close cluster" to run only some of the scenarios,
-#   SHOAL_IO=epoll|io_uring: Shoal's `[node] io` (default io_uring: its TCP
-#   listeners on io_uring where the kernel allows, else epoll; the node's
-#   status says which, and the table's header repeats it)
+#   SHOAL_IO=epoll|io_uring: Shoal's `[node] io`, for the single node and
+#   the cluster alike (default io_uring: its TCP and plain HTTP listeners
+#   on io_uring where the kernel allows, else epoll; the node's status
+#   says which, and the table's header repeats it)
 # Writes the table into docs/benchmarks.md (between the compare markers)
 # unless --no-write. Installs wrk, nginx, libnginx-mod-stream and haproxy
 # with apt-get when missing.
@@ -233,7 +234,7 @@ own_session "$shoal_pid"
 "$shoal" certs --dir "$work" --nodes lb1,lb2,lb3 >/dev/null
 for i in 1 2 3; do
     cat >"$work/lb$i.toml" <<CONF
-$(cluster_node "$i" 199 "$work")
+$(cluster_node "$i" 199 "$work" "io = \"${SHOAL_IO:-io_uring}\"")
 
 $(web_listener l7 http "127.0.0.1:1808$((i + 1))")
 
@@ -411,7 +412,7 @@ memory haproxy 18180
 memory nginx 18280
 
 shoal_tcp_io=$(curl -fs http://127.0.0.1:19901/status | python3 -c 'import json,sys; print(json.load(sys.stdin)["node"]["tcp_io"])')
-echo "compare: $(nproc) cores, $(uname -r), Shoal's TCP listeners on $shoal_tcp_io, autogroup $(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo n/a), $rounds rounds of ${duration}s, wrk -t2 -c$connections"
+echo "compare: $(nproc) cores, $(uname -r), Shoal's TCP and plain HTTP listeners on $shoal_tcp_io, autogroup $(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo n/a), $rounds rounds of ${duration}s, wrk -t2 -c$connections"
 declare -A l7=([shoal]=http://127.0.0.1:18080/ [haproxy]=http://127.0.0.1:18180/ [nginx]=http://127.0.0.1:18280/ [forwarder]=http://127.0.0.1:18380/
     [forwarder-uring]=http://127.0.0.1:18390/)
 declare -A l4=([shoal]=http://127.0.0.1:18081/ [haproxy]=http://127.0.0.1:18181/ [forwarder]=http://127.0.0.1:18381/)
@@ -522,7 +523,7 @@ for line in open(sys.argv[2]):
     print(f"| {product} | {int(before) / 1024:.1f} MiB | {int(after) / 1024:.1f} MiB | {per:.0f} |")
 PY
 )
-header="### $(date -u +%F) — $(nproc) vCPU $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo | awk '{print $1, $2}'), $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r | cut -d- -f1), $(haproxy -v | awk 'NR==1 {print "HAProxy", $3}'), $(nginx -v 2>&1 | sed 's/.*nginx\//nginx /'), $rounds rounds × ${duration} s, wrk -t2 -c$connections, Shoal's TCP listeners on $shoal_tcp_io"
+header="### $(date -u +%F) — $(nproc) vCPU $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo | awk '{print $1, $2}'), $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r | cut -d- -f1), $(haproxy -v | awk 'NR==1 {print "HAProxy", $3}'), $(nginx -v 2>&1 | sed 's/.*nginx\//nginx /'), $rounds rounds × ${duration} s, wrk -t2 -c$connections, Shoal's TCP and plain HTTP listeners on $shoal_tcp_io"
 echo
 echo "$header"
 echo

@@ -95,15 +95,17 @@ address = "127.0.0.1:18003"
 CONF
 }
 
-# cluster_node I PREFIX DIR: the [node] and [cluster] sections of node lbI
+# cluster_node I PREFIX DIR [EXTRA]: the [node] and [cluster] sections of node lbI
 # of a three-node cluster "bench" on loopback: admin on port PREFIX1I,
 # gossip PREFIX2I (seeded by node 1), replication PREFIX3I; certificates
-# and gossip key from `shoal certs --dir DIR --nodes lb1,lb2,lb3`.
+# and gossip key from `shoal certs --dir DIR --nodes lb1,lb2,lb3`; EXTRA,
+# if given, is more [node] lines.
 cluster_node() {
     cat <<CONF
 [node]
 id = "lb$1"
 admin_addr = "127.0.0.1:${2}1$1"
+${4:-}
 
 [cluster]
 name = "bench"

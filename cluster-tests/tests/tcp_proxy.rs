@@ -85,6 +85,11 @@ fn connect_failures_are_retried_on_another_backend(io: Io) -> Result<()> {
         assert_eq!((i, r.status, r.backend()), (i, 200, Some("live")));
     }
     let status = node.status()?;
+    let on_ring = match io {
+        Io::Epoll => 0,
+        Io::IoUring => 30,
+    };
+    assert_eq!(status["listeners"][0]["ring_connections"], on_ring, "{status}");
     assert!(
         status["pools"][0]["backends"][0]["connect_failures"]
             .as_u64()

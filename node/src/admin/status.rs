@@ -101,8 +101,8 @@ pub struct Listener {
     pub rate_limited: u64,
     /// Closed unserved at `max_connections`.
     pub refused_connections: u64,
-    /// Connections served on io_uring (`[node] io = "io_uring"`): HTTP
-    /// ones move there once they speak, unless they asked to close.
+    /// Connections served on io_uring (`[node] io = "io_uring"`): TCP ones,
+    /// and HTTP ones once they speak, unless they asked to close.
     pub ring_connections: u64,
     pub responses: BTreeMap<&'static str, u64>,
 }

@@ -233,9 +233,9 @@ pub async fn serve_http(
 /// What every connection of one HTTP accept loop shares.
 pub struct HttpListener {
     pub proxy: Arc<HttpProxy>,
-    pub serving: HttpServing,
+    serving: HttpServing,
     /// The node's drain, as this loop's connections see it.
-    pub shutdown: CancellationToken,
+    shutdown: CancellationToken,
     /// The ring thread that serves this loop's connections once they speak,
     /// and what tracks them there.
     ring: Option<(uring::Ring, TaskTracker)>,
@@ -332,7 +332,9 @@ impl HttpListener {
         let tracker = tracker.clone();
         // A ring that has stopped (the node is stopping) drops the
         // connection, which closes it.
-        ring.spawn(move || tracker.track_future(uring::serve_http(listener, accepted)));
+        if !ring.spawn(move || tracker.track_future(uring::serve_http(listener, accepted))) {
+            tracing::debug!(client = %peer, "the node is stopping: connection closed");
+        }
     }
 
     async fn serve(

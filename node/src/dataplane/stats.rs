@@ -29,7 +29,8 @@ pub struct Counters {
     /// Connections closed unserved because the listener was at its
     /// `max_connections`.
     pub refused: AtomicU64,
-    /// HTTP connections moved to an io_uring ring thread once they spoke.
+    /// Connections served on an io_uring ring thread: TCP ones, and HTTP
+    /// ones that moved there once they spoke.
     pub on_ring: AtomicU64,
     /// Time from a request's arrival to its response headers.
     pub latency: Histogram,

@@ -1,18 +1,21 @@
-//! The data plane on io_uring (`[node] io = "io_uring"`), for TCP
-//! listeners: one monoio runtime per worker, each on a ring of its own
-//! created with IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN
-//! (Linux 6.1+: without deferred task work rings do no better than epoll
-//! here, so older kernels stay on epoll), so
+//! The data plane on io_uring (`[node] io = "io_uring"`), for TCP and
+//! plain-text HTTP listeners: one monoio runtime per worker, each on a
+//! ring of its own created with IORING_SETUP_SINGLE_ISSUER |
+//! IORING_SETUP_DEFER_TASKRUN (Linux 6.1+: without deferred task work
+//! rings do no better than epoll here, so older kernels stay on epoll), so
 //! a worker enters the kernel once per round for all its sockets' I/O and
 //! completions run only when it asks for them (docs/benchmarks.md,
 //! "io_uring"). Balancing, retries and stats are the epoll path's own
-//! (`tcp::TcpProxy::handle_on`); only accepting, connecting and copying
-//! are written here.
+//! (`tcp::TcpProxy::handle_on`, `h1::serve`); only the socket operations
+//! are written here (TCP: accepting, connecting, copying; HTTP: reading,
+//! writing and keeping backend connections, after the worker accepted the
+//! connection and read its first bytes).
 //!
 //! Each ring thread enters the tokio runtime of the worker with the same
-//! index: the few tokio-timed paths shared with the epoll path (a backend
-//! queue's wait, an accept at `max_connections`, ejection timers) then run
-//! unchanged, at the cost of a cross-thread wakeup when they fire.
+//! index: the tokio-timed paths shared with the epoll path (a backend
+//! queue's wait, an accept at `max_connections`, ejection timers, the HTTP
+//! path's timeouts) then run unchanged, at the cost of a cross-thread
+//! wakeup when one fires.
 
 mod copy;
 mod fd;

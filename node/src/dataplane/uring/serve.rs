@@ -4,6 +4,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use monoio::io::Canceller;
@@ -81,6 +82,7 @@ pub async fn serve_tcp(
                 let proxy = Arc::clone(&proxy);
                 super::spawn(tracker.track_future(async move {
                     let _open = proxy.stats.open();
+                    proxy.stats.here().on_ring.fetch_add(1, Ordering::Relaxed);
                     let _slot = slot;
                     proxy.handle_on::<Uring>(stream, peer).await;
                 }));
