@@ -28,7 +28,8 @@ pub struct NodeInfo {
     pub id: String,
     pub version: &'static str,
     pub uptime_s: u64,
-    /// How TCP listeners wait for I/O: "epoll" or "io_uring".
+    /// How TCP and plain-text HTTP listeners wait for I/O: "epoll" or
+    /// "io_uring".
     pub tcp_io: IoMode,
 }
 

@@ -39,8 +39,9 @@ pub struct NodeConfig {
     /// Data-plane worker threads; default: one per CPU.
     #[serde(default)]
     pub workers: Option<usize>,
-    /// How the data plane waits for its sockets (TCP listeners only, for
-    /// now): epoll, or io_uring rings where the kernel allows them.
+    /// How the data plane waits for its sockets (TCP and plain-text HTTP
+    /// listeners; TLS ones stay on epoll): epoll, or io_uring rings where
+    /// the kernel allows them.
     #[serde(default)]
     pub io: IoMode,
     /// File holding a bearer token that admin writes must present.
@@ -55,8 +56,9 @@ pub enum IoMode {
     /// Readiness through epoll, on tokio.
     #[default]
     Epoll,
-    /// TCP listeners on io_uring (one ring per worker, deferred task
-    /// work), falling back to epoll where rings are refused.
+    /// TCP and plain-text HTTP listeners on io_uring (one ring per
+    /// worker, deferred task work), falling back to epoll where rings are
+    /// refused.
     IoUring,
 }
 

@@ -327,12 +327,13 @@ impl HttpListener {
             slot,
             tracker: tracker.clone(),
         };
-        self.proxy.stats.here().on_ring.fetch_add(1, Ordering::Relaxed);
         let listener = Arc::clone(self);
         let tracker = tracker.clone();
         // A ring that has stopped (the node is stopping) drops the
         // connection, which closes it.
-        if !ring.spawn(move || tracker.track_future(uring::serve_http(listener, accepted))) {
+        if ring.spawn(move || tracker.track_future(uring::serve_http(listener, accepted))) {
+            self.proxy.stats.here().on_ring.fetch_add(1, Ordering::Relaxed);
+        } else {
             tracing::debug!(client = %peer, "the node is stopping: connection closed");
         }
     }

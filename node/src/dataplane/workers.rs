@@ -109,8 +109,8 @@ impl Workers {
         })
     }
 
-    /// Adds a ring thread per worker, for TCP listeners (`[node] io =
-    /// "io_uring"`). Where the kernel refuses io_uring, says so and keeps
+    /// Adds a ring thread per worker, for TCP and plain-text HTTP
+    /// listeners (`[node] io = "io_uring"`). Where the kernel refuses io_uring, says so and keeps
     /// serving on epoll.
     pub fn with_rings(mut self) -> Self {
         if self.handles.is_empty() {
@@ -118,18 +118,21 @@ impl Workers {
         }
         match UringWorkers::start(&self.handles) {
             Ok(rings) => {
-                tracing::info!(rings = rings.count(), "TCP listeners run on io_uring");
+                tracing::info!(
+                    rings = rings.count(),
+                    "TCP and plain-text HTTP listeners run on io_uring"
+                );
                 self.rings = Some(rings);
             }
             Err(e) => tracing::error!(
                 error = %e,
-                "io = \"io_uring\" but this kernel refuses io_uring: TCP listeners run on epoll"
+                "io = \"io_uring\" but this kernel refuses io_uring: every listener runs on epoll"
             ),
         }
         self
     }
 
-    /// The ring threads, when TCP listeners run on io_uring.
+    /// The ring threads, when listeners run on io_uring.
     pub fn rings(&self) -> Option<&UringWorkers> {
         self.rings.as_ref()
     }

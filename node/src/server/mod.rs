@@ -32,8 +32,8 @@ use listeners::Listeners;
 pub struct NodeState {
     pub id: NodeId,
     pub started: Instant,
-    /// How TCP listeners wait for I/O: `[node] io`, or epoll where the
-    /// kernel refused io_uring.
+    /// How TCP and plain-text HTTP listeners wait for I/O: `[node] io`, or
+    /// epoll where the kernel refused io_uring.
     pub tcp_io: IoMode,
     pub current: ArcSwap<Generation>,
     /// Bearer token admin writes must present, if configured.

@@ -16,22 +16,75 @@ use tokio::time::Instant;
 use super::super::workers::PerWorker;
 
 /// Most idle connections kept per backend and worker; more are closed.
-pub(crate) const MAX_IDLE_PER_BACKEND: usize = 1024;
+const MAX_IDLE_PER_BACKEND: usize = 1024;
 
-struct Idle {
-    stream: TcpStream,
-    since: Instant,
+struct Idle<S> {
+    stream: S,
+    expires: Instant,
 }
 
-/// One worker's idle connections, by backend id.
-type IdleSet = Mutex<HashMap<u64, Vec<Idle>, BuildHasherDefault<IdHasher>>>;
+/// One thread's idle backend connections (of any runtime's stream type
+/// `S`), by backend id: a worker's on epoll, a ring thread's on io_uring.
+pub(crate) struct IdleSet<S>(HashMap<u64, Vec<Idle<S>>, BuildHasherDefault<IdHasher>>);
+
+impl<S> Default for IdleSet<S> {
+    fn default() -> Self {
+        Self(HashMap::default())
+    }
+}
+
+impl<S> IdleSet<S> {
+    /// The most recently used connection to `backend` that is unexpired
+    /// at `now` and `quiet`; the others met on the way are closed.
+    pub(crate) fn take(&mut self, backend: u64, now: Instant, quiet: impl Fn(&S) -> bool) -> Option<S> {
+        let list = self.0.get_mut(&backend)?;
+        while let Some(conn) = list.pop() {
+            if now < conn.expires && quiet(&conn.stream) {
+                return Some(conn.stream);
+            }
+        }
+        None
+    }
+
+    /// Keeps `stream`, idle from `now`, for `keepalive`. The expired ones
+    /// are closed here, and the oldest when the backend has too many.
+    pub(crate) fn put(&mut self, backend: u64, stream: S, now: Instant, keepalive: Duration) {
+        let list = self.0.entry(backend).or_default();
+        let expired = list.iter().take_while(|c| c.expires <= now).count();
+        list.drain(..expired);
+        if list.len() >= MAX_IDLE_PER_BACKEND {
+            list.remove(0);
+        }
+        list.push(Idle {
+            stream,
+            expires: now + keepalive,
+        });
+    }
+
+    /// Closes the connections expired at `now`; how many.
+    pub(crate) fn sweep(&mut self, now: Instant) -> usize {
+        let mut closed = 0;
+        for list in self.0.values_mut() {
+            let before = list.len();
+            list.retain(|c| now < c.expires);
+            closed += before - list.len();
+        }
+        self.0.retain(|_, list| !list.is_empty());
+        closed
+    }
+
+    #[cfg(test)]
+    pub(crate) fn count(&self, backend: u64) -> usize {
+        self.0.get(&backend).map_or(0, Vec::len)
+    }
+}
 
 /// Hashes a backend id with one multiplication. Ids are the node's own
 /// counter, not input, so nothing can aim collisions at the set, and
 /// SipHash (the default) cost as much as the rest of taking and putting a
 /// connection.
 #[derive(Default)]
-pub(crate) struct IdHasher(u64);
+struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -57,7 +110,7 @@ pub struct BackendConns {
     keepalive: Duration,
     /// Each worker's lock is on its own cache line: taking it does not
     /// take the line from the other cores.
-    per_worker: PerWorker<IdleSet>,
+    per_worker: PerWorker<Mutex<IdleSet<TcpStream>>>,
 }
 
 impl BackendConns {
@@ -68,39 +121,24 @@ impl BackendConns {
         }
     }
 
-    fn mine(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Idle>, BuildHasherDefault<IdHasher>>> {
-        let slot = self.per_worker.mine();
+    fn mine(&self) -> std::sync::MutexGuard<'_, IdleSet<TcpStream>> {
         // A poisoned set only lost the connection being moved.
-        slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.per_worker
+            .mine()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The most recently used idle connection to `backend` that is still
     /// open and quiet at `now`; stale ones met on the way are closed.
     pub fn take(&self, backend: u64, now: Instant) -> Option<TcpStream> {
-        let mut idle = self.mine();
-        let list = idle.get_mut(&backend)?;
-        while let Some(conn) = list.pop() {
-            if now.duration_since(conn.since) < self.keepalive && quiet(&conn.stream) {
-                return Some(conn.stream);
-            }
-        }
-        None
+        self.mine().take(backend, now, quiet)
     }
 
     /// Keeps `stream`, idle from `now`, for the next request to `backend`.
     /// Connections past the keep-alive time are closed here, oldest first.
     pub fn put(&self, backend: u64, stream: TcpStream, now: Instant) {
-        let mut idle = self.mine();
-        let list = idle.entry(backend).or_default();
-        let expired = list
-            .iter()
-            .take_while(|c| now.duration_since(c.since) >= self.keepalive)
-            .count();
-        list.drain(..expired);
-        if list.len() >= MAX_IDLE_PER_BACKEND {
-            list.remove(0);
-        }
-        list.push(Idle { stream, since: now });
+        self.mine().put(backend, stream, now, self.keepalive);
     }
 
     /// Closes every connection idle past the keep-alive time, of every
@@ -108,22 +146,19 @@ impl BackendConns {
     /// worker's lock is taken briefly, once).
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
-        let mut closed = 0;
-        for slot in self.per_worker.iter() {
-            let mut idle = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            for list in idle.values_mut() {
-                let before = list.len();
-                list.retain(|c| now.duration_since(c.since) < self.keepalive);
-                closed += before - list.len();
-            }
-            idle.retain(|_, list| !list.is_empty());
-        }
-        closed
+        self.per_worker
+            .iter()
+            .map(|slot| {
+                slot.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .sweep(now)
+            })
+            .sum()
     }
 
     #[cfg(test)]
     pub fn idle_count(&self, backend: u64) -> usize {
-        self.mine().get(&backend).map_or(0, Vec::len)
+        self.mine().count(backend)
     }
 }
 

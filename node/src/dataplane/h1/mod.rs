@@ -15,6 +15,6 @@ mod io;
 mod names;
 
 pub use backend_conns::BackendConns;
-pub(crate) use backend_conns::{IdHasher, MAX_IDLE_PER_BACKEND};
+pub(crate) use backend_conns::IdleSet;
 pub use conn::{Ending, Settings, serve};
 pub use io::{HttpRelay, make_room};

@@ -6,8 +6,6 @@
 //! that worker, where hyper serves it as on an epoll listener.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use super::fd;
 use super::serve::Uring;
-use crate::dataplane::h1::{self, HttpRelay, IdHasher, MAX_IDLE_PER_BACKEND, make_room};
+use crate::dataplane::h1::{self, HttpRelay, IdleSet, make_room};
 use crate::dataplane::http::Upstream;
 use crate::dataplane::listener::HttpListener;
 use crate::dataplane::stats::OpenConn;
@@ -31,60 +29,10 @@ use crate::dataplane::stats::OpenConn;
 thread_local! {
     /// This ring thread's kept-alive backend connections. Only this
     /// thread's requests use them.
-    static IDLE: RefCell<IdleConns> = RefCell::default();
+    static IDLE: RefCell<IdleSet<TcpStream>> = RefCell::default();
     /// The buffer a request to a backend is sent from: the request itself
     /// stays in the connection's buffer, for a retry on another backend.
     static SEND_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
-}
-
-struct Idle {
-    stream: TcpStream,
-    expires: Instant,
-}
-
-/// Idle backend connections by backend id (unique in the node).
-#[derive(Default)]
-struct IdleConns(HashMap<u64, Vec<Idle>, BuildHasherDefault<IdHasher>>);
-
-impl IdleConns {
-    /// The most recently used connection to `backend` that is still open,
-    /// quiet and not expired at `now`; the others met on the way close.
-    fn take(&mut self, backend: u64, now: Instant) -> Option<TcpStream> {
-        let list = self.0.get_mut(&backend)?;
-        while let Some(conn) = list.pop() {
-            if now < conn.expires && fd::quiet(&conn.stream) {
-                return Some(conn.stream);
-            }
-        }
-        None
-    }
-
-    /// Keeps `stream`, idle from `now`, for `keepalive`; the expired ones
-    /// close here, and the oldest when the backend has too many.
-    fn put(&mut self, backend: u64, stream: TcpStream, now: Instant, keepalive: Duration) {
-        let list = self.0.entry(backend).or_default();
-        let expired = list.iter().take_while(|c| c.expires <= now).count();
-        list.drain(..expired);
-        if list.len() >= MAX_IDLE_PER_BACKEND {
-            list.remove(0);
-        }
-        list.push(Idle {
-            stream,
-            expires: now + keepalive,
-        });
-    }
-
-    /// Closes the connections expired at `now`; how many.
-    fn sweep(&mut self, now: Instant) -> usize {
-        let mut closed = 0;
-        for list in self.0.values_mut() {
-            let before = list.len();
-            list.retain(|c| now < c.expires);
-            closed += before - list.len();
-        }
-        self.0.retain(|_, list| !list.is_empty());
-        closed
-    }
 }
 
 /// How often a ring thread closes its backend connections idle past their
@@ -121,7 +69,7 @@ impl HttpRelay for Uring {
     }
 
     fn take_idle(_upstream: &Upstream, backend: u64, now: Instant) -> Option<TcpStream> {
-        IDLE.with_borrow_mut(|idle| idle.take(backend, now))
+        IDLE.with_borrow_mut(|idle| idle.take(backend, now, fd::quiet))
     }
 
     fn put_idle(upstream: &Upstream, backend: u64, stream: TcpStream, now: Instant) {
@@ -279,21 +227,21 @@ mod tests {
         rt.block_on(async {
             let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
             let keep = Duration::from_secs(60);
-            let mut idle = IdleConns::default();
+            let mut idle = IdleSet::default();
 
             let (conn, peer) = pair(&listener).await?;
             idle.put(1, conn, Instant::now(), keep);
-            let Some(conn) = idle.take(1, Instant::now()) else {
+            let Some(conn) = idle.take(1, Instant::now(), fd::quiet) else {
                 panic!("a quiet connection is reused");
             };
-            assert!(idle.take(1, Instant::now()).is_none(), "taken once");
+            assert!(idle.take(1, Instant::now(), fd::quiet).is_none(), "taken once");
 
             // The backend closes it while it is idle.
             drop(peer);
             until_readable(&conn).await?;
             idle.put(1, conn, Instant::now(), keep);
             assert!(
-                idle.take(1, Instant::now()).is_none(),
+                idle.take(1, Instant::now(), fd::quiet).is_none(),
                 "a closed connection is not reused"
             );
 
@@ -303,7 +251,7 @@ mod tests {
             until_readable(&conn).await?;
             idle.put(2, conn, Instant::now(), keep);
             assert!(
-                idle.take(2, Instant::now()).is_none(),
+                idle.take(2, Instant::now(), fd::quiet).is_none(),
                 "a connection that spoke is not reused"
             );
 
@@ -314,8 +262,11 @@ mod tests {
             idle.put(3, conn, start, Duration::from_secs(1));
             idle.put(3, other, start, Duration::from_secs(10));
             assert_eq!(idle.sweep(start + Duration::from_secs(2)), 1, "only the first expired");
-            assert!(idle.take(3, start + Duration::from_secs(2)).is_some());
-            assert!(idle.take(3, start + Duration::from_secs(2)).is_none(), "none left");
+            assert!(idle.take(3, start + Duration::from_secs(2), fd::quiet).is_some());
+            assert!(
+                idle.take(3, start + Duration::from_secs(2), fd::quiet).is_none(),
+                "none left"
+            );
             Ok(())
         })
     }
