@@ -48,7 +48,9 @@ pool = "web"
 
 $(web_pool)
 CONF
-SHOAL_LOG=warn "$shoal" run -c "$work/shoal.toml" &
+# Its own session, as a service runs (see compare.sh: autogroup scheduling
+# would otherwise share its CPU with wrk's).
+SHOAL_LOG=warn setsid "$shoal" run -c "$work/shoal.toml" &
 pids+=($!)
 for _ in $(seq 100); do
     curl -fs http://127.0.0.1:19901/healthz >/dev/null 2>&1 && break

@@ -54,7 +54,9 @@ address = "127.0.0.1:28001"
 name = "b2"
 address = "127.0.0.1:28002"
 CONF
-    SHOAL_LOG=warn "$shoal" run -c "$work/lb$i.toml" & pids+=($!)
+    # Its own session, as a service runs (see compare.sh: autogroup
+    # scheduling would otherwise share its CPU with wrk's).
+    SHOAL_LOG=warn setsid "$shoal" run -c "$work/lb$i.toml" & pids+=($!)
 done
 
 status() { curl -fs "http://127.0.0.1:2891$1/status"; }
