@@ -15,7 +15,9 @@
 #             replication to two peers) with header-sticky sessions; both
 #             get the same 1 000 rotating session ids
 # then prints the medians (requests/s, p50, p99, the proxy's CPU time per
-# request), the ratios Shoal/HAProxy and Shoal/nginx, and each proxy's
+# request, the rest of the machine's CPU time per request and the
+# machine's idle share: the proxies share a saturated machine with wrk
+# and the backends, so requests/s = cores / (proxy + rest)), the ratios Shoal/HAProxy and Shoal/nginx, and each proxy's
 # memory per idle client connection (RSS growth with IDLE connections
 # open, none of them sending, measured before the load runs).
 #
@@ -307,17 +309,21 @@ cpu_ticks() { # PID...: user + system clock ticks used so far
     echo "$total"
 }
 clk_tck=$(getconf CLK_TCK)
+machine_ticks() { # busy and idle clock ticks of the whole machine so far (steal is neither)
+    awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat
+}
 
 results="$work/results.tsv"
 : >"$results"
 # run ROUND SCENARIO PRODUCT URL [wrk args...]
 run() {
-    local round=$1 scenario=$2 product=$3 url=$4 pidlist ticks
+    local round=$1 scenario=$2 product=$3 url=$4 pidlist ticks busy idle_ticks busy_after idle_after
     shift 4
     local out="$work/run.txt"
     pidlist=$(proxy_pids "$product")
     # shellcheck disable=SC2086
     ticks=$(cpu_ticks $pidlist)
+    read -r busy idle_ticks < <(machine_ticks)
     if ! wrk -t2 -c"$connections" -d"${duration}s" --latency "$@" "$url" >"$out" 2>&1 \
         || ! grep -q '^Requests/sec:' "$out"; then
         echo "compare: wrk against $product ($scenario) failed:" >&2
@@ -326,10 +332,12 @@ run() {
     fi
     # shellcheck disable=SC2086
     ticks=$(($(cpu_ticks $pidlist) - ticks))
-    python3 - "$round" "$scenario" "$product" "$out" "$ticks" "$clk_tck" >>"$results" <<'PY'
+    read -r busy_after idle_after < <(machine_ticks)
+    python3 - "$round" "$scenario" "$product" "$out" "$ticks" "$clk_tck" \
+        "$((busy_after - busy))" "$((idle_after - idle_ticks))" >>"$results" <<'PY'
 import re, sys
 round_, scenario, product, path = sys.argv[1:5]
-ticks, clk_tck = int(sys.argv[5]), int(sys.argv[6])
+ticks, clk_tck, busy, idle = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8])
 text = open(path).read()
 def ms(v):
     m = re.match(r"([\d.]+)(us|ms|s)$", v)
@@ -343,13 +351,17 @@ errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)",
 non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 errors += int(non2xx.group(1)) if non2xx else 0
 done = re.search(r"^\s*(\d+) requests in", text, re.M)
-cpu_us = ticks * 1e6 / clk_tck / int(done.group(1)) if done and int(done.group(1)) else float("nan")
+requests = int(done.group(1)) if done else 0
+per_request = lambda t: t * 1e6 / clk_tck / requests if requests else float("nan")
+# The rest of the machine: wrk, the backends, and kernel work no process
+# was charged for, while this proxy was in the middle.
 print("\t".join([round_, scenario, product,
                  f"{float(rps.group(1)) if rps else 0:.0f}",
                  f"{ms(p50.group(1)) if p50 else float('nan'):.3f}",
-                 f"{ms(p99.group(1)) if p99 else float('nan'):.3f}", str(errors), f"{cpu_us:.1f}"]))
+                 f"{ms(p99.group(1)) if p99 else float('nan'):.3f}", str(errors), f"{per_request(ticks):.1f}",
+                 f"{per_request(busy - ticks):.1f}", f"{100 * idle / max(busy + idle, 1):.0f}"]))
 PY
-    tail -n1 "$results" | awk -F'\t' '{printf "  round %s %-8s %-16s %8s req/s  p50 %7s ms  p99 %7s ms  CPU %5s us/req  errors %s\n", $1, $2, $3, $4, $5, $6, $8, $7}'
+    tail -n1 "$results" | awk -F'\t' '{printf "  round %s %-8s %-16s %8s req/s  p50 %7s ms  p99 %7s ms  CPU %5s us/req (rest %5s)  idle %s%%  errors %s\n", $1, $2, $3, $4, $5, $6, $8, $9, $10, $7}'
 }
 
 # rotate: prints its arguments starting at the (round mod n)-th.
@@ -442,22 +454,22 @@ for ((r = 1; r <= rounds; r++)); do
     fi
 done
 
-table=$(python3 - "$results" "$work/memory.tsv" "$idle" <<'PY'
+table=$(python3 - "$results" "$work/memory.tsv" "$idle" "$(nproc)" <<'PY'
 import math, statistics, sys
 from collections import defaultdict
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 by = defaultdict(list)
 per_round = {}
-for r, scenario, product, rps, p50, p99, errors, cpu in rows:
-    by[(scenario, product)].append((float(rps), float(p50), float(p99), int(errors), float(cpu)))
+for r, scenario, product, rps, p50, p99, errors, cpu, rest, idle in rows:
+    by[(scenario, product)].append((float(rps), float(p50), float(p99), int(errors), float(cpu), float(rest), float(idle)))
     per_round[(r, scenario, product)] = (float(rps), float(p99), float(cpu))
 def med(key, i):
     v = [x[i] for x in by.get(key, [])]
     return statistics.median(v) if v else None
 titles = {"l7": "L7 HTTP, keep-alive", "l4": "L4 TCP, keep-alive",
           "close": "L7 HTTP, connection per request", "cluster": "Shoal cluster + sticky cost"}
-print("| scenario | proxy | requests/s (median) | p50 ms | p99 ms | proxy CPU µs/request | runs (requests/s) | errors |")
-print("|---|---|---|---|---|---|---|---|")
+print("| scenario | proxy | requests/s (median) | p50 ms | p99 ms | proxy CPU µs/request | rest of machine CPU µs/request | machine idle % | runs (requests/s) | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for scenario in ["l7", "l4", "close", "cluster"]:
     for product in ["shoal", "haproxy", "nginx", "forwarder", "forwarder-uring", "shoal-cluster"]:
         key = (scenario, product)
@@ -467,7 +479,7 @@ for scenario in ["l7", "l4", "close", "cluster"]:
         errs = sum(x[3] for x in by[key])
         name = {"forwarder": "forwarder (yardstick)",
                 "forwarder-uring": "forwarder on io_uring (yardstick)"}.get(product, product)
-        print(f"| {titles[scenario]} | {name} | {med(key, 0):.0f} | {med(key, 1):.2f} | {med(key, 2):.2f} | {med(key, 4):.1f} | {runs} | {errs} |")
+        print(f"| {titles[scenario]} | {name} | {med(key, 0):.0f} | {med(key, 1):.2f} | {med(key, 2):.2f} | {med(key, 4):.1f} | {med(key, 5):.1f} | {med(key, 6):.0f} | {runs} | {errs} |")
 print()
 print("| ratio (medians) | value |")
 print("|---|---|")
@@ -486,6 +498,13 @@ for scenario in ["l7", "l4", "close"]:
         print(f"| {titles[scenario]}: yardstick forwarder on io_uring / haproxy requests/s | {ratio(scenario, 'forwarder-uring', 'haproxy')} |")
 if ("cluster", "shoal") in by:
     print(f"| cluster + sticky / single node requests/s | {ratio('cluster', 'shoal-cluster', 'shoal')} |")
+# On a saturated machine a proxy that cost nothing would leave wrk and the
+# backends all of it: the most any proxy could reach here.
+cores = int(sys.argv[4])
+for scenario in ["l7", "l4"]:
+    rest = med((scenario, "shoal"), 5)
+    if rest:
+        print(f"| {titles[scenario]}: requests/s a proxy using no CPU would reach ({cores} cores / the rest's CPU per request in Shoal's runs) | {cores * 1e6 / rest:.0f} |")
 # The host's speed drifts over tens of seconds; two proxies measured in the
 # same round saw nearly the same host, so their ratio per round is less
 # exposed to that drift than the ratio of medians.
