@@ -17,8 +17,9 @@
 # then prints the medians (requests/s, p50, p99, the proxy's CPU time per
 # request, the rest of the machine's CPU time per request and the
 # machine's idle share: the proxies share a saturated machine with wrk
-# and the backends, so requests/s = cores / (proxy + rest)), the ratios Shoal/HAProxy and Shoal/nginx, and each proxy's
-# memory per idle client connection (RSS growth with IDLE connections
+# and the backends, so requests/s is about cores / (proxy + rest)), the
+# ratios Shoal/HAProxy and Shoal/nginx, and each proxy's memory per idle
+# client connection (RSS growth with IDLE connections
 # open, none of them sending, measured before the load runs).
 #
 # Every run but cluster also measures bench/forwarder, a yardstick that is
@@ -499,12 +500,13 @@ for scenario in ["l7", "l4", "close"]:
 if ("cluster", "shoal") in by:
     print(f"| cluster + sticky / single node requests/s | {ratio('cluster', 'shoal-cluster', 'shoal')} |")
 # On a saturated machine a proxy that cost nothing would leave wrk and the
-# backends all of it: the most any proxy could reach here.
+# backends all of it: about the most any proxy could reach here (about:
+# the rest's cost per request moves a little with the proxy's batching).
 cores = int(sys.argv[4])
 for scenario in ["l7", "l4"]:
     rest = med((scenario, "shoal"), 5)
     if rest:
-        print(f"| {titles[scenario]}: requests/s a proxy using no CPU would reach ({cores} cores / the rest's CPU per request in Shoal's runs) | {cores * 1e6 / rest:.0f} |")
+        print(f"| {titles[scenario]}: requests/s a proxy using no CPU would reach, about ({cores} cores / the rest's CPU per request in Shoal's runs) | {cores * 1e6 / rest:.0f} |")
 # The host's speed drifts over tens of seconds; two proxies measured in the
 # same round saw nearly the same host, so their ratio per round is less
 # exposed to that drift than the ratio of medians.
