@@ -183,8 +183,8 @@ where
 
 /// One direction between TCP sockets: reads and writes through a buffer,
 /// and splices while the data comes in bulk (module doc). The buffer is
-/// allocated on the first readable event, so a connection that never
-/// sends costs no buffer. A pipe is held only while bulk chunks follow
+/// allocated once the first bytes (or the end) are there, so a connection
+/// that never sends costs no buffer. A pipe is held only while bulk chunks follow
 /// each other, so an idle connection, or one of short messages, holds none.
 async fn pump(
     mut from: OwnedReadHalf,
@@ -193,7 +193,10 @@ async fn pump(
     last: &AtomicU64,
     mut on_read: impl FnMut(),
 ) -> io::Result<Moved> {
-    from.readable().await?;
+    // Bytes (or the end) must be there, not just readiness: tokio's
+    // `readable` may wake with nothing to read, and an idle connection
+    // that took a buffer then would hold its 16 KiB for nothing.
+    from.peek(&mut [0u8; 1]).await?;
     let mut buf = vec![0u8; BUF_SIZE];
     let mut moved = Moved::default();
     let mut pipe: Option<Pipe> = None;
