@@ -4,7 +4,10 @@
 //! operation.
 //!
 //! No direction holds a buffer until either side has sent something, so
-//! an idle connection costs only its sockets and task, as on epoll. Bulk
+//! an idle connection costs only its sockets and task, as on epoll. The
+//! idle timeout is a tokio timer (the ring thread's epoll worker drives
+//! it): monoio's `Sleep` is 640 bytes, which every connection's task
+//! would carry. Bulk
 //! data is copied, not spliced (the epoll path splices it), through a
 //! buffer that grows while reads fill it and shrinks back when they stop.
 
@@ -15,7 +18,7 @@ use std::time::Duration;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
-use monoio::time::Instant;
+use tokio::time::Instant;
 
 use crate::dataplane::copy::{BUF_SIZE, CopyError, Transferred};
 
@@ -65,7 +68,7 @@ pub async fn proxy(
             if Instant::now() >= deadline {
                 return;
             }
-            monoio::time::sleep_until(deadline).await;
+            tokio::time::sleep_until(deadline).await;
         }
     };
     monoio::select! {
@@ -140,6 +143,15 @@ mod tests {
     use super::super::tests::ring;
     use super::*;
 
+    /// tokio's timers, driven by a worker of their own, as a ring thread's
+    /// epoll worker drives them in the node; enter it on the ring's thread.
+    fn tokio_timers() -> io::Result<tokio::runtime::Runtime> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+    }
+
     /// A connected pair: the ring's end, and a blocking std end a thread drives.
     async fn pair() -> io::Result<(TcpStream, std::net::TcpStream)> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -158,6 +170,8 @@ mod tests {
         let Some(mut rt) = ring("copies_both_ways_passes_the_half_close_and_times_the_first_response") else {
             return Ok(());
         };
+        let timers = tokio_timers()?;
+        let _entered = timers.enter();
         rt.block_on(async {
             let (client, mut user) = pair().await?;
             let (backend, mut server) = pair().await?;
@@ -235,6 +249,8 @@ mod tests {
         let Some(mut rt) = ring("a_connection_nobody_speaks_on_is_cut_after_the_idle_timeout") else {
             return Ok(());
         };
+        let timers = tokio_timers()?;
+        let _entered = timers.enter();
         rt.block_on(async {
             let (client, _user) = pair().await?;
             let (backend, _server) = pair().await?;
