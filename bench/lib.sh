@@ -30,15 +30,18 @@ shoal_binary() {
     shoal="${SHOAL_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/shoal}"
 }
 
-# start_backends DIR: three nginx backends answering a small fixed body on
-# 127.0.0.1:18001-18003 (one nginx, one worker, keep-alive); its pid file
-# is DIR/backends.pid.
+# start_backends DIR [CONNECTIONS]: three nginx backends answering a small
+# fixed body on 127.0.0.1:18001-18003 (one nginx, one worker, keep-alive,
+# up to CONNECTIONS at once, 4096 unless given); its pid file is
+# DIR/backends.pid.
 start_backends() {
+    local connections=${2:-4096}
     cat >"$1/backends.conf" <<CONF
 worker_processes 1;
+worker_rlimit_nofile $((connections + 100));
 pid $1/backends.pid;
 error_log $1/backends-error.log warn;
-events { worker_connections 4096; }
+events { worker_connections $connections; }
 http {
     access_log off;
     keepalive_requests 1000000;

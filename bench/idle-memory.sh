@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Shoal's memory per idle client connection, on its HTTP (L7) and TCP (L4)
+# listeners, on epoll and on io_uring: the growth of the node's RSS between
+# FEW and MANY client connections that have sent nothing, divided by the
+# difference. The heap grows in 2 MiB huge pages, so a figure from one
+# count (as compare.sh's, at 10 000 connections) moves by up to 2 MiB over
+# the count; the slope over 8 000 connections moves by at most 260 bytes.
+# An idle L4 connection also holds a backend connection (Shoal connects on
+# accept), so the backends here accept up to MANY + 1 000.
+#
+# Usage: bench/idle-memory.sh   FEW=1000 MANY=9000 (environment)
+# Installs nginx with apt-get when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+few=${FEW:-1000}
+many=${MANY:-9000}
+
+. bench/lib.sh
+need nginx nginx
+need curl curl
+need python3 python3
+need ss iproute2
+shoal_binary
+
+work=$(mktemp -d)
+node_pid=""
+cleanup() {
+    [ -n "$node_pid" ] && kill "$node_pid" 2>/dev/null || true
+    [ -f "$work/backends.pid" ] && kill "$(cat "$work/backends.pid")" 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+clean_up_on_exit
+
+ulimit -n "$(ulimit -Hn)"
+nofile=$(ulimit -n)
+# An L4 connection is two descriptors in Shoal and one in the backends.
+if [ $((2 * many + 200)) -gt "$nofile" ]; then
+    echo "idle-memory: the open-files hard limit is $nofile: MANY=$many needs $((2 * many + 200))" >&2
+    exit 1
+fi
+start_backends "$work" $((many + 1000))
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$node_pid/status"; }
+
+# hold PORT COUNT: RSS in KiB once COUNT idle connections to PORT are open
+# and the node has stopped growing (two equal samples 200 ms apart, 5 s at
+# most); the connections close when it returns.
+hold() {
+    local port=$1 count=$2 prev=-1 now=""
+    exec {held}> >(python3 bench/hold_connections.py 127.0.0.1 "$port" "$count" >"$work/hold.txt")
+    for _ in $(seq 300); do
+        grep -q . "$work/hold.txt" 2>/dev/null && break
+        sleep 0.1
+    done
+    if ! grep -q "^open $count" "$work/hold.txt"; then
+        echo "idle-memory: holding $count connections to $port: $(cat "$work/hold.txt")" >&2
+        exit 1
+    fi
+    for _ in $(seq 25); do
+        now=$(rss_kib)
+        [ "$now" = "$prev" ] && break
+        prev=$now
+        sleep 0.2
+    done
+    exec {held}>&-
+    # The next count starts once these are gone (10 s at most).
+    for _ in $(seq 100); do
+        [ "$(ss -Htn state established "( sport = :$port )" | wc -l)" -eq 0 ] && break
+        sleep 0.1
+    done
+    echo "$now"
+}
+
+echo "idle-memory: $(nproc) cores, $(uname -r), $(date -u +%F); bytes per idle connection, RSS slope from $few to $many connections"
+printf "%-10s %-6s %10s %10s %10s\n" io listener "RSS few" "RSS many" "bytes/conn"
+for io in epoll io_uring; do
+    cat >"$work/shoal.toml" <<CONF
+[node]
+id = "idle"
+admin_addr = "127.0.0.1:19961"
+io = "$io"
+
+$(web_listener l7 http "127.0.0.1:18680")
+
+$(web_listener l4 tcp "127.0.0.1:18681")
+
+$(web_pool)
+CONF
+    SHOAL_LOG=warn setsid "$shoal" run -c "$work/shoal.toml" >"$work/shoal-$io.log" 2>&1 &
+    node_pid=$!
+    for _ in $(seq 100); do
+        curl -fs http://127.0.0.1:19961/healthz >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    ran_on=$(curl -fs http://127.0.0.1:19961/status | python3 -c 'import json,sys; print(json.load(sys.stdin)["node"]["tcp_io"])')
+    [ "$ran_on" = "$io" ] || echo "idle-memory: WARNING: asked for $io, the node runs on $ran_on"
+    for listener in l7:18680 l4:18681; do
+        name=${listener%%:*} port=${listener#*:}
+        low=$(hold "$port" "$few")
+        high=$(hold "$port" "$many")
+        printf "%-10s %-6s %7s KiB %7s KiB %10s\n" "$ran_on" "$name" "$low" "$high" $(((high - low) * 1024 / (many - few)))
+    done
+    kill "$node_pid"
+    wait "$node_pid" 2>/dev/null || true
+    node_pid=""
+done
