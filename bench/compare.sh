@@ -376,48 +376,15 @@ rotate() {
 # --- memory per idle client connection ----------------------------------------
 # Measured first, on freshly started proxies, so no proxy reuses memory
 # that the load runs freed.
-rss_kib() { # PID...: total VmRSS in KiB
-    local total=0 p v
-    for p in "$@"; do
-        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
 memory() { # PRODUCT PORT
     local product=$1 port=$2 pidlist before after
     pidlist=$(proxy_pids "$product")
     # shellcheck disable=SC2086
     before=$(rss_kib $pidlist)
-    exec {hold_in}> >(python3 bench/hold_connections.py 127.0.0.1 "$port" "$idle" >"$work/hold.txt")
-    for _ in $(seq 300); do
-        grep -q . "$work/hold.txt" 2>/dev/null && break
-        sleep 0.1
-    done
-    # The proxy has accepted them all once its RSS stops growing (two
-    # equal samples 200 ms apart, at most 5 s).
-    local prev=-1 now
-    for _ in $(seq 25); do
-        # shellcheck disable=SC2086
-        now=$(rss_kib $pidlist)
-        [ "$now" = "$prev" ] && break
-        prev=$now
-        sleep 0.2
-    done
     # shellcheck disable=SC2086
-    after=$(rss_kib $pidlist)
-    exec {hold_in}>&-
-    if ! grep -q "^open $idle" "$work/hold.txt"; then
-        echo "compare: idle connections to $product: $(cat "$work/hold.txt")" >&2
-        exit 1
-    fi
+    after=$(rss_holding "$work" "$port" "$idle" $pidlist)
     printf "%s\t%s\t%s\n" "$product" "$before" "$after" >>"$work/memory.tsv"
     printf "  memory %-8s RSS %s KiB -> %s KiB with %s idle connections\n" "$product" "$before" "$after" "$idle"
-    # The next proxy starts once these are gone from the kernel (10 s at most).
-    for _ in $(seq 100); do
-        [ "$(ss -Htn state established "( sport = :$port )" | wc -l)" -eq 0 ] && break
-        sleep 0.1
-    done
 }
 : >"$work/memory.tsv"
 memory shoal 18080

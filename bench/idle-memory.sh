@@ -42,37 +42,6 @@ if [ $((2 * many + 200)) -gt "$nofile" ]; then
 fi
 start_backends "$work" $((many + 1000))
 
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$node_pid/status"; }
-
-# hold PORT COUNT: RSS in KiB once COUNT idle connections to PORT are open
-# and the node has stopped growing (two equal samples 200 ms apart, 5 s at
-# most); the connections close when it returns.
-hold() {
-    local port=$1 count=$2 prev=-1 now=""
-    exec {held}> >(python3 bench/hold_connections.py 127.0.0.1 "$port" "$count" >"$work/hold.txt")
-    for _ in $(seq 300); do
-        grep -q . "$work/hold.txt" 2>/dev/null && break
-        sleep 0.1
-    done
-    if ! grep -q "^open $count" "$work/hold.txt"; then
-        echo "idle-memory: holding $count connections to $port: $(cat "$work/hold.txt")" >&2
-        exit 1
-    fi
-    for _ in $(seq 25); do
-        now=$(rss_kib)
-        [ "$now" = "$prev" ] && break
-        prev=$now
-        sleep 0.2
-    done
-    exec {held}>&-
-    # The next count starts once these are gone (10 s at most).
-    for _ in $(seq 100); do
-        [ "$(ss -Htn state established "( sport = :$port )" | wc -l)" -eq 0 ] && break
-        sleep 0.1
-    done
-    echo "$now"
-}
-
 echo "idle-memory: $(nproc) cores, $(uname -r), $(date -u +%F); bytes per idle connection, RSS slope from $few to $many connections"
 printf "%-10s %-6s %10s %10s %10s\n" io listener "RSS few" "RSS many" "bytes/conn"
 for io in epoll io_uring; do
@@ -98,8 +67,8 @@ CONF
     [ "$ran_on" = "$io" ] || echo "idle-memory: WARNING: asked for $io, the node runs on $ran_on"
     for listener in l7:18680 l4:18681; do
         name=${listener%%:*} port=${listener#*:}
-        low=$(hold "$port" "$few")
-        high=$(hold "$port" "$many")
+        low=$(rss_holding "$work" "$port" "$few" "$node_pid")
+        high=$(rss_holding "$work" "$port" "$many" "$node_pid")
         printf "%-10s %-6s %7s KiB %7s KiB %10s\n" "$ran_on" "$name" "$low" "$high" $(((high - low) * 1024 / (many - few)))
     done
     kill "$node_pid"

@@ -119,3 +119,45 @@ gossip_key_file = "$3/gossip.key"
 tls = { ca = "$3/ca.pem", cert = "$3/lb$1.pem", key = "$3/lb$1.key" }
 CONF
 }
+
+# rss_kib PID...: their total VmRSS in KiB.
+rss_kib() {
+    local total=0 p v
+    for p in "$@"; do
+        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+# rss_holding DIR PORT COUNT PID...: the total RSS in KiB of the PIDs
+# while COUNT idle connections (bench/hold_connections.py, status in
+# DIR/hold.txt) are open to 127.0.0.1:PORT, once it stops growing (two
+# equal samples 200 ms apart, 5 s at most: the proxy has accepted them
+# all). The connections are closed, and gone from the kernel (10 s at
+# most), when it returns; fails, saying why, if not all of them opened.
+rss_holding() {
+    local dir=$1 port=$2 count=$3 prev=-1 now="" held
+    shift 3
+    exec {held}> >(python3 bench/hold_connections.py 127.0.0.1 "$port" "$count" >"$dir/hold.txt")
+    for _ in $(seq 300); do
+        grep -q . "$dir/hold.txt" 2>/dev/null && break
+        sleep 0.1
+    done
+    for _ in $(seq 25); do
+        now=$(rss_kib "$@")
+        [ "$now" = "$prev" ] && break
+        prev=$now
+        sleep 0.2
+    done
+    exec {held}>&-
+    if ! grep -q "^open $count" "$dir/hold.txt"; then
+        echo "idle connections to port $port: $(cat "$dir/hold.txt")" >&2
+        return 1
+    fi
+    for _ in $(seq 100); do
+        [ "$(ss -Htn state established "( sport = :$port )" | wc -l)" -eq 0 ] && break
+        sleep 0.1
+    done
+    echo "$now"
+}
