@@ -184,8 +184,9 @@ where
 /// One direction between TCP sockets: reads and writes through a buffer,
 /// and splices while the data comes in bulk (module doc). The buffer is
 /// allocated once the first bytes (or the end) are there, so a connection
-/// that never sends costs no buffer. A pipe is held only while bulk chunks follow
-/// each other, so an idle connection, or one of short messages, holds none.
+/// that never sends costs no buffer. A pipe is held only while bulk chunks
+/// follow each other, so an idle connection, or one of short messages,
+/// holds none.
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
