@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nix::fcntl::{OFlag, SpliceFFlags};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
@@ -38,9 +38,9 @@ pub struct Transferred {
 
 /// Bytes one direction moved, and how many of them by splice(2).
 #[derive(Debug, Default, Clone, Copy)]
-struct Moved {
-    total: u64,
-    spliced: u64,
+pub(super) struct Moved {
+    pub(super) total: u64,
+    pub(super) spliced: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,29 +95,9 @@ pub async fn proxy(
     with_idle_watchdog(both, start, &last_activity, idle).await
 }
 
-/// Copies between two arbitrary streams (upgraded HTTP connections) until
-/// both directions end, either fails, or nothing moves for `idle`.
-pub async fn bridge<A, B>(a: A, b: B, idle: Duration) -> Result<Transferred, CopyError>
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let start = Instant::now();
-    let last_activity = AtomicU64::new(0);
-    let (ar, aw) = tokio::io::split(a);
-    let (br, bw) = tokio::io::split(b);
-    let both = async {
-        tokio::try_join!(
-            pump_io(ar, bw, start, &last_activity, || {}),
-            pump_io(br, aw, start, &last_activity, || {})
-        )
-    };
-    with_idle_watchdog(both, start, &last_activity, idle).await
-}
-
 /// Runs both directions, failing with `Idle` once `last_activity`
 /// (milliseconds since `start`) is `idle` old.
-async fn with_idle_watchdog(
+pub(super) async fn with_idle_watchdog(
     both: impl Future<Output = io::Result<(Moved, Moved)>>,
     start: Instant,
     last_activity: &AtomicU64,
@@ -143,41 +123,6 @@ async fn with_idle_watchdog(
             })
         }
         () = watchdog => Err(CopyError::Idle(idle)),
-    }
-}
-
-/// One direction between generic streams, until the source ends (then
-/// the half-close is passed on) or either side fails.
-async fn pump_io<R, W>(
-    mut from: R,
-    mut to: W,
-    start: Instant,
-    last: &AtomicU64,
-    mut on_read: impl FnMut(),
-) -> io::Result<Moved>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; BUF_SIZE];
-    let mut total = 0u64;
-    loop {
-        // `read`, not `readable` + `try_read`: tokio takes a short read from
-        // a socket as proof it is drained, where `try_read` would need one
-        // more read (EAGAIN) per chunk to learn it.
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            // Propagate the half-close; the other direction carries on.
-            let _ = to.shutdown().await;
-            return Ok(Moved { total, spliced: 0 });
-        }
-        on_read();
-        // fetch_max: the two directions race, and time must not go back.
-        last.fetch_max(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        to.write_all(&buf[..n]).await?;
-        // A slow reader on the other side is activity too, not idleness.
-        last.fetch_max(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        total += n as u64;
     }
 }
 

@@ -20,7 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::body::{BodySlot, RequestBody, RequestBodyError, ResponseBody, Tracked};
-use super::copy;
+use super::bridge;
 use super::h1::BackendConns;
 use super::headers::{self, HeaderSource};
 use super::idle::ConnActivity;
@@ -564,7 +564,7 @@ impl HttpSite {
         tokio::spawn(async move {
             let backend = Arc::clone(in_flight.backend());
             match tokio::join!(client_side, backend_side) {
-                (Ok(c), Ok(b)) => match copy::bridge(TokioIo::new(c), TokioIo::new(b), idle).await {
+                (Ok(c), Ok(b)) => match bridge::bridge(TokioIo::new(c), TokioIo::new(b), idle).await {
                     Ok(moved) => {
                         tracing::debug!(%listener, backend = %backend.name, ?moved, "upgraded connection done")
                     }

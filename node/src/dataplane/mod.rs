@@ -1,6 +1,7 @@
 //! The proxying data plane: listeners, the L4 (TCP) and L7 (HTTP) proxies.
 
 mod body;
+pub mod bridge;
 pub mod copy;
 pub mod h1;
 pub mod headers;

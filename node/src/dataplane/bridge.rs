@@ -1,0 +1,352 @@
+//! Copies between the two sides of an upgraded HTTP connection (a
+//! WebSocket, say): arbitrary streams, TLS or not, behind hyper's
+//! `Upgraded`, so neither splice nor a peek is at hand.
+//!
+//! Such a connection is mostly idle and lives long, so it holds no buffer
+//! of its own: each read goes into a scratch buffer of the thread's,
+//! borrowed only within one poll, and what was read is written from it
+//! at once. Only bytes the other side will not take yet are copied into
+//! a buffer of the connection's, freed once they are written.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use super::copy::{BUF_SIZE, CopyError, Moved, Transferred, with_idle_watchdog};
+
+thread_local! {
+    /// What a bridge on this thread reads into (module doc).
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; BUF_SIZE].into_boxed_slice());
+}
+
+/// Copies between `a` and `b` until both directions end (each end is
+/// passed on as a shutdown of the other side's writing), either fails, or
+/// nothing moves for `idle`.
+pub async fn bridge<A, B>(mut a: A, mut b: B, idle: Duration) -> Result<Transferred, CopyError>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    // Milliseconds since `start` of the last byte moved, in either direction.
+    let last_activity = AtomicU64::new(0);
+    let active = || {
+        // fetch_max: time must not go back.
+        last_activity.fetch_max(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    };
+    let mut up = Flow::default();
+    let mut down = Flow::default();
+    let both = std::future::poll_fn(|cx| {
+        // Both directions are polled on every wakeup: one task, no lock
+        // between two halves of a stream.
+        let up_done = up.poll_copy(cx, &mut a, &mut b, active)?.is_ready();
+        let down_done = down.poll_copy(cx, &mut b, &mut a, active)?.is_ready();
+        if up_done && down_done {
+            Poll::Ready(Ok((up.moved(), down.moved())))
+        } else {
+            Poll::Pending
+        }
+    });
+    with_idle_watchdog(both, start, &last_activity, idle).await
+}
+
+/// One direction of a bridge.
+#[derive(Default)]
+struct Flow {
+    /// Read but not yet taken by the writer (it pushed back); empty, with
+    /// no capacity, otherwise.
+    owed: Vec<u8>,
+    /// How much of `owed` is written.
+    written: usize,
+    /// Written since the last flush: a TLS writer may hold bytes until
+    /// flushed, so they are flushed before waiting for more to read.
+    unflushed: bool,
+    total: u64,
+    state: FlowState,
+}
+
+#[derive(Default, PartialEq, Eq)]
+enum FlowState {
+    #[default]
+    Copying,
+    /// The source ended: the writer is being shut down.
+    Closing,
+    Done,
+}
+
+/// What one read into the scratch buffer came to.
+enum Step {
+    /// Nothing to read yet.
+    Waiting,
+    /// The source ended.
+    End,
+    /// `read` bytes read; all written unless the writer pushed back.
+    Read { read: usize, pushed_back: bool },
+}
+
+impl Flow {
+    fn moved(&self) -> Moved {
+        Moved {
+            total: self.total,
+            spliced: 0,
+        }
+    }
+
+    /// Copies from `from` to `to` until `from` ends and `to` is shut down
+    /// (then Ready(Ok) on every later call too), or either fails.
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut R,
+        to: &mut W,
+        active: impl Fn(),
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            match self.state {
+                FlowState::Done => return Poll::Ready(Ok(())),
+                FlowState::Closing => {
+                    // The other direction may still carry on: a failed
+                    // shutdown (the peer is gone already) ends only this one.
+                    let _ = ready!(Pin::new(&mut *to).poll_shutdown(cx));
+                    self.state = FlowState::Done;
+                    return Poll::Ready(Ok(()));
+                }
+                FlowState::Copying => {}
+            }
+            if self.written < self.owed.len() {
+                let n = ready!(Pin::new(&mut *to).poll_write(cx, &self.owed[self.written..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.written += n;
+                self.unflushed = true;
+                active();
+                if self.written == self.owed.len() {
+                    // Freed, not kept: the connection may now idle for hours.
+                    self.owed = Vec::new();
+                    self.written = 0;
+                }
+                continue;
+            }
+            match self.read_and_write(cx, from, to)? {
+                Step::Waiting => {
+                    if self.unflushed {
+                        ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                        self.unflushed = false;
+                    }
+                    return Poll::Pending;
+                }
+                Step::End => self.state = FlowState::Closing,
+                Step::Read { read, pushed_back } => {
+                    self.total += read as u64;
+                    self.unflushed = true;
+                    active();
+                    if pushed_back {
+                        // The writer's waker is registered: wait for it.
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads what is there into the thread's scratch buffer and writes it
+    /// on at once; keeps in `owed` what the writer did not take.
+    fn read_and_write<R, W>(&mut self, cx: &mut Context<'_>, from: &mut R, to: &mut W) -> io::Result<Step>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let read = {
+                let mut buf = ReadBuf::new(scratch);
+                match Pin::new(&mut *from).poll_read(cx, &mut buf) {
+                    Poll::Pending => return Ok(Step::Waiting),
+                    Poll::Ready(r) => r?,
+                }
+                buf.filled().len()
+            };
+            if read == 0 {
+                return Ok(Step::End);
+            }
+            let written = match Pin::new(&mut *to).poll_write(cx, &scratch[..read]) {
+                Poll::Pending => 0,
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(r) => r?,
+            };
+            let pushed_back = written < read;
+            if pushed_back {
+                self.owed.extend_from_slice(&scratch[written..read]);
+            }
+            Ok(Step::Read { read, pushed_back })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+    use super::*;
+
+    /// `len` bytes that are not all alike, so a lost, repeated or
+    /// reordered chunk shows.
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+    }
+
+    /// client <-> [bridge] <-> backend over in-memory pipes that hold
+    /// `client` and `backend` bytes: a read from the larger brings more
+    /// than the smaller takes, so writes to the smaller are partial.
+    fn bridged(
+        client: usize,
+        backend: usize,
+        idle: Duration,
+    ) -> (
+        DuplexStream,
+        DuplexStream,
+        tokio::task::JoinHandle<Result<Transferred, CopyError>>,
+    ) {
+        let (client, client_conn) = duplex(client);
+        let (backend_conn, backend) = duplex(backend);
+        let task = tokio::spawn(bridge(client_conn, backend_conn, idle));
+        (client, backend, task)
+    }
+
+    /// Sends a megabyte each way through a bridge between pipes of these
+    /// sizes, each side ending its sending when done, and checks what
+    /// arrived and what the bridge counted.
+    async fn exchange(client_pipe: usize, backend_pipe: usize) -> io::Result<()> {
+        let (mut client, mut backend, task) = bridged(client_pipe, backend_pipe, Duration::from_secs(5));
+        let (up, down) = (pattern(1 << 20, 3), pattern((1 << 20) + 17, 5));
+        let (mut client_read, mut client_write) = tokio::io::split(&mut client);
+        let (mut backend_read, mut backend_write) = tokio::io::split(&mut backend);
+        let ((), (), got_up, got_down) = tokio::try_join!(
+            async {
+                client_write.write_all(&up).await?;
+                client_write.shutdown().await
+            },
+            async {
+                backend_write.write_all(&down).await?;
+                backend_write.shutdown().await
+            },
+            async {
+                let mut got = Vec::new();
+                backend_read.read_to_end(&mut got).await.map(|_| got)
+            },
+            async {
+                let mut got = Vec::new();
+                client_read.read_to_end(&mut got).await.map(|_| got)
+            },
+        )?;
+        assert!(
+            got_up == up,
+            "client to backend: {} bytes of {}",
+            got_up.len(),
+            up.len()
+        );
+        assert!(
+            got_down == down,
+            "backend to client: {} bytes of {}",
+            got_down.len(),
+            down.len()
+        );
+        let moved = task.await.map_err(io::Error::other)?.map_err(io::Error::other)?;
+        assert_eq!(
+            moved,
+            Transferred {
+                client_to_backend: up.len() as u64,
+                backend_to_client: down.len() as u64,
+                spliced: 0,
+            }
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_takes_less_than_was_read_gets_the_rest_later() -> io::Result<()> {
+        // Upwards, then downwards, nearly every write is partial, so most
+        // bytes wait in `owed`.
+        exchange(64 << 10, 100).await?;
+        exchange(100, 64 << 10).await
+    }
+
+    #[tokio::test]
+    async fn one_side_ending_leaves_the_other_direction_open() -> io::Result<()> {
+        let (mut client, mut backend, task) = bridged(4096, 4096, Duration::from_secs(5));
+        client.write_all(b"bye").await?;
+        client.shutdown().await?;
+        let mut got = Vec::new();
+        backend.read_to_end(&mut got).await?; // ends: the end was passed on
+        assert_eq!(got, b"bye");
+        backend.write_all(b"still here").await?;
+        let mut got = [0u8; 10];
+        client.read_exact(&mut got).await?;
+        assert_eq!(&got, b"still here");
+        assert!(!task.is_finished(), "the bridge ended with one direction still open");
+        backend.shutdown().await?;
+        let moved = task.await.map_err(io::Error::other)?.map_err(io::Error::other)?;
+        assert_eq!((moved.client_to_backend, moved.backend_to_client), (3, 10));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_buffers_is_flushed_before_the_bridge_waits() -> io::Result<()> {
+        // As a TLS stream does, BufWriter holds written bytes until flushed.
+        let (mut client, client_conn) = duplex(4096);
+        let (backend_conn, mut backend) = duplex(4096);
+        let backend_conn = tokio::io::BufWriter::new(backend_conn);
+        let task = tokio::spawn(bridge(client_conn, backend_conn, Duration::from_secs(5)));
+        client.write_all(b"hello").await?;
+        let mut got = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(5), backend.read_exact(&mut got))
+            .await
+            .map_err(|_| io::Error::other("the message stayed in the writer's buffer"))??;
+        assert_eq!(&got, b"hello");
+        task.abort();
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bridge_with_nothing_moving_ends_after_its_idle_time() -> io::Result<()> {
+        let (mut client, mut backend, task) = bridged(4096, 4096, Duration::from_secs(30));
+        client.write_all(b"x").await?;
+        let mut got = [0u8; 1];
+        backend.read_exact(&mut got).await?;
+        let moved_at = Instant::now();
+        let ended = task.await.map_err(io::Error::other)?;
+        assert!(matches!(ended, Err(CopyError::Idle(_))), "{ended:?}");
+        // Paused time advances only to the timer that ends it.
+        let waited = moved_at.elapsed();
+        assert!(
+            waited >= Duration::from_secs(29) && waited <= Duration::from_secs(31),
+            "{waited:?}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_failing_side_ends_the_bridge_with_its_error() -> io::Result<()> {
+        let (client, backend, task) = bridged(64, 64, Duration::from_secs(5));
+        drop(backend);
+        let mut client = client;
+        // The backend pipe is gone: writing to it fails (BrokenPipe).
+        client.write_all(b"to nobody").await?;
+        let ended = task.await.map_err(io::Error::other)?;
+        assert!(
+            matches!(&ended, Err(CopyError::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe),
+            "{ended:?}"
+        );
+        Ok(())
+    }
+}
