@@ -136,10 +136,12 @@ rss_kib() {
 # equal samples 200 ms apart, 5 s at most: the proxy has accepted them
 # all). The connections are closed, and gone from the kernel (10 s at
 # most), when it returns; fails, saying why, if not all of them opened.
+# With HOLD_UPGRADE=1 in its environment, each connection is an upgraded
+# one (hold_connections.py's "upgrade").
 rss_holding() {
     local dir=$1 port=$2 count=$3 prev=-1 now="" held
     shift 3
-    exec {held}> >(python3 bench/hold_connections.py 127.0.0.1 "$port" "$count" >"$dir/hold.txt")
+    exec {held}> >(python3 bench/hold_connections.py 127.0.0.1 "$port" "$count" ${HOLD_UPGRADE:+upgrade} >"$dir/hold.txt")
     for _ in $(seq 300); do
         grep -q . "$dir/hold.txt" 2>/dev/null && break
         sleep 0.1
