@@ -86,8 +86,8 @@ enum Step {
     Waiting,
     /// The source ended.
     End,
-    /// `read` bytes read; all written unless the writer pushed back.
-    Read { read: usize, pushed_back: bool },
+    /// `read` bytes read; what the writer did not take is in `owed`.
+    Read { read: usize },
 }
 
 impl Flow {
@@ -147,14 +147,14 @@ impl Flow {
                     return Poll::Pending;
                 }
                 Step::End => self.state = FlowState::Closing,
-                Step::Read { read, pushed_back } => {
+                // What the writer did not take is written from `owed` at
+                // the top of the loop: a partial write registered no
+                // waker, so only a write that returns Pending may end
+                // this poll.
+                Step::Read { read } => {
                     self.total += read as u64;
                     self.unflushed = true;
                     active();
-                    if pushed_back {
-                        // The writer's waker is registered: wait for it.
-                        return Poll::Pending;
-                    }
                 }
             }
         }
@@ -184,11 +184,10 @@ impl Flow {
                 Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                 Poll::Ready(r) => r?,
             };
-            let pushed_back = written < read;
-            if pushed_back {
+            if written < read {
                 self.owed.extend_from_slice(&scratch[written..read]);
             }
-            Ok(Step::Read { read, pushed_back })
+            Ok(Step::Read { read })
         })
     }
 }
@@ -297,6 +296,31 @@ mod tests {
         backend.shutdown().await?;
         let moved = task.await.map_err(io::Error::other)?.map_err(io::Error::other)?;
         assert_eq!((moved.client_to_backend, moved.backend_to_client), (3, 10));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn one_way_traffic_into_a_writer_that_takes_part_of_each_read_flows() -> io::Result<()> {
+        // Nothing comes the other way to wake the bridge: a partial write
+        // must lead to a wait on the writer, not to a wait on nothing.
+        let (mut client, mut backend, task) = bridged(64 << 10, 100, Duration::from_secs(30));
+        let up = pattern(1 << 20, 7);
+        let ((), got) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::try_join!(
+                async {
+                    client.write_all(&up).await?;
+                    client.shutdown().await
+                },
+                async {
+                    let mut got = vec![0u8; up.len()];
+                    backend.read_exact(&mut got).await.map(|_| got)
+                },
+            )
+        })
+        .await
+        .map_err(|_| io::Error::other("the one-way transfer stalled"))??;
+        assert!(got == up, "{} bytes arrived, not in order or not whole", got.len());
+        task.abort();
         Ok(())
     }
 
