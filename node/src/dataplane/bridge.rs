@@ -8,7 +8,6 @@
 //! at once. Only bytes the other side will not take yet are copied into
 //! a buffer of the connection's, freed once they are written.
 
-use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,12 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::copy::{BUF_SIZE, CopyError, Moved, Transferred, with_idle_watchdog};
-
-thread_local! {
-    /// What a bridge on this thread reads into (module doc).
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; BUF_SIZE].into_boxed_slice());
-}
+use super::copy::{CopyError, Moved, SCRATCH, Transferred, with_idle_watchdog};
 
 /// Copies between `a` and `b` until both directions end (each end is
 /// passed on as a shutdown of the other side's writing), either fails, or

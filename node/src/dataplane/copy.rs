@@ -12,17 +12,28 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use nix::fcntl::{OFlag, SpliceFFlags};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
 pub(super) const BUF_SIZE: usize = 16 * 1024;
+
+thread_local! {
+    /// Where a read that may find nothing lands, borrowed within one poll
+    /// by every connection of the thread: a TCP direction's first read
+    /// (`first_read`) and every read of an upgraded connection
+    /// (bridge.rs), so that a connection holds a buffer only once it has
+    /// bytes to keep.
+    pub(super) static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; BUF_SIZE].into_boxed_slice());
+}
 /// At most this much per splice: a pipe's default capacity, so the pipe,
 /// drained after every chunk, never fills. Smaller pipes are not used.
 const PIPE_CHUNK: usize = 64 * 1024;
@@ -139,11 +150,8 @@ async fn pump(
     last: &AtomicU64,
     mut on_read: impl FnMut(),
 ) -> io::Result<Moved> {
-    // Bytes (or the end) must be there, not just readiness: tokio's
-    // `readable` may wake with nothing to read, and an idle connection
-    // that took a buffer then would hold its 16 KiB for nothing.
-    from.peek(&mut [0u8; 1]).await?;
-    let mut buf = vec![0u8; BUF_SIZE];
+    // Allocated by the first read that brings something (`first_read`).
+    let mut buf = Vec::new();
     let mut moved = Moved::default();
     let mut pipe: Option<Pipe> = None;
     let mut bulk = false;
@@ -172,6 +180,7 @@ async fn pump(
                 }
                 Err(e) => return Err(e),
             },
+            None if buf.is_empty() => first_read(&mut from, &mut buf).await?,
             None => from.read(&mut buf).await?,
         };
         if n == 0
@@ -212,6 +221,28 @@ async fn pump(
             drained.release();
         }
     }
+}
+
+/// A direction's first read, into `buf` (empty until then), which takes
+/// its 16 KiB only once bytes (or the end) are there: tokio may report a
+/// socket readable with nothing to read, and an idle connection that took
+/// its buffer then would hold it for nothing. The read lands in the
+/// thread's scratch buffer and is copied into `buf`, so such a wake
+/// allocates nothing. Through `poll_read`, which takes a short read as
+/// proof the socket is drained, so the next read waits without a syscall
+/// (a peek for the first byte cost one per direction).
+async fn first_read(from: &mut OwnedReadHalf, buf: &mut Vec<u8>) -> io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut read = ReadBuf::new(scratch);
+            ready!(Pin::new(&mut *from).poll_read(cx, &mut read))?;
+            let first = read.filled();
+            buf.resize(BUF_SIZE, 0);
+            buf[..first.len()].copy_from_slice(first);
+            Poll::Ready(Ok(first.len()))
+        })
+    })
+    .await
 }
 
 /// splice(2) errors that mean "not here" (a kernel, socket or seccomp
