@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::copy::{CopyError, Moved, SCRATCH, Transferred, with_idle_watchdog};
+use super::copy::{BUF_SIZE, CopyError, Moved, SCRATCH, Transferred, with_idle_watchdog};
 
 /// Copies between `a` and `b` until both directions end (each end is
 /// passed on as a shutdown of the other side's writing), either fails, or
@@ -36,11 +36,19 @@ where
     };
     let mut up = Flow::default();
     let mut down = Flow::default();
+    let mut up_first = false;
     let both = std::future::poll_fn(|cx| {
         // Both directions are polled on every wakeup: one task, no lock
-        // between two halves of a stream.
-        let up_done = up.poll_copy(cx, &mut a, &mut b, active)?.is_ready();
-        let down_done = down.poll_copy(cx, &mut b, &mut a, active)?.is_ready();
+        // between two halves of a stream. Which goes first alternates, so
+        // that one in bulk cannot take every turn from the other.
+        up_first = !up_first;
+        let (up_done, down_done) = if up_first {
+            let up_done = up.poll_copy(cx, &mut a, &mut b, active)?.is_ready();
+            (up_done, down.poll_copy(cx, &mut b, &mut a, active)?.is_ready())
+        } else {
+            let down_done = down.poll_copy(cx, &mut b, &mut a, active)?.is_ready();
+            (up.poll_copy(cx, &mut a, &mut b, active)?.is_ready(), down_done)
+        };
         if up_done && down_done {
             Poll::Ready(Ok((up.moved(), down.moved())))
         } else {
@@ -49,6 +57,11 @@ where
     });
     with_idle_watchdog(both, start, &last_activity, idle).await
 }
+
+/// At most this much is read by one direction in one poll: then it yields
+/// (and wakes itself), so the other direction and the worker's other
+/// tasks get their turn even from streams that are always ready.
+const POLL_BUDGET: usize = 16 * BUF_SIZE;
 
 /// One direction of a bridge.
 #[derive(Default)]
@@ -105,6 +118,7 @@ impl Flow {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        let mut read_this_poll = 0;
         loop {
             match self.state {
                 FlowState::Done => return Poll::Ready(Ok(())),
@@ -118,14 +132,17 @@ impl Flow {
                 FlowState::Copying => {}
             }
             if self.written < self.owed.len() {
+                let left = self.owed.len() - self.written;
                 let n = ready!(Pin::new(&mut *to).poll_write(cx, &self.owed[self.written..]))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
-                self.written += n;
+                // min: a writer claiming more than it was given must not
+                // desynchronise `owed`.
+                self.written += n.min(left);
                 self.unflushed = true;
                 active();
-                if self.written == self.owed.len() {
+                if self.written >= self.owed.len() {
                     // Freed, not kept: the connection may now idle for hours.
                     self.owed = Vec::new();
                     self.written = 0;
@@ -149,6 +166,11 @@ impl Flow {
                     self.total += read as u64;
                     self.unflushed = true;
                     active();
+                    read_this_poll += read;
+                    if read_this_poll >= POLL_BUDGET {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                 }
             }
         }
@@ -315,6 +337,97 @@ mod tests {
         .map_err(|_| io::Error::other("the one-way transfer stalled"))??;
         assert!(got == up, "{} bytes arrived, not in order or not whole", got.len());
         task.abort();
+        Ok(())
+    }
+
+    /// One side of a bridge that always has bytes to send and takes every
+    /// byte at once, as no tokio socket does (tokio's budget makes them
+    /// yield now and then): what it is sent goes to `got`. Its reads fail
+    /// once `stop` is set, which ends the bridge.
+    struct Firehose {
+        got: std::sync::mpsc::Sender<Vec<u8>>,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl AsyncRead for Firehose {
+        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            if self.stop.load(Ordering::Relaxed) {
+                return Poll::Ready(Err(io::Error::other("stopped")));
+            }
+            buf.put_slice(&[7; 1024][..buf.remaining().min(1024)]);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Firehose {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            let _ = self.got.send(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The other side: it sends `reply` once, then nothing; takes and
+    /// drops every byte.
+    struct Replier {
+        reply: Option<&'static [u8]>,
+    }
+
+    impl AsyncRead for Replier {
+        fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            match self.reply.take() {
+                Some(reply) => {
+                    buf.put_slice(reply);
+                    Poll::Ready(Ok(()))
+                }
+                // Never ready again: the test ends before it would matter.
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    impl AsyncWrite for Replier {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_direction_in_endless_bulk_leaves_the_other_its_turn() -> io::Result<()> {
+        // The bridge runs on a thread of its own: if one direction never
+        // yielded, this thread still sees the deadline pass.
+        let (got_tx, got) = std::sync::mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let client = Firehose {
+            got: got_tx,
+            stop: std::sync::Arc::clone(&stop),
+        };
+        let bridging = std::thread::spawn(move || {
+            let backend = Replier { reply: Some(b"pong") };
+            runtime.block_on(bridge(client, backend, Duration::from_secs(30)))
+        });
+        let reply = got
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| io::Error::other("the reply never got a turn beside the endless upload"))?;
+        assert_eq!(reply, b"pong");
+        stop.store(true, Ordering::Relaxed);
+        let ended = bridging.join().map_err(|_| io::Error::other("the bridge panicked"))?;
+        assert!(
+            matches!(&ended, Err(CopyError::Io(e)) if e.to_string() == "stopped"),
+            "{ended:?}"
+        );
         Ok(())
     }
 

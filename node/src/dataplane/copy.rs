@@ -237,6 +237,10 @@ async fn first_read(from: &mut OwnedReadHalf, buf: &mut Vec<u8>) -> io::Result<u
             let mut read = ReadBuf::new(scratch);
             ready!(Pin::new(&mut *from).poll_read(cx, &mut read))?;
             let first = read.filled();
+            if first.is_empty() {
+                // The end: no buffer for a direction that is over.
+                return Poll::Ready(Ok(0));
+            }
             buf.resize(BUF_SIZE, 0);
             buf[..first.len()].copy_from_slice(first);
             Poll::Ready(Ok(first.len()))
@@ -433,6 +437,25 @@ mod tests {
             first >= Duration::from_millis(30) && first < Duration::from_secs(5),
             "{first:?}"
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_direction_that_ends_before_its_first_byte_passes_the_end_on() -> io::Result<()> {
+        // The client sends nothing and closes its side: its direction ends
+        // on its first read, and the backend may still answer.
+        let (mut client_side, mut backend_side, task) = proxied().await?;
+        client_side.shutdown().await?;
+        let mut got = Vec::new();
+        backend_side.read_to_end(&mut got).await?;
+        assert!(got.is_empty(), "{got:?}");
+        backend_side.write_all(b"late").await?;
+        backend_side.shutdown().await?;
+        let mut got = Vec::new();
+        client_side.read_to_end(&mut got).await?;
+        assert_eq!(got, b"late");
+        let moved = task.await.map_err(io::Error::other)?.map_err(io::Error::other)?;
+        assert_eq!((moved.client_to_backend, moved.backend_to_client), (0, 4));
         Ok(())
     }
 
