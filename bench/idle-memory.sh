@@ -78,23 +78,26 @@ health = { kind = "tcp", interval = "2s", timeout = "1s" }
 name = "u1"
 address = "127.0.0.1:18010"
 CONF
-    SHOAL_LOG=warn setsid "$shoal" run -c "$work/shoal.toml" >"$work/shoal-$io.log" 2>&1 &
-    node_pid=$!
-    for _ in $(seq 100); do
-        curl -fs http://127.0.0.1:19961/healthz >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-    ran_on=$(curl -fs http://127.0.0.1:19961/status | python3 -c 'import json,sys; print(json.load(sys.stdin)["node"]["tcp_io"])')
-    [ "$ran_on" = "$io" ] || echo "idle-memory: WARNING: asked for $io, the node runs on $ran_on"
+    # A node of its own for each listener: memory an earlier listener's
+    # connections left in the heap would serve, or be trimmed during, the
+    # next one's count.
     for listener in l7:18680 l4:18681 upgraded:18682; do
         name=${listener%%:*} port=${listener#*:}
+        SHOAL_LOG=warn setsid "$shoal" run -c "$work/shoal.toml" >"$work/shoal-$io-$name.log" 2>&1 &
+        node_pid=$!
+        for _ in $(seq 100); do
+            curl -fs http://127.0.0.1:19961/healthz >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+        ran_on=$(curl -fs http://127.0.0.1:19961/status | python3 -c 'import json,sys; print(json.load(sys.stdin)["node"]["tcp_io"])')
+        [ "$ran_on" = "$io" ] || echo "idle-memory: WARNING: asked for $io, the node runs on $ran_on"
         upgrade=""
         [ "$name" = upgraded ] && upgrade=1
         low=$(HOLD_UPGRADE=$upgrade rss_holding "$work" "$port" "$few" "$node_pid")
         high=$(HOLD_UPGRADE=$upgrade rss_holding "$work" "$port" "$many" "$node_pid")
         printf "%-10s %-8s %7s KiB %7s KiB %10s\n" "$ran_on" "$name" "$low" "$high" $(((high - low) * 1024 / (many - few)))
+        kill "$node_pid"
+        wait "$node_pid" 2>/dev/null || true
+        node_pid=""
     done
-    kill "$node_pid"
-    wait "$node_pid" 2>/dev/null || true
-    node_pid=""
 done
