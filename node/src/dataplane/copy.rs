@@ -34,6 +34,7 @@ thread_local! {
     /// bytes to keep.
     pub(super) static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; BUF_SIZE].into_boxed_slice());
 }
+
 /// At most this much per splice: a pipe's default capacity, so the pipe,
 /// drained after every chunk, never fills. Smaller pipes are not used.
 const PIPE_CHUNK: usize = 64 * 1024;
@@ -139,8 +140,8 @@ pub(super) async fn with_idle_watchdog(
 
 /// One direction between TCP sockets: reads and writes through a buffer,
 /// and splices while the data comes in bulk (module doc). The buffer is
-/// allocated once the first bytes (or the end) are there, so a connection
-/// that never sends costs no buffer. A pipe is held only while bulk chunks
+/// allocated once the first bytes are there, so a connection that never
+/// sends costs no buffer. A pipe is held only while bulk chunks
 /// follow each other, so an idle connection, or one of short messages,
 /// holds none.
 async fn pump(
