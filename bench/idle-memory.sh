@@ -48,6 +48,10 @@ fi
 start_backends "$work" $((many + 1000))
 python3 bench/upgrade_backend.py 18010 >"$work/upgrade-backend.log" 2>&1 &
 upgrade_pid=$!
+for _ in $(seq 50); do
+    (exec 3<>/dev/tcp/127.0.0.1/18010) 2>/dev/null && break
+    sleep 0.1
+done
 
 echo "idle-memory: $(nproc) cores, $(uname -r), $(date -u +%F); bytes per idle connection, RSS slope from $few to $many connections"
 printf "%-10s %-8s %10s %10s %10s\n" io listener "RSS few" "RSS many" "bytes/conn"
