@@ -115,16 +115,7 @@ pub(super) async fn with_idle_watchdog(
     last_activity: &AtomicU64,
     idle: Duration,
 ) -> Result<Transferred, CopyError> {
-    let watchdog = async {
-        loop {
-            let last = start + Duration::from_millis(last_activity.load(Ordering::Relaxed));
-            let deadline = last + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
-    };
+    let watchdog = idle_for(start, || last_activity.load(Ordering::Relaxed), idle);
     tokio::select! {
         r = both => {
             let (up, down) = r?;
@@ -135,6 +126,19 @@ pub(super) async fn with_idle_watchdog(
             })
         }
         () = watchdog => Err(CopyError::Idle(idle)),
+    }
+}
+
+/// Returns once nothing has moved for `idle`, `last_ms()` being the last
+/// move in milliseconds since `start`. A tokio timer on both I/O paths: a
+/// ring thread drives tokio's timers through its epoll worker.
+pub(super) async fn idle_for(start: Instant, last_ms: impl Fn() -> u64, idle: Duration) {
+    loop {
+        let deadline = start + Duration::from_millis(last_ms()) + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
     }
 }
 

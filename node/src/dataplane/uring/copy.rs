@@ -20,7 +20,7 @@ use monoio::net::TcpStream;
 use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 use tokio::time::Instant;
 
-use crate::dataplane::copy::{BUF_SIZE, CopyError, Transferred};
+use crate::dataplane::copy::{BUF_SIZE, CopyError, Transferred, idle_for};
 
 /// The largest buffer a bulk direction grows to: fewer, larger reads and
 /// writes per byte, each one ring operation.
@@ -62,15 +62,7 @@ pub async fn proxy(
             pump(br, cw, start, &last_activity, on_backend_read)
         )
     };
-    let watchdog = async {
-        loop {
-            let deadline = start + Duration::from_millis(last_activity.get()) + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
-    };
+    let watchdog = idle_for(start, || last_activity.get(), idle);
     monoio::select! {
         r = both => {
             let (up, down) = r?;
