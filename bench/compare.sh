@@ -32,7 +32,9 @@
 # yardstick on io_uring (monoio; `forwarder --uring`), for l7 and close.
 #
 # Usage: bench/compare.sh [--no-write]
-#   ROUNDS=3 DURATION=10 CONNECTIONS=64 IDLE=10000 (environment), and
+#   ROUNDS=7 DURATION=5 CONNECTIONS=64 IDLE=10000 (environment; many short
+#   rounds: on a host whose speed swings between rounds, a median of
+#   seven moves less than one of three), and
 #   SCENARIOS="l7 l4 close cluster" to run only some of the scenarios,
 #   SHOAL_IO=epoll|io_uring: Shoal's `[node] io`, for the single node and
 #   the cluster alike (default io_uring: its TCP and plain HTTP listeners
@@ -44,8 +46,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rounds=${ROUNDS:-3}
-duration=${DURATION:-10}
+rounds=${ROUNDS:-7}
+duration=${DURATION:-5}
 connections=${CONNECTIONS:-64}
 idle=${IDLE:-10000}
 scenarios=" ${SCENARIOS:-l7 l4 close cluster} "
