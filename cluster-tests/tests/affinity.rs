@@ -131,6 +131,23 @@ fn learned_cookie_sessions_survive_the_loss_of_the_node_that_made_them() -> Resu
         sessions.insert(sid, r.backend().context("no x-backend")?.to_string());
     }
     assert_eq!(sessions.len(), 200);
+    // Using a session within a tenth of its TTL writes nothing to
+    // replicate; one more new session after them is the marker (a link
+    // sends in order): node 1 has sent 201 entries to each peer.
+    for (sid, backend) in &sessions {
+        let r = conn.send("GET", "/", &[("Cookie", &format!("sid={sid}"))], b"", false)?;
+        assert_eq!(r.backend(), Some(backend.as_str()));
+    }
+    conn.send("GET", "/session", &[], b"", false)?;
+    let sent = || c.nodes[0].status().ok()?["affinity"]["entries_sent"].as_u64();
+    wait_until(
+        "the marker session sent",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || sent().filter(|&n| n >= 402).map(drop),
+    )?;
+    let affinity = &c.nodes[0].status()?["affinity"];
+    assert_eq!(affinity["entries_sent"], 402, "uses rewrote bindings: {affinity}");
     std::thread::sleep(Duration::from_millis(500));
     c.nodes[0].kill();
     for (i, n) in [(1, "node 2"), (2, "node 3")] {
@@ -156,6 +173,25 @@ fn source_ip_bindings_over_tcp_survive_node_loss_and_a_restarted_node_gets_the_t
         let r = tcp_get(c.addrs[0].tcp, Some(ip), "/")?;
         bound.insert(ip, r.backend().context("no x-backend")?.to_string());
     }
+    // Coming back within a tenth of the TTL keeps the binding and writes
+    // nothing to replicate: one more new address after them is the marker
+    // (a link sends in order), so node 1 has sent 101 entries to each peer.
+    for (ip, backend) in &bound {
+        assert_eq!(
+            tcp_get(c.addrs[0].tcp, Some(*ip), "/")?.backend(),
+            Some(backend.as_str())
+        );
+    }
+    tcp_get(c.addrs[0].tcp, Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 102))), "/")?;
+    let sent = || c.nodes[0].status().ok()?["affinity"]["entries_sent"].as_u64();
+    wait_until(
+        "the marker binding sent",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || sent().filter(|&n| n >= 202).map(drop),
+    )?;
+    let affinity = &c.nodes[0].status()?["affinity"];
+    assert_eq!(affinity["entries_sent"], 202, "uses rewrote bindings: {affinity}");
     std::thread::sleep(Duration::from_millis(500));
     c.nodes[0].kill();
     for i in [1, 2] {

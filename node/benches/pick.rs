@@ -1,5 +1,6 @@
 //! Nanoseconds per pick for every balancing algorithm at 3, 100 and 10 000
-//! backends, and per sticky-table lookup at 3, 100 and 10 000 sessions.
+//! backends, and per sticky-table lookup and per request on a live binding
+//! (lookup and recorded use) at 3, 100 and 10 000 sessions.
 //! Run with `cargo bench -p shoal-node --bench pick`; results are recorded
 //! in docs/benchmarks.md.
 
@@ -110,11 +111,36 @@ fn sticky_lookups(c: &mut Criterion) {
     group.finish();
 }
 
+/// What a request with a live binding costs the table: the lookup before
+/// the pick, and the use recorded after the backend answered.
+fn sticky_requests(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sticky_request");
+    let ttl = Duration::from_secs(600);
+    for n in SIZES {
+        let table = AffinityTable::new("bench", 10_000_000);
+        let backends: Vec<Arc<str>> = (0..3).map(|i| Arc::from(format!("b{i}"))).collect();
+        let keys: Vec<String> = (0..n).map(|i| format!("session-{i:08}")).collect();
+        for (i, k) in keys.iter().enumerate() {
+            table.bind("web", k.as_bytes(), &backends[i % 3], ttl, 1_000);
+        }
+        let mut i = 0usize;
+        group.bench_with_input(BenchmarkId::new("kept", n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 1) % keys.len();
+                let key = black_box(keys[i].as_bytes());
+                let found = table.find("web", key, ttl, 2_000);
+                table.record_use("web", key, &backends[i % 3], found.as_ref(), ttl, 2_000);
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1));
-    targets = picks, sticky_lookups
+    targets = picks, sticky_lookups, sticky_requests
 }
 criterion_main!(benches);

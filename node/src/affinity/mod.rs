@@ -7,4 +7,4 @@ pub mod table;
 
 pub use replication::{Replication, now_unix_ms};
 pub use sticky::Sticky;
-pub use table::AffinityTable;
+pub use table::{AffinityTable, Found};

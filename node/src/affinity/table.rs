@@ -98,41 +98,52 @@ impl AffinityTable {
         b.backend.clone()
     }
 
+    /// `key`'s live binding in `pool` as a request finds it: its backend,
+    /// and whether serving the request should extend it (bindings of
+    /// `ttl`). Hand it to [`Self::record_use`] afterwards, which then need
+    /// not look the key up again.
+    pub fn find(&self, pool: &str, key: &[u8], ttl: Duration, now_unix_ms: u64) -> Option<Found> {
+        let p = self.pools.get(pool)?;
+        let b = p.map.get(key)?;
+        if b.expires_unix_ms <= now_unix_ms {
+            return None;
+        }
+        Some(Found {
+            backend: b.backend.clone()?,
+            refresh_due: refresh_due(&b, ttl, now_unix_ms),
+        })
+    }
+
     /// Binds `key` to `backend` for `ttl` (a local write, replicated).
     pub fn bind(&self, pool: &str, key: &[u8], backend: &Arc<str>, ttl: Duration, now_unix_ms: u64) {
         self.write(pool, key, Some(Arc::clone(backend)), ttl, now_unix_ms);
     }
 
-    /// After traffic for `key` went to `backend`: extends the binding if
-    /// `backend` is the one it named (`kept`), else binds it there.
-    pub fn record_use(&self, pool: &str, key: &[u8], backend: &Arc<str>, kept: bool, ttl: Duration, now_unix_ms: u64) {
-        if kept {
-            self.touch(pool, key, ttl, now_unix_ms);
-        } else {
-            self.bind(pool, key, backend, ttl, now_unix_ms);
+    /// After traffic for `key` went to `backend`, given what [`Self::find`]
+    /// found before: extends the binding if it named `backend` and is due
+    /// for it, else binds `key` to `backend`.
+    pub fn record_use(
+        &self,
+        pool: &str,
+        key: &[u8],
+        backend: &Arc<str>,
+        found: Option<&Found>,
+        ttl: Duration,
+        now_unix_ms: u64,
+    ) {
+        match found {
+            Some(f) if *f.backend == **backend => {
+                if f.refresh_due {
+                    self.write(pool, key, Some(Arc::clone(backend)), ttl, now_unix_ms);
+                }
+            }
+            _ => self.bind(pool, key, backend, ttl, now_unix_ms),
         }
     }
 
     /// Removes `key`'s binding (a local write, replicated).
     pub fn unbind(&self, pool: &str, key: &[u8], ttl: Duration, now_unix_ms: u64) {
         self.write(pool, key, None, ttl, now_unix_ms);
-    }
-
-    /// Extends a live binding on use, at most every tenth of its TTL (and
-    /// at most once a second), so hot keys do not flood replication.
-    pub fn touch(&self, pool: &str, key: &[u8], ttl: Duration, now_unix_ms: u64) {
-        let ttl_ms = ttl.as_millis() as u64;
-        let refresh_every = (ttl_ms / 10).max(1000);
-        let backend = {
-            let Some(p) = self.pools.get(pool) else { return };
-            let Some(b) = p.map.get(key) else { return };
-            let written_at = b.expires_unix_ms.saturating_sub(ttl_ms);
-            if b.backend.is_none() || now_unix_ms < written_at + refresh_every {
-                return;
-            }
-            b.backend.clone()
-        };
-        self.write(pool, key, backend, ttl, now_unix_ms);
     }
 
     fn write(&self, pool: &str, key: &[u8], backend: Option<Arc<str>>, ttl: Duration, now_unix_ms: u64) {
@@ -259,6 +270,24 @@ impl AffinityTable {
     }
 }
 
+/// A live binding, as [`AffinityTable::find`] found it.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub backend: Arc<str>,
+    /// Using the binding should extend it now.
+    pub refresh_due: bool,
+}
+
+/// Whether a binding of `ttl` is due to be extended on use: at most every
+/// tenth of its TTL (and at most once a second), so that hot keys do not
+/// flood replication.
+fn refresh_due(b: &Binding, ttl: Duration, now_unix_ms: u64) -> bool {
+    let ttl_ms = ttl.as_millis() as u64;
+    let written_at = b.expires_unix_ms.saturating_sub(ttl_ms);
+    // Saturating: a peer's entry may carry any expiry.
+    now_unix_ms >= written_at.saturating_add((ttl_ms / 10).max(1000))
+}
+
 fn binding_of(e: &Entry) -> Binding {
     Binding {
         backend: e.backend.as_deref().map(Arc::from),
@@ -289,23 +318,38 @@ mod tests {
     }
 
     #[test]
-    fn touch_extends_but_at_most_every_tenth_of_the_ttl() {
+    fn a_use_found_by_find_extends_only_when_due_and_rebinds_elsewhere() {
         let t = AffinityTable::new("lb1", 100);
         let mut updates = t.subscribe();
-        t.bind("web", b"k", &name("web-1"), TTL, NOW);
-        t.touch("web", b"k", TTL, NOW + 1000);
-        t.touch("web", b"k", TTL, NOW + 5_000);
-        t.touch("web", b"k", TTL, NOW + 7_000);
-        let mut writes = 0;
-        while updates.try_recv().is_ok() {
-            writes += 1;
-        }
-        assert_eq!(writes, 2, "the bind, and one refresh after 6 s (a tenth of 60 s)");
+        let (web1, web2) = (name("web-1"), name("web-2"));
+        t.bind("web", b"k", &web1, TTL, NOW);
+        let mut writes = || std::iter::from_fn(|| updates.try_recv().ok()).count();
+        assert_eq!(writes(), 1, "the bind");
+
+        let early = t.find("web", b"k", TTL, NOW + 1000);
+        assert!(early.as_ref().is_some_and(|f| *f.backend == *"web-1" && !f.refresh_due));
+        t.record_use("web", b"k", &web1, early.as_ref(), TTL, NOW + 1000);
+        assert_eq!(writes(), 0, "not due before a tenth of the TTL");
+
+        let due = t.find("web", b"k", TTL, NOW + 7_000);
+        assert!(due.as_ref().is_some_and(|f| f.refresh_due));
+        t.record_use("web", b"k", &web1, due.as_ref(), TTL, NOW + 7_000);
+        assert_eq!(writes(), 1, "one refresh");
         assert_eq!(
             t.lookup("web", b"k", NOW + 66_000).as_deref(),
             Some("web-1"),
             "extended"
         );
+
+        let found = t.find("web", b"k", TTL, NOW + 8_000);
+        t.record_use("web", b"k", &web2, found.as_ref(), TTL, NOW + 8_000);
+        assert_eq!(writes(), 1, "served elsewhere: bound there");
+        assert_eq!(t.lookup("web", b"k", NOW + 8_000).as_deref(), Some("web-2"));
+
+        assert!(t.find("web", b"new", TTL, NOW).is_none());
+        t.record_use("web", b"new", &web1, None, TTL, NOW);
+        assert_eq!(writes(), 1, "no binding: bound");
+        assert_eq!(t.lookup("web", b"new", NOW).as_deref(), Some("web-1"));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use super::ratelimit::RateLimiter;
 use super::route::RouteMatch;
 use super::stats::ListenerStats;
 use super::workers;
-use crate::affinity::{AffinityTable, now_unix_ms};
+use crate::affinity::{AffinityTable, Found, now_unix_ms};
 use crate::balance::{PickCtx, hash_bytes, hash_ip};
 use crate::config::HashKey;
 use crate::config::StickyMode;
@@ -246,6 +246,8 @@ pub(super) struct Binding {
     key: Option<Vec<u8>>,
     /// The backend the key is bound to, when it is in the pool.
     pub(super) bound: Option<Arc<Backend>>,
+    /// The sticky table's binding, for the modes that keep one.
+    found: Option<Found>,
     now: u64,
 }
 
@@ -416,15 +418,16 @@ impl HttpSite {
         let s = pool.sticky.as_ref()?;
         let key = s.request_key(headers, client.ip());
         let now = now_unix_ms();
+        let mut found = None;
         let bound = key.as_deref().and_then(|k| {
-            let name = if s.uses_table() {
-                self.affinity.lookup(&pool.name, k, now)?
+            if s.uses_table() {
+                let f = found.insert(self.affinity.find(&pool.name, k, s.ttl, now)?);
+                pool.backend(&f.backend).cloned()
             } else {
-                Arc::clone(s.backend_for_token(k)?)
-            };
-            pool.backend(&name).cloned()
+                pool.backend(s.backend_for_token(k)?).cloned()
+            }
         });
-        Some(Binding { key, bound, now })
+        Some(Binding { key, bound, found, now })
     }
 
     /// Records the session's binding after `backend` answered with
@@ -439,6 +442,8 @@ impl HttpSite {
         let s = pool.sticky.as_ref()?;
         let (key, now) = (binding.key.as_deref(), binding.now);
         let same = binding.bound.as_ref().is_some_and(|b| Arc::ptr_eq(b, backend));
+        // The table's binding, if it named the backend that answered.
+        let kept = binding.found.as_ref().filter(|_| same);
         match s.mode {
             StickyMode::InsertCookie => {
                 if !same {
@@ -452,15 +457,19 @@ impl HttpSite {
                         self.affinity.unbind(&pool.name, k, s.ttl, now);
                     }
                 }
+                // Only a Set-Cookie binds: a use extends the binding that
+                // named this backend, and nothing else.
                 None => {
-                    if let (Some(k), true) = (key, same) {
-                        self.affinity.touch(&pool.name, k, s.ttl, now);
+                    if let Some(k) = key
+                        && kept.is_some()
+                    {
+                        self.affinity.record_use(&pool.name, k, &backend.name, kept, s.ttl, now);
                     }
                 }
             },
             StickyMode::Header | StickyMode::SourceIp => {
                 if let Some(k) = key {
-                    self.affinity.record_use(&pool.name, k, &backend.name, same, s.ttl, now);
+                    self.affinity.record_use(&pool.name, k, &backend.name, kept, s.ttl, now);
                 }
             }
         }

@@ -101,10 +101,10 @@ impl TcpProxy {
         let mut ctx = PickCtx::new(hash);
         let _counted = pool.budget.request();
         let sticky = pool.sticky.as_ref().map(|s| (s, ip_key(peer.ip()), now_unix_ms()));
-        let preferred = sticky.as_ref().and_then(|(_, key, now)| {
-            let name = site.affinity.lookup(&pool.name, key, *now)?;
-            pool.backend(&name).cloned()
-        });
+        let found = sticky
+            .as_ref()
+            .and_then(|(s, key, now)| site.affinity.find(&pool.name, key, s.ttl, *now));
+        let preferred = found.as_ref().and_then(|f| pool.backend(&f.backend).cloned());
         let mut no_backend = NoBackend::NoneUsable;
         for attempt in 0..=pool.retries {
             let (in_flight, _retry) = match pool.next_attempt(&mut ctx, attempt, preferred.as_ref()).await {
@@ -129,7 +129,9 @@ impl TcpProxy {
             };
             pool.report(&backend, Outcome::Success);
             if let Some((s, key, now)) = &sticky {
-                let kept = preferred.as_ref().is_some_and(|p| Arc::ptr_eq(p, &backend));
+                let kept = found
+                    .as_ref()
+                    .filter(|_| preferred.as_ref().is_some_and(|p| Arc::ptr_eq(p, &backend)));
                 site.affinity
                     .record_use(&pool.name, key, &backend.name, kept, s.ttl, *now);
             }
