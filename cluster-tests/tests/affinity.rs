@@ -119,6 +119,22 @@ fn entries(node: &Node) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits until `node` has sent `want` sticky entries to its peers, and
+/// fails if it sent more: the last write was a marker, and a link sends in
+/// order.
+fn assert_sent_exactly(node: &Node, want: u64) -> Result<()> {
+    let sent = || node.status().ok()?["affinity"]["entries_sent"].as_u64();
+    wait_until(
+        &format!("{want} entries sent"),
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || sent().filter(|&n| n >= want).map(drop),
+    )?;
+    let affinity = &node.status()?["affinity"];
+    assert_eq!(affinity["entries_sent"], want, "uses rewrote bindings: {affinity}");
+    Ok(())
+}
+
 #[test]
 fn learned_cookie_sessions_survive_the_loss_of_the_node_that_made_them() -> Result<()> {
     let mut c = Cluster::start(3)?;
@@ -139,15 +155,7 @@ fn learned_cookie_sessions_survive_the_loss_of_the_node_that_made_them() -> Resu
         assert_eq!(r.backend(), Some(backend.as_str()));
     }
     conn.send("GET", "/session", &[], b"", false)?;
-    let sent = || c.nodes[0].status().ok()?["affinity"]["entries_sent"].as_u64();
-    wait_until(
-        "the marker session sent",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || sent().filter(|&n| n >= 402).map(drop),
-    )?;
-    let affinity = &c.nodes[0].status()?["affinity"];
-    assert_eq!(affinity["entries_sent"], 402, "uses rewrote bindings: {affinity}");
+    assert_sent_exactly(&c.nodes[0], 402)?;
     std::thread::sleep(Duration::from_millis(500));
     c.nodes[0].kill();
     for (i, n) in [(1, "node 2"), (2, "node 3")] {
@@ -183,15 +191,7 @@ fn source_ip_bindings_over_tcp_survive_node_loss_and_a_restarted_node_gets_the_t
         );
     }
     tcp_get(c.addrs[0].tcp, Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 102))), "/")?;
-    let sent = || c.nodes[0].status().ok()?["affinity"]["entries_sent"].as_u64();
-    wait_until(
-        "the marker binding sent",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || sent().filter(|&n| n >= 202).map(drop),
-    )?;
-    let affinity = &c.nodes[0].status()?["affinity"];
-    assert_eq!(affinity["entries_sent"], 202, "uses rewrote bindings: {affinity}");
+    assert_sent_exactly(&c.nodes[0], 202)?;
     std::thread::sleep(Duration::from_millis(500));
     c.nodes[0].kill();
     for i in [1, 2] {

@@ -87,16 +87,23 @@ fn picks(c: &mut Criterion) {
     }
 }
 
+/// A table of `n` sessions bound over three backends for `ttl`, the
+/// backends and the session keys.
+fn bound_table(n: usize, ttl: Duration) -> (AffinityTable, Vec<Arc<str>>, Vec<String>) {
+    let table = AffinityTable::new("bench", 10_000_000);
+    let backends: Vec<Arc<str>> = (0..3).map(|i| Arc::from(format!("b{i}"))).collect();
+    let keys: Vec<String> = (0..n).map(|i| format!("session-{i:08}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        table.bind("web", k.as_bytes(), &backends[i % 3], ttl, 1_000);
+    }
+    (table, backends, keys)
+}
+
 fn sticky_lookups(c: &mut Criterion) {
     let mut group = c.benchmark_group("sticky_lookup");
     let ttl = Duration::from_secs(600);
     for n in SIZES {
-        let table = AffinityTable::new("bench", 10_000_000);
-        let backends: Vec<Arc<str>> = (0..3).map(|i| Arc::from(format!("b{i}"))).collect();
-        let keys: Vec<String> = (0..n).map(|i| format!("session-{i:08}")).collect();
-        for (i, k) in keys.iter().enumerate() {
-            table.bind("web", k.as_bytes(), &backends[i % 3], ttl, 1_000);
-        }
+        let (table, _, keys) = bound_table(n, ttl);
         let mut i = 0usize;
         group.bench_with_input(BenchmarkId::new("hit", n), &n, |b, _| {
             b.iter(|| {
@@ -117,12 +124,7 @@ fn sticky_requests(c: &mut Criterion) {
     let mut group = c.benchmark_group("sticky_request");
     let ttl = Duration::from_secs(600);
     for n in SIZES {
-        let table = AffinityTable::new("bench", 10_000_000);
-        let backends: Vec<Arc<str>> = (0..3).map(|i| Arc::from(format!("b{i}"))).collect();
-        let keys: Vec<String> = (0..n).map(|i| format!("session-{i:08}")).collect();
-        for (i, k) in keys.iter().enumerate() {
-            table.bind("web", k.as_bytes(), &backends[i % 3], ttl, 1_000);
-        }
+        let (table, backends, keys) = bound_table(n, ttl);
         let mut i = 0usize;
         group.bench_with_input(BenchmarkId::new("kept", n), &n, |b, _| {
             b.iter(|| {
