@@ -48,8 +48,13 @@ fi
 start_backends "$work" $((many + 1000))
 python3 bench/upgrade_backend.py 18010 >"$work/upgrade-backend.log" 2>&1 &
 upgrade_pid=$!
-for _ in $(seq 50); do
+for try in $(seq 51); do
     (exec 3<>/dev/tcp/127.0.0.1/18010) 2>/dev/null && break
+    if [ "$try" = 51 ]; then
+        echo "idle-memory: the upgrade backend did not listen on 18010 within 5 s:" >&2
+        cat "$work/upgrade-backend.log" >&2
+        exit 1
+    fi
     sleep 0.1
 done
 
