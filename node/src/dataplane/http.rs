@@ -442,8 +442,7 @@ impl HttpSite {
         let s = pool.sticky.as_ref()?;
         let (key, now) = (binding.key.as_deref(), binding.now);
         let same = binding.bound.as_ref().is_some_and(|b| Arc::ptr_eq(b, backend));
-        // The table's binding, if it named the backend that answered.
-        let kept = binding.found.as_ref().filter(|_| same);
+        let found = binding.found.as_ref();
         match s.mode {
             StickyMode::InsertCookie => {
                 if !same {
@@ -461,15 +460,17 @@ impl HttpSite {
                 // named this backend, and nothing else.
                 None => {
                     if let Some(k) = key
-                        && kept.is_some()
+                        && same
                     {
-                        self.affinity.record_use(&pool.name, k, &backend.name, kept, s.ttl, now);
+                        self.affinity
+                            .record_use(&pool.name, k, &backend.name, found, s.ttl, now);
                     }
                 }
             },
             StickyMode::Header | StickyMode::SourceIp => {
                 if let Some(k) = key {
-                    self.affinity.record_use(&pool.name, k, &backend.name, kept, s.ttl, now);
+                    self.affinity
+                        .record_use(&pool.name, k, &backend.name, found, s.ttl, now);
                 }
             }
         }

@@ -129,11 +129,8 @@ impl TcpProxy {
             };
             pool.report(&backend, Outcome::Success);
             if let Some((s, key, now)) = &sticky {
-                let kept = found
-                    .as_ref()
-                    .filter(|_| preferred.as_ref().is_some_and(|p| Arc::ptr_eq(p, &backend)));
                 site.affinity
-                    .record_use(&pool.name, key, &backend.name, kept, s.ttl, *now);
+                    .record_use(&pool.name, key, &backend.name, found.as_ref(), s.ttl, *now);
             }
             // The first response time is what L4 sees of a backend's
             // latency (for least_response_time).
