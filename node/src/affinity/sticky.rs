@@ -8,10 +8,16 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use http::header::HeaderName;
+use smallvec::SmallVec;
 
 use crate::config::{StickyConfig, StickyMode};
 use crate::dataplane::headers::HeaderSource;
 use crate::dataplane::http::cookie_value;
+
+/// A request's sticky key, held until its answer. Inline up to 64 bytes
+/// (addresses, the usual session ids): a sticky pool looks one up for
+/// every request, and a copy on the heap was an allocation per request.
+pub type StickyKey = SmallVec<[u8; 64]>;
 
 pub struct Sticky {
     pub mode: StickyMode,
@@ -52,12 +58,12 @@ impl Sticky {
 
     /// The request's sticky key: the cookie's or header's value, or the
     /// client address. `None` when the request carries none.
-    pub fn request_key(&self, headers: &(impl HeaderSource + ?Sized), client: IpAddr) -> Option<Vec<u8>> {
+    pub fn request_key(&self, headers: &(impl HeaderSource + ?Sized), client: IpAddr) -> Option<StickyKey> {
         match self.mode {
             StickyMode::InsertCookie | StickyMode::LearnCookie => cookie_value(headers, self.cookie.as_deref()?)
                 .filter(|v| !v.is_empty())
-                .map(<[u8]>::to_vec),
-            StickyMode::Header => headers.first(self.header.as_ref()?.as_str()).map(<[u8]>::to_vec),
+                .map(StickyKey::from_slice),
+            StickyMode::Header => headers.first(self.header.as_ref()?.as_str()).map(StickyKey::from_slice),
             StickyMode::SourceIp => Some(ip_key(client)),
         }
     }
@@ -89,10 +95,10 @@ impl Sticky {
 }
 
 /// A client address as a key; IPv4-mapped IPv6 counts as IPv4.
-pub fn ip_key(ip: IpAddr) -> Vec<u8> {
+pub fn ip_key(ip: IpAddr) -> StickyKey {
     match ip.to_canonical() {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
+        IpAddr::V4(v4) => StickyKey::from_slice(&v4.octets()),
+        IpAddr::V6(v6) => StickyKey::from_slice(&v6.octets()),
     }
 }
 
@@ -150,23 +156,38 @@ mod tests {
     fn keys_per_mode() {
         let h = headers(&[("cookie", "a=1; sid=abc"), ("x-tenant", "t9")]);
         assert_eq!(
-            sticky(StickyMode::LearnCookie, Some("sid"), None).request_key(&h, IP),
-            Some(b"abc".to_vec())
+            sticky(StickyMode::LearnCookie, Some("sid"), None)
+                .request_key(&h, IP)
+                .as_deref(),
+            Some(&b"abc"[..])
         );
         assert_eq!(
-            sticky(StickyMode::LearnCookie, Some("nope"), None).request_key(&h, IP),
+            sticky(StickyMode::LearnCookie, Some("nope"), None)
+                .request_key(&h, IP)
+                .as_deref(),
             None
         );
         assert_eq!(
-            sticky(StickyMode::Header, None, Some("X-Tenant")).request_key(&h, IP),
-            Some(b"t9".to_vec())
+            sticky(StickyMode::Header, None, Some("X-Tenant"))
+                .request_key(&h, IP)
+                .as_deref(),
+            Some(&b"t9"[..])
         );
         assert_eq!(
-            sticky(StickyMode::SourceIp, None, None).request_key(&h, IP),
-            Some(vec![10, 0, 0, 7])
+            sticky(StickyMode::SourceIp, None, None).request_key(&h, IP).as_deref(),
+            Some(&[10, 0, 0, 7][..])
+        );
+        // Longer than the inline part: the whole key all the same.
+        let long = "s".repeat(200);
+        let h = headers(&[("x-tenant", long.as_str())]);
+        assert_eq!(
+            sticky(StickyMode::Header, None, Some("X-Tenant"))
+                .request_key(&h, IP)
+                .as_deref(),
+            Some(long.as_bytes())
         );
         let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap_or(IP);
-        assert_eq!(ip_key(mapped), vec![10, 0, 0, 7]);
+        assert_eq!(&ip_key(mapped)[..], [10, 0, 0, 7]);
     }
 
     #[test]

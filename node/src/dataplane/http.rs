@@ -28,6 +28,7 @@ use super::ratelimit::RateLimiter;
 use super::route::RouteMatch;
 use super::stats::ListenerStats;
 use super::workers;
+use crate::affinity::sticky::StickyKey;
 use crate::affinity::{AffinityTable, Found, now_unix_ms};
 use crate::balance::{PickCtx, hash_bytes, hash_ip};
 use crate::config::HashKey;
@@ -243,7 +244,7 @@ impl<'a> Tries<'a> {
 /// A sticky pool's view of one request.
 pub(super) struct Binding {
     /// The sticky key the request carries, if any.
-    key: Option<Vec<u8>>,
+    key: Option<StickyKey>,
     /// The backend the key is bound to, when it is in the pool.
     pub(super) bound: Option<Arc<Backend>>,
     /// The sticky table's binding, for the modes that keep one.
