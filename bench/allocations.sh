@@ -62,22 +62,7 @@ for f in mi_malloc_aligned mi_zalloc_aligned mi_realloc_aligned; do
 done
 
 start_backends "$work"
-cat >"$work/sessions.lua" <<'LUA'
-local n = 0
-request = function()
-    n = n + 1
-    return wrk.format("GET", "/", { ["X-Session"] = "s" .. (n % 1000) })
-end
-LUA
-
-wait_http() { # URL: up to 10 s
-    for _ in $(seq 100); do
-        curl -fs -o /dev/null "$1" && return 0
-        sleep 0.1
-    done
-    echo "allocations: $1 did not answer within 10 s" >&2
-    exit 1
-}
+sessions_lua "$work/sessions.lua"
 
 # count IO SCENARIO PID URL [WRK ARGS]: one row of the table, after a
 # second of the same load unmeasured: the steady state, once the backend

@@ -251,14 +251,6 @@ CONF
     if [ "$i" = 1 ]; then cluster_pid=$!; fi
 done
 
-wait_http() { # URL: up to 10 s
-    for _ in $(seq 100); do
-        curl -fs -o /dev/null "$1" && return 0
-        sleep 0.1
-    done
-    echo "compare: $1 did not answer within 10 s" >&2
-    exit 1
-}
 for port in 18001 18002 18003 18180 18181 18280 18380 18381 18080 18081 18082; do
     wait_http "http://127.0.0.1:$port/"
 done
@@ -284,13 +276,7 @@ done
 [ "$connected" = 2 ] || { echo "compare: the cluster node is not replicating to both peers" >&2; exit 1; }
 
 # The same rotating session ids for both cluster-scenario targets.
-cat >"$work/sessions.lua" <<'LUA'
-local n = 0
-request = function()
-    n = n + 1
-    return wrk.format("GET", "/", { ["X-Session"] = "s" .. (n % 1000) })
-end
-LUA
+sessions_lua "$work/sessions.lua"
 
 nginx_pids() { echo "$(cat "$work/proxy.pid") $(pgrep -P "$(cat "$work/proxy.pid")" | tr '\n' ' ')"; }
 proxy_pids() { # PRODUCT: the processes that do its work

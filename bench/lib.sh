@@ -163,3 +163,26 @@ rss_holding() {
     done
     echo "$now"
 }
+
+# wait_http URL: until URL answers 2xx, up to 10 s; else stops the
+# script, naming it.
+wait_http() {
+    for _ in $(seq 100); do
+        curl -fs -o /dev/null "$1" && return 0
+        sleep 0.1
+    done
+    echo "$(basename "$0" .sh): $1 did not answer within 10 s" >&2
+    exit 1
+}
+
+# sessions_lua FILE: a wrk script sending 1 000 rotating session ids in
+# X-Session (compare.sh's cluster scenario, allocations.sh's sticky one).
+sessions_lua() {
+    cat >"$1" <<'LUA'
+local n = 0
+request = function()
+    n = n + 1
+    return wrk.format("GET", "/", { ["X-Session"] = "s" .. (n % 1000) })
+end
+LUA
+}
