@@ -28,7 +28,7 @@ connections=${CONNECTIONS:-64}
 limit=${MAX_PER_REQUEST:-0.05}
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "allocations: SKIPPED: uprobes need root" >&2
+    echo "allocations: needs root (perf uprobes); run it as root" >&2
     exit 1
 fi
 . bench/lib.sh
@@ -74,8 +74,15 @@ count() {
     perf stat -x, -e "$group:*" -p "$pid" -o "$work/stat.csv" -- sleep $((duration + 1)) &
     local stat_pid=$!
     sleep 0.3
-    requests=$(wrk -t2 -c"$connections" -d"${duration}s" "$@" "$url" | awk '/requests in/ {print $1}')
+    wrk -t2 -c"$connections" -d"${duration}s" "$@" "$url" >"$work/wrk.txt"
     wait "$stat_pid"
+    requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
+    # Error answers take other paths than the ones measured.
+    if [ -z "$requests" ] || grep -q "Non-2xx" "$work/wrk.txt"; then
+        echo "allocations: $io $scenario: wrk got no clean run:" >&2
+        cat "$work/wrk.txt" >&2
+        exit 1
+    fi
     allocs=$(awk -F, '$3 ~ /'"$group"':/ {n += $1} END {print n + 0}' "$work/stat.csv")
     printf '%s\t%s\t%s\t%s\n' "$io" "$scenario" "$requests" "$allocs" >>"$work/results.tsv"
     printf '  %-8s %-7s %9s requests %9s allocations\n' "$io" "$scenario" "$requests" "$allocs"
@@ -119,6 +126,11 @@ print("|---|---|---|---|---|")
 for line in open(sys.argv[1]):
     io, scenario, requests, allocs = line.split()
     per = int(allocs) / max(int(requests), 1)
+    # The node always allocates something (timers, health checks): none
+    # counted means the probes did not fire, not a clean node.
+    if int(allocs) == 0:
+        print(f"allocations: FAILED: {io} {scenario}: no allocation counted; the probes did not fire")
+        sys.exit(1)
     print(f"| {io} | {scenario} | {int(requests)} | {int(allocs)} | {per:.3f} |")
     if scenario != "close" and per > limit:
         over.append(f"{io} {scenario}: {per:.3f}")
