@@ -119,7 +119,8 @@ up() {
     wait_until 30 "all three nodes' admin APIs" all_answer &&
         wait_until 15 "one VIP master" one_master &&
         wait_until 15 "a full cluster view on lb1" peers_alive 1 2 &&
-        wait_until 15 "every backend healthy on every node" all_backends_up
+        wait_until 15 "every backend healthy on every node" all_backends_up &&
+        echo "    nodes' data plane (node.tcp_io): lb1 $(field 1 "s['node']['tcp_io']"), lb2 $(field 2 "s['node']['tcp_io']"), lb3 $(field 3 "s['node']['tcp_io']")"
 }
 
 # probe FILE RATE SECONDS SESSIONS: a bounded load in the background.

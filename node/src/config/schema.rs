@@ -54,11 +54,11 @@ pub struct NodeConfig {
 #[serde(rename_all = "snake_case")]
 pub enum IoMode {
     /// Readiness through epoll, on tokio.
-    #[default]
     Epoll,
     /// TCP and plain-text HTTP listeners on io_uring (one ring per
     /// worker, deferred task work), falling back to epoll where rings are
-    /// refused.
+    /// refused. The default: about a quarter less CPU per request.
+    #[default]
     IoUring,
 }
 

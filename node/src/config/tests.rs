@@ -130,13 +130,13 @@ fn unknown_algorithm_lists_the_valid_ones() {
 }
 
 #[test]
-fn io_defaults_to_epoll_and_an_unknown_one_lists_the_valid_ones() {
+fn io_defaults_to_io_uring_and_an_unknown_one_lists_the_valid_ones() {
     let backend = "[[pool.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n";
-    let plain = parse_str(&minimal_with(backend)).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(plain.node.io, IoMode::Epoll);
-    let rings = minimal_with(backend).replacen("[node]\n", "[node]\nio = \"io_uring\"\n", 1);
-    let rings = parse_str(&rings).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(rings.node.io, IoMode::IoUring);
+    let default = parse_str(&minimal_with(backend)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(default.node.io, IoMode::IoUring);
+    let epoll = minimal_with(backend).replacen("[node]\n", "[node]\nio = \"epoll\"\n", 1);
+    let epoll = parse_str(&epoll).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(epoll.node.io, IoMode::Epoll);
     let bad = minimal_with(backend).replacen("[node]\n", "[node]\nio = \"kqueue\"\n", 1);
     let (line, key, message) = one_problem(&bad);
     assert_eq!((line, key.as_str()), (Some(2), "node.io"));

@@ -110,8 +110,8 @@ impl Workers {
     }
 
     /// Adds a ring thread per worker, for TCP and plain-text HTTP
-    /// listeners (`[node] io = "io_uring"`). Where the kernel refuses io_uring, says so and keeps
-    /// serving on epoll.
+    /// listeners (`[node] io = "io_uring"`, the default). Where the kernel
+    /// refuses io_uring, says so and keeps serving on epoll.
     pub fn with_rings(mut self) -> Self {
         if self.handles.is_empty() {
             return self;
@@ -124,9 +124,11 @@ impl Workers {
                 );
                 self.rings = Some(rings);
             }
-            Err(e) => tracing::error!(
+            // A warning, not an error: io_uring is the default, and the
+            // node serves on as before, only with more CPU per request.
+            Err(e) => tracing::warn!(
                 error = %e,
-                "io = \"io_uring\" but this kernel refuses io_uring: every listener runs on epoll"
+                "this kernel refuses io_uring: every listener runs on epoll (`[node] io = \"epoll\"` says so and silences this)"
             ),
         }
         self
