@@ -197,11 +197,26 @@ impl Node {
     /// Writes `config` and starts the node; waits until its admin API
     /// answers. The config must set `admin_addr` to `admin`.
     pub fn start(config: &str, admin: SocketAddr) -> Result<Self> {
+        Self::start_under(&[], config, admin)
+    }
+
+    /// [`Node::start`], the node run by `wrapper` (a command and its
+    /// arguments, given the node's command line after them).
+    pub fn start_under(wrapper: &[&Path], config: &str, admin: SocketAddr) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("shoal.toml");
         fs::write(&path, config)?;
         let log = fs::File::create(dir.path().join("node.log"))?;
-        let child = Command::new(shoal_bin()?)
+        let shoal = shoal_bin()?;
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&shoal);
+                c
+            }
+            None => Command::new(&shoal),
+        };
+        let child = command
             .args(["run", "-c"])
             .arg(&path)
             .env("SHOAL_LOG", "info,shoal_node=debug")
@@ -277,7 +292,6 @@ impl Node {
         self.signal("HUP")
     }
 
-    /// How many times `needle` occurs in the log so far.
     /// The node's resident memory (VmRSS), in KiB.
     pub fn rss_kib(&self) -> Result<u64> {
         let pid = self.child.as_ref().map(Child::id).context("node is not running")?;
@@ -289,6 +303,7 @@ impl Node {
             .context("no VmRSS in /proc/PID/status")
     }
 
+    /// How many times `needle` occurs in the log so far.
     pub fn log_count(&self, needle: &str) -> usize {
         self.log().matches(needle).count()
     }
