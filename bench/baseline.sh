@@ -3,6 +3,8 @@
 # Shoal's HTTP (L7) and TCP (L4) listeners in front of three local nginx
 # backends, plus the backends alone for reference. Prints requests/s and
 # p99 latency per target. Installs wrk and nginx with apt-get when missing.
+# Shoal runs on SHOAL_IO (`[node] io`: io_uring, the node's default since
+# 2026-12-04; the runs recorded before it were on epoll, then the default).
 #
 # Usage: bench/baseline.sh [DURATION_SECONDS] [CONNECTIONS]
 set -euo pipefail
@@ -33,6 +35,7 @@ cat >"$work/shoal.toml" <<CONF
 [node]
 id = "bench"
 admin_addr = "127.0.0.1:19901"
+io = "${SHOAL_IO:-io_uring}"
 
 [[listener]]
 name = "l7"
@@ -66,7 +69,7 @@ run() {
     printf "%-28s %12s %10s\n" "$name" "$rps" "$p99"
 }
 
-echo "machine: $(nproc) cores, $(uname -r); wrk -t$threads -c$connections -d${duration}s; $(date -u +%F)"
+echo "machine: $(nproc) cores, $(uname -r); wrk -t$threads -c$connections -d${duration}s; $(date -u +%F); shoal on $(curl -fs http://127.0.0.1:19901/status | python3 -c 'import json,sys; print(json.load(sys.stdin)["node"]["tcp_io"])' 2>/dev/null || echo '?')"
 printf "%-28s %12s %10s\n" "target" "requests/s" "p99"
 run "nginx backend alone" http://127.0.0.1:18001/
 run "shoal L7 (http, least_conn)" http://127.0.0.1:18080/

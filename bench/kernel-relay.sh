@@ -3,7 +3,9 @@
 #
 # TCP proxies over compare.sh's three nginx backends, measured in
 # alternation with wrk (HTTP over client keep-alive, as compare.sh's l4 run):
-#   shoal      Shoal's L4 listener: copies short messages, splices bulk
+#   shoal      Shoal's L4 listener on epoll (SHOAL_IO, `[node] io`, default
+#              epoll here: the node's own default is io_uring, which does
+#              not splice): copies short messages, splices bulk
 #              (node/src/dataplane/copy.rs)
 #   haproxy    HAProxy `mode tcp`, leastconn, health checks on
 #   forwarder  bench/forwarder --tcp: a user-space copy loop, nothing else
@@ -30,7 +32,7 @@
 # shows), the part of it spent in the kernel's workqueue threads, and the
 # machine's context switches.
 #
-# Usage: bench/kernel-relay.sh   ROUNDS=5 DURATION=3 CONNECTIONS=64 (environment);
+# Usage: bench/kernel-relay.sh   ROUNDS=5 DURATION=3 CONNECTIONS=64 SHOAL_IO=epoll (environment);
 #   SIZE=BYTES has the backends answer a body of that size (a static file)
 #   instead of compare.sh's short one, for bulk transfers.
 #   PROXIES="haproxy uring ..." measures only those (haproxy always).
@@ -125,6 +127,7 @@ cat >"$work/shoal.toml" <<CONF
 [node]
 id = "relay"
 admin_addr = "127.0.0.1:19951"
+io = "${SHOAL_IO:-epoll}"
 
 $(web_listener l4 tcp 127.0.0.1:18586)
 

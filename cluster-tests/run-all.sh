@@ -58,11 +58,21 @@ step "build the shoal binary" cargo build -p shoal-node --bin shoal
 # test processes from each invoking cargo.
 export SHOAL_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/shoal"
 
+# The black-box suites whose nodes leave `[node] io` to its default
+# (io_uring where the kernel allows it) run once more on epoll, the
+# interface a node falls back to; the HTTP and TCP proxy suites run every
+# test on both already.
+epoll_suites=(affinity cluster edge health operations resilience)
 if cargo nextest --version >/dev/null 2>&1; then
     step "tests (cargo nextest)" cargo nextest run --workspace --no-fail-fast
+    filter=$(printf ' | binary(%s)' "${epoll_suites[@]}")
+    step "black-box suites again on epoll (nextest)" env SHOAL_TEST_IO=epoll \
+        cargo nextest run -p shoal-cluster-tests --no-fail-fast -E "${filter# | }"
 else
     echo "cargo-nextest not found: running the tests with cargo test"
     step "tests (cargo test)" cargo test --workspace --no-fail-fast
+    step "black-box suites again on epoll (cargo test)" env SHOAL_TEST_IO=epoll \
+        cargo test -p shoal-cluster-tests --no-fail-fast $(printf -- '--test %s ' "${epoll_suites[@]}")
 fi
 
 # libFuzzer on the decoders that take bytes from outside (VRRP, the

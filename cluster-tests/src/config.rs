@@ -7,9 +7,20 @@ pub fn node(admin: SocketAddr, extra: &str) -> String {
     node_named("lb1", admin, extra)
 }
 
-/// The `[node]` table of node `id`.
-pub fn node_named(id: &str, admin: SocketAddr, extra: &str) -> String {
-    format!("[node]\nid = \"{id}\"\nadmin_addr = \"{admin}\"\n{extra}\n\n")
+/// The `[node]` table of node `id`. Where `extra` does not set `io`,
+/// SHOAL_TEST_IO (environment) does, if set: run-all.sh runs the suites
+/// that leave `io` to its default (io_uring) once more on epoll, the
+/// interface a node falls back to.
+pub fn node_named(id: &str, admin: impl std::fmt::Display, extra: &str) -> String {
+    node_table(id, admin, extra, std::env::var("SHOAL_TEST_IO").ok().as_deref())
+}
+
+fn node_table(id: &str, admin: impl std::fmt::Display, extra: &str, test_io: Option<&str>) -> String {
+    let io = match test_io {
+        Some(io) if !extra.lines().any(|l| l.trim_start().starts_with("io ")) => format!("io = \"{io}\"\n"),
+        _ => String::new(),
+    };
+    format!("[node]\nid = \"{id}\"\nadmin_addr = \"{admin}\"\n{io}{extra}\n\n")
 }
 
 /// A `[cluster]` table named "edge".
@@ -47,4 +58,20 @@ pub fn pool(name: &str, extra: &str, backends: &[(&str, SocketAddr)]) -> String 
 /// A loopback address on a reserved free port.
 pub fn local() -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::from(([127, 0, 0, 1], crate::free_port()?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_table;
+
+    #[test]
+    fn the_test_io_applies_only_where_the_test_leaves_io_unset() {
+        let unset = node_table("lb1", "127.0.0.1:1", "shutdown_timeout = \"1s\"", Some("epoll"));
+        assert!(unset.contains("\nio = \"epoll\"\n"), "{unset}");
+        let own = node_table("lb1", "127.0.0.1:1", "io = \"io_uring\"", Some("epoll"));
+        assert_eq!(own.matches("io = ").count(), 1, "{own}");
+        assert!(own.contains("io = \"io_uring\""), "{own}");
+        let none = node_table("lb1", "127.0.0.1:1", "", None);
+        assert!(!none.contains("io = "), "{none}");
+    }
 }

@@ -15,11 +15,14 @@ pub use client::{HttpResponse, get, request, tcp_get};
 pub use procs::{Backend, Node, free_port, free_ports, run_shoal, shoal_bin};
 pub use wait::wait_until;
 
-/// Whether this kernel lets the calling process create an io_uring (the
-/// `[node] io = "io_uring"` tests need one); if not, prints a loud SKIP
+/// Whether this kernel lets the calling process create an io_uring with
+/// the node's flags (single issuer, deferred task work: Linux 6.1+), as
+/// the `[node] io = "io_uring"` tests need; if not, prints a loud SKIP
 /// line for `test`.
 pub fn io_uring_available(test: &str) -> bool {
-    match io_uring::IoUring::new(2) {
+    let mut ring = io_uring::IoUring::<io_uring::squeue::Entry>::builder();
+    ring.setup_single_issuer().setup_defer_taskrun();
+    match ring.build(2) {
         Ok(_) => true,
         Err(e) => {
             eprintln!("\n!!!!! SKIPPED {test} on io_uring: this kernel refuses io_uring ({e}) !!!!!\n");

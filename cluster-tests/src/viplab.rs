@@ -22,12 +22,12 @@ pub const SEEDS: &str = "[\"10.77.0.11:7946\", \"10.77.0.12:7946\"]";
 /// `[node]`, `[cluster]` (plus `cluster_extra` lines) and one HTTP
 /// listener on `bind` for pool `web`.
 pub fn base_config(name: &str, ip: &str, cluster_extra: &str, bind: &str) -> String {
-    format!(
-        "[node]\nid = \"{name}\"\nadmin_addr = \"{ip}:9901\"\nshutdown_timeout = \"1s\"\n\n\
-         [cluster]\nname = \"lab\"\ngossip_addr = \"{ip}:7946\"\nreplication_addr = \"{ip}:7947\"\n\
+    crate::config::node_named(name, format!("{ip}:9901"), "shutdown_timeout = \"1s\"")
+        + &format!(
+            "[cluster]\nname = \"lab\"\ngossip_addr = \"{ip}:7946\"\nreplication_addr = \"{ip}:7947\"\n\
          seeds = {SEEDS}\n{cluster_extra}\n\
          [[listener]]\nname = \"web\"\nbind = \"{bind}\"\nprotocol = \"http\"\npool = \"web\"\n\n"
-    )
+        )
 }
 
 /// Pool `web` with `extra` keys and backends (name, address).

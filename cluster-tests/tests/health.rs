@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use shoal_cluster_tests::client::KeepAlive;
+use shoal_cluster_tests::config::node;
 use shoal_cluster_tests::{Backend, Node, free_port, tcp_get, wait_until};
 
 const INTERVAL_MS: u64 = 300;
@@ -17,14 +18,14 @@ const RISE: u64 = 2;
 const SLACK: Duration = Duration::from_millis(250);
 
 fn config(admin: SocketAddr, http: SocketAddr, tcp: SocketAddr, backends: &[Backend], kind: &str) -> String {
-    let mut cfg = format!(
-        "[node]\nid = \"lb1\"\nadmin_addr = \"{admin}\"\n\n\
-         [[listener]]\nname = \"web\"\nbind = \"{http}\"\nprotocol = \"http\"\npool = \"web\"\n\n\
+    let mut cfg = node(admin, "");
+    cfg.push_str(&format!(
+        "[[listener]]\nname = \"web\"\nbind = \"{http}\"\nprotocol = \"http\"\npool = \"web\"\n\n\
          [[listener]]\nname = \"raw\"\nbind = \"{tcp}\"\nprotocol = \"tcp\"\npool = \"web\"\n\n\
          [[pool]]\nname = \"web\"\nalgorithm = \"round_robin\"\n\
          # No retries: a request routed to the dead backend would fail.\nretries = 0\n\
          health = {{ kind = \"{kind}\", path = \"/health\", interval = \"{INTERVAL_MS}ms\", timeout = \"200ms\", rise = {RISE}, fall = {FALL} }}\n\n"
-    );
+    ));
     for b in backends {
         cfg.push_str(&format!(
             "[[pool.backend]]\nname = \"{}\"\naddress = \"{}\"\n\n",
@@ -108,14 +109,14 @@ fn http_check_requires_a_healthy_status() -> Result<()> {
     let backends = [Backend::start("a")?];
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let http = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let cfg = format!(
-        "[node]\nid = \"lb1\"\nadmin_addr = \"{admin}\"\n\n\
-         [[listener]]\nname = \"web\"\nbind = \"{http}\"\nprotocol = \"http\"\npool = \"web\"\n\n\
+    let cfg = node(admin, "")
+        + &format!(
+            "[[listener]]\nname = \"web\"\nbind = \"{http}\"\nprotocol = \"http\"\npool = \"web\"\n\n\
          [[pool]]\nname = \"web\"\n\
          health = {{ kind = \"http\", path = \"/status/503\", interval = \"100ms\", timeout = \"100ms\", rise = 1, fall = 1 }}\n\n\
          [[pool.backend]]\nname = \"a\"\naddress = \"{}\"\n",
-        backends[0].addr
-    );
+            backends[0].addr
+        );
     let node = Node::start(&cfg, admin)?;
     wait_until(
         "a marked down",

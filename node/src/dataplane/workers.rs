@@ -128,7 +128,7 @@ impl Workers {
             // node serves on as before, only with more CPU per request.
             Err(e) => tracing::warn!(
                 error = %e,
-                "this kernel refuses io_uring: every listener runs on epoll (`[node] io = \"epoll\"` says so and silences this)"
+                "this kernel refuses io_uring with deferred task work (Linux 6.1+): every listener runs on epoll (`[node] io = \"epoll\"` says so and silences this)"
             ),
         }
         self
