@@ -36,6 +36,8 @@
 #   SIZE=BYTES has the backends answer a body of that size (a static file)
 #   instead of compare.sh's short one, for bulk transfers.
 #   PROXIES="haproxy uring ..." measures only those (haproxy always).
+#   URING_SUBMIT_EVERY=K has the `uring` loops enter the kernel to submit
+#   after every K completions handled, not only once per round (0).
 # SHOAL_BIN measures another build of Shoal (as compare.sh).
 # Needs root (loading BPF needs CAP_BPF and CAP_NET_ADMIN). Installs clang,
 # libbpf-dev, wrk, nginx and haproxy with apt-get when missing. Builds into

@@ -70,6 +70,10 @@ struct Worker {
     pairs: Vec<Option<Pair>>,
     free: Vec<usize>,
     completions: Vec<(u64, i32)>,
+    /// Submit after every this many completions handled, not only when
+    /// the round's completions are all handled (URING_SUBMIT_EVERY; 0,
+    /// the default: once per round).
+    submit_every: usize,
 }
 
 impl Worker {
@@ -98,6 +102,10 @@ impl Worker {
             pairs: Vec::new(),
             free: Vec::new(),
             completions: Vec::new(),
+            submit_every: std::env::var("URING_SUBMIT_EVERY")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
         })
     }
 
@@ -114,11 +122,14 @@ impl Worker {
                     .completion()
                     .map(|c: cqueue::Entry| (c.user_data(), c.result())),
             );
-            for &(user_data, result) in &completions {
+            for (i, &(user_data, result)) in completions.iter().enumerate() {
                 if user_data == ACCEPT {
                     self.accepted(result)?;
                 } else {
                     self.completed(user_data, result)?;
+                }
+                if self.submit_every > 0 && (i + 1) % self.submit_every == 0 {
+                    self.ring.submit().context("io_uring_enter")?;
                 }
             }
             completions.clear();
