@@ -15,7 +15,10 @@ pub fn node_named(id: &str, admin: impl std::fmt::Display, extra: &str) -> Strin
     node_table(id, admin, extra, std::env::var("SHOAL_TEST_IO").ok().as_deref())
 }
 
-fn node_table(id: &str, admin: impl std::fmt::Display, extra: &str, test_io: Option<&str>) -> String {
+/// The `[node]` table of node `id`, with `io = "TEST_IO"` added where
+/// `extra` does not set `io`; `None` leaves `io` to the node's default
+/// (as the tests of that default need, whatever SHOAL_TEST_IO says).
+pub fn node_table(id: &str, admin: impl std::fmt::Display, extra: &str, test_io: Option<&str>) -> String {
     let io = match test_io {
         Some(io) if !extra.lines().any(|l| l.trim_start().starts_with("io ")) => format!("io = \"{io}\"\n"),
         _ => String::new(),

@@ -8,13 +8,14 @@ use std::path::Path;
 
 use anyhow::Result;
 use shoal_cluster_tests::client::KeepAlive;
-use shoal_cluster_tests::config::{listener, local, node, pool};
+use shoal_cluster_tests::config::{listener, local, node_table, pool};
 use shoal_cluster_tests::{Backend, Node, io_uring_available, tcp_get};
 
-/// A node with the default `io`, an HTTP and a TCP listener on one backend.
+/// A node with the default `io` (even under SHOAL_TEST_IO), an HTTP and a
+/// TCP listener on one backend.
 fn config(backend: &Backend) -> Result<(String, SocketAddr, SocketAddr, SocketAddr)> {
     let (admin, http, tcp) = (local()?, local()?, local()?);
-    let cfg = node(admin, "")
+    let cfg = node_table("lb1", admin, "", None)
         + &listener("web", http, "http", "p", "")
         + &listener("raw", tcp, "tcp", "p", "")
         + &pool("p", "", &[("a", backend.addr)]);
