@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Bulk throughput through Shoal's TCP listener, on epoll (which splices
-# bulk data, node/src/dataplane/copy.rs) and on io_uring (which copies it
-# through a growing buffer, node/src/dataplane/uring/copy.rs), measured in
+# Bulk throughput through Shoal's TCP listener, on epoll
+# (node/src/dataplane/copy.rs) and on io_uring
+# (node/src/dataplane/uring/copy.rs), both splicing bulk data, measured in
 # alternation: iperf3 through each, one stream, upload then download
-# (-R), and the proxy's CPU time over both.
+# (-R), and the proxy's CPU time over both, also per Gbit moved.
 #
 # Usage: bench/bulk.sh   ROUNDS=3 DURATION=4 (environment), SHOAL_BIN
 # Installs iperf3 with apt-get when missing. Loopback only.
@@ -73,7 +73,8 @@ for r in $(seq "$rounds"); do
         up=$(gbits "${port[$io]}" "")
         down=$(gbits "${port[$io]}" "-R")
         cpu=$(( ($(ticks "${pid[$io]}") - before) * 1000 / hz ))
-        printf "  round %d  %-8s  upload %6s Gbit/s  download %6s Gbit/s  proxy CPU %5d ms over %d s\n" \
-            "$r" "$io" "$up" "$down" "$cpu" $((2 * duration))
+        per_gbit=$(python3 -c "print(round($cpu / (($up + $down) * $duration), 1))")
+        printf "  round %d  %-8s  upload %6s Gbit/s  download %6s Gbit/s  proxy CPU %5d ms over %d s, %5s ms per Gbit\n" \
+            "$r" "$io" "$up" "$down" "$cpu" $((2 * duration)) "$per_gbit"
     done
 done
