@@ -16,7 +16,7 @@
 //! splicing is refused, bulk is copied through a buffer that grows while
 //! reads fill it and shrinks back when they stop.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
@@ -59,6 +59,8 @@ pub async fn proxy(
             report(start.elapsed().saturating_sub(sent));
         }
     };
+    // Made by the first bulk chunk either way, shared by both directions.
+    let (client_watch, backend_watch) = (OnceCell::new(), OnceCell::new());
     let both = async {
         monoio::select! {
             r = client.readable(true) => r?,
@@ -67,8 +69,20 @@ pub async fn proxy(
         let (cr, cw) = fd::split(client);
         let (br, bw) = fd::split(backend);
         monoio::try_join!(
-            pump(cr, bw, start, &last_activity, on_client_read),
-            pump(br, cw, start, &last_activity, on_backend_read)
+            pump(
+                (cr, &client_watch),
+                (bw, &backend_watch),
+                start,
+                &last_activity,
+                on_client_read
+            ),
+            pump(
+                (br, &backend_watch),
+                (cw, &client_watch),
+                start,
+                &last_activity,
+                on_backend_read
+            )
         )
     };
     let watchdog = idle_for(start, || last_activity.get(), idle);
@@ -89,8 +103,8 @@ pub async fn proxy(
 /// on) or either side fails: copied through a buffer, spliced while the
 /// data comes in bulk, as `dataplane::copy`'s pump does on epoll.
 async fn pump(
-    mut from: Half<TcpOwnedReadHalf>,
-    mut to: Half<TcpOwnedWriteHalf>,
+    (mut from, from_watch): (Half<TcpOwnedReadHalf>, &OnceCell<TcpStream>),
+    (mut to, to_watch): (Half<TcpOwnedWriteHalf>, &OnceCell<TcpStream>),
     start: Instant,
     last: &Cell<u64>,
     mut on_read: impl FnMut(),
@@ -113,7 +127,7 @@ async fn pump(
             }
         }
         if pipe.is_some() && watch.is_none() {
-            match Readiness::new(from.fd(), to.fd()) {
+            match Readiness::new((from.fd(), from_watch), (to.fd(), to_watch)) {
                 Ok(w) => watch = Some(w),
                 Err(e) => {
                     tracing::debug!(error = %e, "no descriptor to splice with; copying");
@@ -177,11 +191,12 @@ async fn pump(
     }
 }
 
-/// A direction's two sockets as ring streams on descriptors of their own,
-/// to wait for readiness on through the ring (monoio's halves cannot).
-struct Readiness {
-    from: TcpStream,
-    to: TcpStream,
+/// A direction's two sockets as ring streams on descriptors of their own
+/// (one per socket, shared by both directions), to wait for readiness on
+/// through the ring, which monoio's halves cannot.
+struct Readiness<'a> {
+    from: &'a TcpStream,
+    to: &'a TcpStream,
     /// Chunks spliced in since the last wait in the ring.
     unwaited: Cell<u32>,
 }
@@ -191,16 +206,26 @@ struct Readiness {
 /// at most.
 const SPLICES_PER_WAIT: u32 = 16;
 
-impl Readiness {
-    fn new(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> io::Result<Self> {
-        let watch = |fd: BorrowedFd<'_>| {
+impl<'a> Readiness<'a> {
+    /// The direction's source and destination: each socket's descriptor
+    /// and the cell that keeps its ring stream, made here if the other
+    /// direction has not made it yet.
+    fn new(
+        from: (BorrowedFd<'_>, &'a OnceCell<TcpStream>),
+        to: (BorrowedFd<'_>, &'a OnceCell<TcpStream>),
+    ) -> io::Result<Self> {
+        let watch = |(fd, cell): (BorrowedFd<'_>, &'a OnceCell<TcpStream>)| -> io::Result<&'a TcpStream> {
+            if let Some(stream) = cell.get() {
+                return Ok(stream);
+            }
             let socket = std::net::TcpStream::from(fd.try_clone_to_owned()?);
             // splice(2) waits on a blocking socket. The flag belongs to
             // the socket, so the ring's descriptor gets it too; its reads
             // and writes do not depend on it (the HTTP path's sockets,
             // accepted on epoll, have it all along).
             socket.set_nonblocking(true)?;
-            TcpStream::from_std(socket)
+            let stream = TcpStream::from_std(socket)?;
+            Ok(cell.get_or_init(|| stream))
         };
         Ok(Self {
             from: watch(from)?,
