@@ -158,29 +158,15 @@ async fn pump(
     // Allocated by the first read that brings something (`first_read`).
     let mut buf = Vec::new();
     let mut moved = Moved::default();
-    let mut pipe: Option<Pipe> = None;
-    let mut bulk = false;
-    // Cleared for good when this kernel, socket or sandbox cannot splice,
-    // or its pipes are too small to be worth it.
-    let mut can_splice = true;
+    let mut run = BulkRun::default();
     // fetch_max: the two directions race, and time must not go back.
     let active = || last.fetch_max(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     loop {
-        if bulk && can_splice && pipe.is_none() {
-            match Pipe::take(*PIPES_MAX) {
-                Ok(p) => pipe = Some(p),
-                // At the pipe limit or out of descriptors: this chunk is
-                // copied, and the next full one tries again.
-                Err(NoPipe::Busy) => {}
-                Err(NoPipe::Small) => can_splice = false,
-            }
-        }
-        let n = match &pipe {
+        let n = match run.pipe() {
             Some(p) => match p.fill(from.as_ref()).await {
                 Ok(n) => n,
                 Err(e) if cannot_splice(&e) => {
-                    tracing::debug!(error = %e, "splice(2) refused; copying");
-                    can_splice = false;
+                    run.refused(&e);
                     0
                 }
                 Err(e) => return Err(e),
@@ -188,14 +174,7 @@ async fn pump(
             None if buf.is_empty() => first_read(&mut from, &mut buf).await?,
             None => from.read(&mut buf).await?,
         };
-        if n == 0
-            && let Some(empty) = pipe.take()
-        {
-            // The splice moved nothing. That is the end of the stream only
-            // if a read says so too: splice also stops at TCP urgent data,
-            // which a read passes over. Back to reading.
-            empty.release();
-            bulk = false;
+        if n == 0 && run.nothing_spliced() {
             continue;
         }
         if n == 0 {
@@ -208,7 +187,7 @@ async fn pump(
         // A slow reader on the other side is activity too, not idleness:
         // the clock moves again once the chunk is out (drain moves it
         // after each partial splice).
-        match &pipe {
+        match run.pipe_in_use() {
             Some(p) => {
                 p.drain(to.as_ref(), n, &active).await?;
                 moved.spliced += n as u64;
@@ -219,10 +198,79 @@ async fn pump(
             }
         }
         moved.total += n as u64;
-        // A full buffer, or a splice of at least as much, says more is
-        // waiting: splice the next chunk. Anything less ends the run.
-        bulk = n >= BUF_SIZE;
-        if !bulk && let Some(drained) = pipe.take() {
+        run.moved(n);
+    }
+}
+
+/// One direction's bulk rule, the same on epoll and io_uring: a chunk
+/// that fills the buffer (or a splice of at least as much) says more is
+/// waiting, so the next chunk is spliced through a pipe; anything less
+/// ends the run and hands the pipe back. A pipe is held only while bulk
+/// chunks follow each other, so an idle connection, or one of short
+/// messages, holds none.
+#[derive(Default)]
+pub(super) struct BulkRun {
+    pipe: Option<Pipe>,
+    bulk: bool,
+    /// Set for good when this kernel, socket or sandbox cannot splice,
+    /// or its pipes are too small to be worth it.
+    refused: bool,
+}
+
+impl BulkRun {
+    /// The pipe the next chunk goes through, taken now if the last chunk
+    /// was bulk; none means read (and write) it.
+    pub(super) fn pipe(&mut self) -> Option<&Pipe> {
+        if self.bulk && !self.refused && self.pipe.is_none() {
+            match Pipe::take(*PIPES_MAX) {
+                Ok(p) => self.pipe = Some(p),
+                // At the pipe limit or out of descriptors: this chunk is
+                // copied, and the next full one tries again.
+                Err(NoPipe::Busy) => {}
+                Err(NoPipe::Small) => self.refused = true,
+            }
+        }
+        self.pipe.as_ref()
+    }
+
+    /// The pipe the chunk just filled went through, if it was spliced.
+    pub(super) fn pipe_in_use(&self) -> Option<&Pipe> {
+        self.pipe.as_ref()
+    }
+
+    /// Whether splicing is still on the table for this direction.
+    pub(super) fn may_splice(&self) -> bool {
+        !self.refused
+    }
+
+    /// Splicing cannot work here (`e`): the direction copies from now
+    /// on. The chunk in hand counts as a splice that moved nothing.
+    pub(super) fn refused(&mut self, e: &io::Error) {
+        tracing::debug!(error = %e, "cannot splice(2) here; copying");
+        self.refused = true;
+    }
+
+    /// After a chunk of 0 bytes: true if it was a splice, which moved
+    /// nothing. That is the end of the stream only if a read says so too:
+    /// splice also stops at TCP urgent data, which a read passes over. So
+    /// the pipe goes back, and the next chunk is read.
+    pub(super) fn nothing_spliced(&mut self) -> bool {
+        match self.pipe.take() {
+            Some(empty) => {
+                empty.release();
+                self.bulk = false;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// After a chunk of `n` bytes moved out.
+    pub(super) fn moved(&mut self, n: usize) {
+        self.bulk = n >= BUF_SIZE;
+        if !self.bulk
+            && let Some(drained) = self.pipe.take()
+        {
             drained.release();
         }
     }
@@ -266,7 +314,7 @@ pub(super) fn cannot_splice(e: &io::Error) -> bool {
 static PIPES_OPEN: AtomicUsize = AtomicUsize::new(0);
 /// At most a quarter of the open-files limit goes to pipes (two
 /// descriptors each), so bulk transfers cannot starve accepting clients.
-pub(super) static PIPES_MAX: LazyLock<usize> =
+static PIPES_MAX: LazyLock<usize> =
     LazyLock::new(
         || match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
             Ok((soft, _)) => usize::try_from(soft / 8).unwrap_or(usize::MAX),
@@ -276,7 +324,7 @@ pub(super) static PIPES_MAX: LazyLock<usize> =
 
 /// Why `Pipe::take` gave no pipe.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum NoPipe {
+enum NoPipe {
     /// The pipe limit is reached, or the kernel has no descriptor to
     /// give: worth trying again later.
     Busy,
@@ -311,7 +359,7 @@ const SPLICE_FLAGS: SpliceFFlags = SpliceFFlags::SPLICE_F_MOVE.union(SpliceFFlag
 impl Pipe {
     /// A spare pipe of this worker's, or a new one of at least PIPE_CHUNK
     /// unless `max` are open already.
-    pub(super) fn take(max: usize) -> Result<Self, NoPipe> {
+    fn take(max: usize) -> Result<Self, NoPipe> {
         if let Some(pipe) = SPARE_PIPES.with_borrow_mut(Vec::pop) {
             return Ok(pipe);
         }
@@ -337,7 +385,7 @@ impl Pipe {
 
     /// Keeps this pipe, which must be empty, for the worker's next bulk
     /// run, or closes it if enough are kept already.
-    pub(super) fn release(self) {
+    fn release(self) {
         SPARE_PIPES.with_borrow_mut(|spare| {
             if spare.len() < SPARE_PIPES_MAX {
                 spare.push(self);
@@ -661,6 +709,32 @@ mod tests {
         reader.read_to_end(&mut got).await?;
         assert!(got == data);
         Ok(())
+    }
+
+    #[test]
+    fn a_bulk_run_starts_on_a_full_chunk_and_ends_on_a_short_one_nothing_or_a_refusal() {
+        let mut run = BulkRun::default();
+        assert!(run.pipe().is_none(), "the first chunk is read");
+        run.moved(BUF_SIZE);
+        assert!(run.pipe().is_some(), "a full chunk: the next one is spliced");
+        run.moved(BUF_SIZE);
+        assert!(run.pipe_in_use().is_some(), "still bulk");
+        run.moved(10);
+        assert!(
+            run.pipe_in_use().is_none() && run.pipe().is_none(),
+            "a short chunk ends the run"
+        );
+        run.moved(BUF_SIZE);
+        assert!(run.pipe().is_some());
+        assert!(run.nothing_spliced(), "a splice that moved nothing hands the pipe back");
+        assert!(run.pipe().is_none(), "and the next chunk is read");
+        assert!(!run.nothing_spliced(), "a read of nothing is the end");
+        run.moved(BUF_SIZE);
+        assert!(run.pipe().is_some() && run.may_splice());
+        run.refused(&io::Error::from_raw_os_error(nix::libc::EINVAL));
+        assert!(run.nothing_spliced(), "the refused chunk is read");
+        run.moved(BUF_SIZE);
+        assert!(run.pipe().is_none() && !run.may_splice(), "refused for good");
     }
 
     #[tokio::test(start_paused = true)]

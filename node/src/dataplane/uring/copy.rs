@@ -27,9 +27,7 @@ use nix::errno::Errno;
 use tokio::time::Instant;
 
 use super::fd::{self, Half};
-use crate::dataplane::copy::{
-    BUF_SIZE, CopyError, Moved, NoPipe, PIPES_MAX, Pipe, Transferred, cannot_splice, idle_for,
-};
+use crate::dataplane::copy::{BUF_SIZE, BulkRun, CopyError, Moved, Pipe, Transferred, cannot_splice, idle_for};
 
 /// The largest buffer a bulk direction grows to when it cannot splice:
 /// fewer, larger reads and writes per byte, each one ring operation.
@@ -112,38 +110,25 @@ async fn pump(
     // Capacity only: the ring writes into it, no memset first.
     let mut buf = Vec::with_capacity(BUF_SIZE);
     let mut moved = Moved::default();
+    let mut run = BulkRun::default();
     // Made by the first bulk chunk, kept for the direction's life.
     let mut watch: Option<Readiness> = None;
-    let mut pipe: Option<Pipe> = None;
-    let mut bulk = false;
-    // Cleared for good when this kernel, socket or sandbox cannot splice.
-    let mut can_splice = true;
     loop {
-        if bulk && can_splice && pipe.is_none() {
-            match Pipe::take(*PIPES_MAX) {
-                Ok(p) => pipe = Some(p),
-                Err(NoPipe::Busy) => {}
-                Err(NoPipe::Small) => can_splice = false,
-            }
-        }
-        if pipe.is_some() && watch.is_none() {
+        if run.pipe().is_some() && watch.is_none() {
             match Readiness::new((from.fd(), from_watch), (to.fd(), to_watch)) {
                 Ok(w) => watch = Some(w),
+                // This chunk is read, and so is every later one.
                 Err(e) => {
-                    tracing::debug!(error = %e, "no descriptor to splice with; copying");
-                    can_splice = false;
-                    if let Some(unused) = pipe.take() {
-                        unused.release();
-                    }
+                    run.refused(&e);
+                    run.nothing_spliced();
                 }
             }
         }
-        let n = match (&pipe, &watch) {
+        let n = match (run.pipe(), &watch) {
             (Some(p), Some(w)) => match w.fill(p, from.fd()).await {
                 Ok(n) => n,
                 Err(e) if cannot_splice(&e) => {
-                    tracing::debug!(error = %e, "splice(2) refused; copying");
-                    can_splice = false;
+                    run.refused(&e);
                     0
                 }
                 Err(e) => return Err(e),
@@ -154,13 +139,7 @@ async fn pump(
                 read?
             }
         };
-        if n == 0
-            && let Some(empty) = pipe.take()
-        {
-            // As on epoll: only a read can say that the stream ended (a
-            // splice also stops at urgent data).
-            empty.release();
-            bulk = false;
+        if n == 0 && run.nothing_spliced() {
             continue;
         }
         if n == 0 {
@@ -169,7 +148,7 @@ async fn pump(
         }
         on_read();
         touch(last, start);
-        match (&pipe, &watch) {
+        match (run.pipe_in_use(), &watch) {
             (Some(p), Some(w)) => {
                 w.drain(p, to.fd(), n, || touch(last, start)).await?;
                 moved.spliced += n as u64;
@@ -180,14 +159,15 @@ async fn pump(
                 // A slow reader on the other side is activity too, not idleness.
                 touch(last, start);
                 // A direction that splices its bulk needs no larger buffer.
-                buf = if can_splice { reuse(back) } else { next_buffer(back, n) };
+                buf = if run.may_splice() {
+                    reuse(back)
+                } else {
+                    next_buffer(back, n)
+                };
             }
         }
         moved.total += n as u64;
-        bulk = n >= BUF_SIZE;
-        if !bulk && let Some(drained) = pipe.take() {
-            drained.release();
-        }
+        run.moved(n);
     }
 }
 
