@@ -20,6 +20,9 @@
 #              round of completions, deferred task work
 #              (bench/kernel-relay/src/uring.rs)
 #   uring-plain  the same without IORING_SETUP_DEFER_TASKRUN
+#   uring-fixed, uring-pollfirst, uring-both  `uring` with the pair's
+#              sockets registered with the ring (fixed files), with receives
+#              flagged IORING_RECVSEND_POLL_FIRST, and with both
 #   tokio-uring  the same copy loop on tokio-uring's safe API
 #   monoio     the same copy loop on monoio (an io_uring thread-per-core
 #              runtime with a safe API); monoio-defer with deferred task work
@@ -142,7 +145,7 @@ pids+=($!)
 setsid "$relay" sockmap "$work/splice.bpf.o" 127.0.0.1:18585 "${backends[@]}" >"$work/sockmap.log" 2>&1 &
 pids+=($!)
 # The io_uring copy loops, one port each from 18587 on.
-io_uring_loops=(uring tokio-uring uring-plain monoio monoio-defer compio compio-defer compio-poll)
+io_uring_loops=(uring tokio-uring uring-plain uring-fixed uring-pollfirst uring-both monoio monoio-defer compio compio-defer compio-poll)
 declare -A url=()
 for ((k = 0; k < ${#io_uring_loops[@]}; k++)); do
     mode=${io_uring_loops[k]}
@@ -150,7 +153,7 @@ for ((k = 0; k < ${#io_uring_loops[@]}; k++)); do
     pids+=($!)
     url[$mode]=http://127.0.0.1:$((18587 + k))$path
 done
-read -ra products <<<"${PROXIES:-shoal haproxy forwarder splice sockmap uring uring-plain tokio-uring monoio monoio-defer compio compio-defer compio-poll}"
+read -ra products <<<"${PROXIES:-shoal haproxy forwarder splice sockmap uring uring-plain uring-fixed uring-pollfirst uring-both tokio-uring monoio monoio-defer compio compio-defer compio-poll}"
 if [[ " ${products[*]} " != *" haproxy "* ]]; then
     echo "kernel-relay: PROXIES must include haproxy, the ratios' base" >&2
     exit 1

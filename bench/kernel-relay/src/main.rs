@@ -14,7 +14,10 @@
 //!   calls io_uring batches, to measure what fewer kernel entries are worth:
 //!   by hand (uring.rs), and on three runtimes with safe APIs; `uring-plain`,
 //!   `monoio-defer` and `compio-defer` change only how the rings are set up;
-//!   `compio-poll` is compio on its epoll fallback.
+//!   `compio-poll` is compio on its epoll fallback; `uring-fixed`,
+//!   `uring-pollfirst` and `uring-both` are `uring` with its sockets
+//!   registered with the ring, with receives that arm their poll first, and
+//!   with both.
 
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr};
@@ -34,7 +37,7 @@ mod per_core;
 mod tokio_uring_relay;
 mod uring;
 
-const USAGE: &str = "usage: kernel-relay splice LISTEN BACKEND... | kernel-relay sockmap BPF_OBJECT LISTEN BACKEND... | kernel-relay uring|uring-plain|tokio-uring|monoio|monoio-defer|compio|compio-defer|compio-poll LISTEN BACKEND...";
+const USAGE: &str = "usage: kernel-relay splice LISTEN BACKEND... | kernel-relay sockmap BPF_OBJECT LISTEN BACKEND... | kernel-relay uring|uring-plain|uring-fixed|uring-pollfirst|uring-both|tokio-uring|monoio|monoio-defer|compio|compio-defer|compio-poll LISTEN BACKEND...";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,12 +51,23 @@ fn main() -> Result<()> {
     tokio_runtime(args)
 }
 
+fn uring_options(defer_taskrun: bool, fixed_files: bool, poll_first: bool) -> uring::Options {
+    uring::Options {
+        defer_taskrun,
+        fixed_files,
+        poll_first,
+    }
+}
+
 type Serve = fn(SocketAddr, Vec<SocketAddr>) -> Result<()>;
 
 fn io_uring_loop(mode: &str) -> Option<Serve> {
     Some(match mode {
-        "uring" => |listen, backends| uring::serve(listen, backends, true),
-        "uring-plain" => |listen, backends| uring::serve(listen, backends, false),
+        "uring" => |listen, backends| uring::serve(listen, backends, uring_options(true, false, false)),
+        "uring-plain" => |listen, backends| uring::serve(listen, backends, uring_options(false, false, false)),
+        "uring-fixed" => |listen, backends| uring::serve(listen, backends, uring_options(true, true, false)),
+        "uring-pollfirst" => |listen, backends| uring::serve(listen, backends, uring_options(true, false, true)),
+        "uring-both" => |listen, backends| uring::serve(listen, backends, uring_options(true, true, true)),
         "tokio-uring" => tokio_uring_relay::serve,
         "monoio" => |listen, backends| monoio_relay::serve(listen, backends, false),
         "monoio-defer" => |listen, backends| monoio_relay::serve(listen, backends, true),

@@ -30,18 +30,34 @@ const BUFFER: usize = 16 * 1024;
 /// `slot << 2 | direction << 1 | is_send`.
 const ACCEPT: u64 = u64::MAX;
 
-/// Serves with a hand-driven ring per core; `defer_taskrun` creates the
-/// rings with IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN.
-pub fn serve(listen: SocketAddr, backends: Vec<SocketAddr>, defer_taskrun: bool) -> Result<()> {
-    let what = if defer_taskrun {
-        "io_uring (deferred task work)"
-    } else {
-        "io_uring"
-    };
-    per_core::serve(listen, backends, what, move |l, b, i| {
-        Worker::new(l, b, i, defer_taskrun)?.run()
+/// How a worker drives its ring.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN.
+    pub defer_taskrun: bool,
+    /// Each pair's sockets registered with the ring, named by index
+    /// (IOSQE_FIXED_FILE): no file lookup and reference count per
+    /// operation.
+    pub fixed_files: bool,
+    /// Receives flagged IORING_RECVSEND_POLL_FIRST: a proxy's receive is
+    /// queued right after its send, before the answer can be there, so the
+    /// first attempt to read would find nothing.
+    pub poll_first: bool,
+}
+
+/// Serves with a hand-driven ring per core.
+pub fn serve(listen: SocketAddr, backends: Vec<SocketAddr>, options: Options) -> Result<()> {
+    let what = format!("io_uring ({options:?})");
+    per_core::serve(listen, backends, &what, move |l, b, i| {
+        Worker::new(l, b, i, options)?.run()
     })
 }
+
+/// Registered descriptors per ring: two per pair.
+const FIXED_FILES: u32 = 8192;
+
+/// IORING_RECVSEND_POLL_FIRST (io_uring.h), a receive's `ioprio` flag.
+const RECVSEND_POLL_FIRST: u16 = 1;
 
 /// A client connection and its backend connection. Direction 0 reads the
 /// client and writes the backend; direction 1 the other way.
@@ -74,6 +90,7 @@ struct Worker {
     /// the round's completions are all handled (URING_SUBMIT_EVERY; 0,
     /// the default: once per round).
     submit_every: usize,
+    options: Options,
 }
 
 impl Worker {
@@ -81,19 +98,24 @@ impl Worker {
         listener: std::net::TcpListener,
         backends: Vec<SocketAddr>,
         worker: usize,
-        defer_taskrun: bool,
+        options: Options,
     ) -> Result<Worker> {
         // With deferred task work the ring is entered only by this thread,
         // and completions are wanted only when it asks for them: the kernel
         // can then run the work that completes them in that io_uring_enter
         // call instead of interrupting the thread.
         let mut builder = IoUring::builder();
-        if defer_taskrun {
+        if options.defer_taskrun {
             builder.setup_single_issuer().setup_defer_taskrun();
         }
         let ring = builder
             .build(1024)
             .context("creating an io_uring (kernel 6.1 or later, io_uring not disabled)")?;
+        if options.fixed_files {
+            ring.submitter()
+                .register_files_sparse(FIXED_FILES)
+                .context("registering a sparse file table")?;
+        }
         Ok(Worker {
             ring,
             listener,
@@ -106,6 +128,7 @@ impl Worker {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            options,
         })
     }
 
@@ -205,6 +228,26 @@ impl Worker {
                 self.pairs.len() - 1
             }
         };
+        if self.options.fixed_files {
+            let pair = self.pair(slot)?;
+            let fds = [pair.sockets[0].as_raw_fd(), pair.sockets[1].as_raw_fd()];
+            let registered = u32::try_from(2 * slot)
+                .ok()
+                .filter(|&i| i + 1 < FIXED_FILES)
+                .context("more pairs than the file table holds")
+                .and_then(|i| {
+                    self.ring
+                        .submitter()
+                        .register_files_update(i, &fds)
+                        .context("registering a pair's sockets")
+                });
+            if let Err(e) = registered {
+                eprintln!("kernel-relay: {e:#}");
+                self.pairs[slot] = None;
+                self.free.push(slot);
+                return Ok(());
+            }
+        }
         self.recv(slot, 0)?;
         self.recv(slot, 1)
     }
@@ -220,14 +263,18 @@ impl Worker {
     fn recv(&mut self, slot: usize, d: usize) -> Result<()> {
         let pair = self.pair(slot)?;
         pair.in_flight += 1;
-        let buffer = &mut pair.buffers[d];
-        let entry = opcode::Recv::new(
-            types::Fd(pair.sockets[d].as_raw_fd()),
-            buffer.as_mut_ptr(),
-            BUFFER as u32,
-        )
-        .build()
-        .user_data((slot as u64) << 2 | (d as u64) << 1);
+        let buffer = pair.buffers[d].as_mut_ptr();
+        let fd = pair.sockets[d].as_raw_fd();
+        let options = self.options;
+        let recv = if options.fixed_files {
+            opcode::Recv::new(types::Fixed((2 * slot + d) as u32), buffer, BUFFER as u32)
+        } else {
+            opcode::Recv::new(types::Fd(fd), buffer, BUFFER as u32)
+        };
+        let entry = recv
+            .ioprio(if options.poll_first { RECVSEND_POLL_FIRST } else { 0 })
+            .build()
+            .user_data((slot as u64) << 2 | (d as u64) << 1);
         self.push(entry)
     }
 
@@ -237,14 +284,17 @@ impl Worker {
         pair.in_flight += 1;
         let (from, to) = (pair.written[d], pair.filled[d]);
         let rest = &pair.buffers[d][from..to];
-        let entry = opcode::Send::new(
-            types::Fd(pair.sockets[1 - d].as_raw_fd()),
-            rest.as_ptr(),
-            rest.len() as u32,
-        )
-        .flags(libc::MSG_NOSIGNAL)
-        .build()
-        .user_data((slot as u64) << 2 | (d as u64) << 1 | 1);
+        let (buffer, len) = (rest.as_ptr(), rest.len() as u32);
+        let fd = pair.sockets[1 - d].as_raw_fd();
+        let send = if self.options.fixed_files {
+            opcode::Send::new(types::Fixed((2 * slot + 1 - d) as u32), buffer, len)
+        } else {
+            opcode::Send::new(types::Fd(fd), buffer, len)
+        };
+        let entry = send
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data((slot as u64) << 2 | (d as u64) << 1 | 1);
         self.push(entry)
     }
 
@@ -277,6 +327,13 @@ impl Worker {
         }
         let pair = self.pair(slot)?;
         if pair.in_flight == 0 && (pair.broken || pair.ended == [true; 2]) {
+            if self.options.fixed_files {
+                // The table holds the sockets open: let them go first.
+                self.ring
+                    .submitter()
+                    .register_files_update((2 * slot) as u32, &[-1, -1])
+                    .context("unregistering a pair's sockets")?;
+            }
             self.pairs[slot] = None;
             self.free.push(slot);
         }
