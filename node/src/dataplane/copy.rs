@@ -222,10 +222,10 @@ impl BulkRun {
     /// was bulk; none means read (and write) it.
     pub(super) fn pipe(&mut self) -> Option<&Pipe> {
         if self.bulk && !self.refused && self.pipe.is_none() {
-            match Pipe::take(*PIPES_MAX) {
+            match Pipe::take(splice_fds_max()) {
                 Ok(p) => self.pipe = Some(p),
-                // At the pipe limit or out of descriptors: this chunk is
-                // copied, and the next full one tries again.
+                // At the splicing limit or out of descriptors: this chunk
+                // is copied, and the next full one tries again.
                 Err(NoPipe::Busy) => {}
                 Err(NoPipe::Small) => self.refused = true,
             }
@@ -310,23 +310,51 @@ pub(super) fn cannot_splice(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(EINVAL | ENOSYS | EOPNOTSUPP | EPERM))
 }
 
-/// Pipes open at once in this process.
-static PIPES_OPEN: AtomicUsize = AtomicUsize::new(0);
-/// At most a quarter of the open-files limit goes to pipes (two
-/// descriptors each), so bulk transfers cannot starve accepting clients.
-static PIPES_MAX: LazyLock<usize> =
+/// Descriptors held for splicing at once in this process: each pipe's
+/// two, and on io_uring the second descriptor of each socket that a bulk
+/// connection waits for readiness on.
+static SPLICE_FDS_OPEN: AtomicUsize = AtomicUsize::new(0);
+/// At most a quarter of the open-files limit goes to splicing, so bulk
+/// transfers cannot starve accepting clients.
+static SPLICE_FDS_MAX: LazyLock<usize> =
     LazyLock::new(
         || match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
-            Ok((soft, _)) => usize::try_from(soft / 8).unwrap_or(usize::MAX),
-            Err(_) => 128,
+            Ok((soft, _)) => usize::try_from(soft / 4).unwrap_or(usize::MAX),
+            Err(_) => 256,
         },
     );
+
+/// How many descriptors this process may hold for splicing at once.
+pub(super) fn splice_fds_max() -> usize {
+    *SPLICE_FDS_MAX
+}
+
+/// Descriptors counted in SPLICE_FDS_OPEN for as long as this lives.
+pub(super) struct SpliceFds(usize);
+
+impl SpliceFds {
+    /// `n` more descriptors for splicing, unless that would pass `max`
+    /// ([`splice_fds_max`] but in tests).
+    pub(super) fn reserve(n: usize, max: usize) -> Option<Self> {
+        if SPLICE_FDS_OPEN.fetch_add(n, Ordering::Relaxed) + n > max {
+            SPLICE_FDS_OPEN.fetch_sub(n, Ordering::Relaxed);
+            return None;
+        }
+        Some(Self(n))
+    }
+}
+
+impl Drop for SpliceFds {
+    fn drop(&mut self) {
+        SPLICE_FDS_OPEN.fetch_sub(self.0, Ordering::Relaxed);
+    }
+}
 
 /// Why `Pipe::take` gave no pipe.
 #[derive(Debug, PartialEq, Eq)]
 enum NoPipe {
-    /// The pipe limit is reached, or the kernel has no descriptor to
-    /// give: worth trying again later.
+    /// The descriptors for splicing are all in use, or the kernel has no
+    /// descriptor to give: worth trying again later.
     Busy,
     /// The kernel gives pipes smaller than PIPE_CHUNK (a user past
     /// `fs.pipe-user-pages-soft` gets 8 KiB ones), which would cost more
@@ -344,7 +372,7 @@ thread_local! {
 }
 
 /// A pipe that carries one direction's bulk data between two sockets,
-/// counted in PIPES_OPEN while it exists. It is empty between chunks:
+/// counted in SPLICE_FDS_OPEN while it exists. It is empty between chunks:
 /// `fill` moves at most its capacity in, and `drain` moves all of that out
 /// before the next `fill`. Dropped, it closes; `release` keeps an empty
 /// one for reuse, so a pipe left holding bytes (a failed or cancelled
@@ -352,31 +380,28 @@ thread_local! {
 pub(super) struct Pipe {
     out: OwnedFd,
     into: OwnedFd,
+    _counted: SpliceFds,
 }
 
 const SPLICE_FLAGS: SpliceFFlags = SpliceFFlags::SPLICE_F_MOVE.union(SpliceFFlags::SPLICE_F_NONBLOCK);
 
 impl Pipe {
     /// A spare pipe of this worker's, or a new one of at least PIPE_CHUNK
-    /// unless `max` are open already.
+    /// unless that would hold more than `max` descriptors for splicing.
     fn take(max: usize) -> Result<Self, NoPipe> {
         if let Some(pipe) = SPARE_PIPES.with_borrow_mut(Vec::pop) {
             return Ok(pipe);
         }
-        if PIPES_OPEN.fetch_add(1, Ordering::Relaxed) >= max {
-            PIPES_OPEN.fetch_sub(1, Ordering::Relaxed);
-            return Err(NoPipe::Busy);
-        }
-        let (out, into) = match nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC) {
-            Ok(ends) => ends,
-            Err(e) => {
-                PIPES_OPEN.fetch_sub(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "no pipe for splice(2); copying");
-                return Err(NoPipe::Busy);
-            }
+        let counted = SpliceFds::reserve(2, max).ok_or(NoPipe::Busy)?;
+        let (out, into) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(|e| {
+            tracing::debug!(error = %e, "no pipe for splice(2); copying");
+            NoPipe::Busy
+        })?;
+        let pipe = Self {
+            out,
+            into,
+            _counted: counted,
         };
-        // From here on, dropping the pipe takes it out of the count.
-        let pipe = Self { out, into };
         match nix::fcntl::fcntl(&pipe.into, nix::fcntl::FcntlArg::F_GETPIPE_SZ) {
             Ok(size) if usize::try_from(size).is_ok_and(|size| size >= PIPE_CHUNK) => Ok(pipe),
             _ => Err(NoPipe::Small),
@@ -440,12 +465,6 @@ impl Pipe {
             }
         }
         Ok(())
-    }
-}
-
-impl Drop for Pipe {
-    fn drop(&mut self) {
-        PIPES_OPEN.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -704,6 +723,8 @@ mod tests {
         pipe.release();
         assert!(Pipe::take(0).is_ok());
         assert_eq!(Pipe::take(0).err(), Some(NoPipe::Busy));
+        // A new one needs both its descriptors within the limit.
+        assert_eq!(Pipe::take(1).err(), Some(NoPipe::Busy));
         drop(to);
         let mut got = Vec::new();
         reader.read_to_end(&mut got).await?;

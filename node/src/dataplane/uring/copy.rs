@@ -27,7 +27,9 @@ use nix::errno::Errno;
 use tokio::time::Instant;
 
 use super::fd::{self, Half};
-use crate::dataplane::copy::{BUF_SIZE, BulkRun, CopyError, Moved, Pipe, Transferred, cannot_splice, idle_for};
+use crate::dataplane::copy::{
+    BUF_SIZE, BulkRun, CopyError, Moved, Pipe, SpliceFds, Transferred, cannot_splice, idle_for, splice_fds_max,
+};
 
 /// The largest buffer a bulk direction grows to when it cannot splice:
 /// fewer, larger reads and writes per byte, each one ring operation.
@@ -40,6 +42,18 @@ pub async fn proxy(
     backend: TcpStream,
     idle: Duration,
     on_first_response: impl FnOnce(Duration),
+) -> Result<Transferred, CopyError> {
+    proxy_within(client, backend, idle, on_first_response, splice_fds_max()).await
+}
+
+/// `proxy`, its readiness descriptors held within `splice_fds_max`
+/// descriptors for splicing (as its pipes are within the process's).
+async fn proxy_within(
+    client: TcpStream,
+    backend: TcpStream,
+    idle: Duration,
+    on_first_response: impl FnOnce(Duration),
+    splice_fds_max: usize,
 ) -> Result<Transferred, CopyError> {
     let start = Instant::now();
     // Milliseconds since `start` of the last byte moved, either way.
@@ -72,6 +86,7 @@ pub async fn proxy(
                 (bw, &backend_watch),
                 start,
                 &last_activity,
+                splice_fds_max,
                 on_client_read
             ),
             pump(
@@ -79,6 +94,7 @@ pub async fn proxy(
                 (cw, &client_watch),
                 start,
                 &last_activity,
+                splice_fds_max,
                 on_backend_read
             )
         )
@@ -101,10 +117,11 @@ pub async fn proxy(
 /// on) or either side fails: copied through a buffer, spliced while the
 /// data comes in bulk, as `dataplane::copy`'s pump does on epoll.
 async fn pump(
-    (mut from, from_watch): (Half<TcpOwnedReadHalf>, &OnceCell<TcpStream>),
-    (mut to, to_watch): (Half<TcpOwnedWriteHalf>, &OnceCell<TcpStream>),
+    (mut from, from_watch): (Half<TcpOwnedReadHalf>, &OnceCell<WatchFd>),
+    (mut to, to_watch): (Half<TcpOwnedWriteHalf>, &OnceCell<WatchFd>),
     start: Instant,
     last: &Cell<u64>,
+    splice_fds_max: usize,
     mut on_read: impl FnMut(),
 ) -> io::Result<Moved> {
     // Capacity only: the ring writes into it, no memset first.
@@ -115,11 +132,13 @@ async fn pump(
     let mut watch: Option<Readiness> = None;
     loop {
         if run.pipe().is_some() && watch.is_none() {
-            match Readiness::new((from.fd(), from_watch), (to.fd(), to_watch)) {
+            match Readiness::new((from.fd(), from_watch), (to.fd(), to_watch), splice_fds_max) {
                 Ok(w) => watch = Some(w),
-                // This chunk is read, and so is every later one.
+                // Out of descriptors, or of those splicing may hold: the
+                // pipe goes back, this chunk is read, and the next full
+                // one tries again (as when no pipe is to be had).
                 Err(e) => {
-                    run.refused(&e);
+                    tracing::debug!(error = %e, "no descriptor to wait for readiness on; copying");
                     run.nothing_spliced();
                 }
             }
@@ -171,9 +190,15 @@ async fn pump(
     }
 }
 
-/// A direction's two sockets as ring streams on descriptors of their own
-/// (one per socket, shared by both directions), to wait for readiness on
-/// through the ring, which monoio's halves cannot.
+/// A second descriptor of a connection's socket, as a ring stream, to wait
+/// for readiness on through the ring, which monoio's halves cannot; one
+/// per socket, shared by both directions, and counted with the pipes.
+struct WatchFd {
+    stream: TcpStream,
+    _counted: SpliceFds,
+}
+
+/// A direction's two sockets' [`WatchFd`]s.
 struct Readiness<'a> {
     from: &'a TcpStream,
     to: &'a TcpStream,
@@ -188,16 +213,20 @@ const SPLICES_PER_WAIT: u32 = 16;
 
 impl<'a> Readiness<'a> {
     /// The direction's source and destination: each socket's descriptor
-    /// and the cell that keeps its ring stream, made here if the other
-    /// direction has not made it yet.
+    /// and the cell that keeps its [`WatchFd`], made here if the other
+    /// direction has not made it yet. Fails when the descriptors splicing
+    /// may hold (`max`) are all in use, or the kernel gives none.
     fn new(
-        from: (BorrowedFd<'_>, &'a OnceCell<TcpStream>),
-        to: (BorrowedFd<'_>, &'a OnceCell<TcpStream>),
+        from: (BorrowedFd<'_>, &'a OnceCell<WatchFd>),
+        to: (BorrowedFd<'_>, &'a OnceCell<WatchFd>),
+        max: usize,
     ) -> io::Result<Self> {
-        let watch = |(fd, cell): (BorrowedFd<'_>, &'a OnceCell<TcpStream>)| -> io::Result<&'a TcpStream> {
-            if let Some(stream) = cell.get() {
-                return Ok(stream);
+        let watch = |(fd, cell): (BorrowedFd<'_>, &'a OnceCell<WatchFd>)| -> io::Result<&'a TcpStream> {
+            if let Some(watch) = cell.get() {
+                return Ok(&watch.stream);
             }
+            let counted = SpliceFds::reserve(1, max)
+                .ok_or_else(|| io::Error::other("the descriptors for splicing are all in use"))?;
             let socket = std::net::TcpStream::from(fd.try_clone_to_owned()?);
             // splice(2) waits on a blocking socket. The flag belongs to
             // the socket, so the ring's descriptor gets it too; its reads
@@ -205,7 +234,11 @@ impl<'a> Readiness<'a> {
             // accepted on epoll, have it all along).
             socket.set_nonblocking(true)?;
             let stream = TcpStream::from_std(socket)?;
-            Ok(cell.get_or_init(|| stream))
+            let watch = cell.get_or_init(|| WatchFd {
+                stream,
+                _counted: counted,
+            });
+            Ok(&watch.stream)
         };
         Ok(Self {
             from: watch(from)?,
@@ -389,6 +422,17 @@ mod tests {
         before: impl FnOnce(&mut Peer, &mut Peer) -> io::Result<()>,
         peers: impl FnOnce(Peer, Peer) -> io::Result<()> + Send + 'static,
     ) -> io::Result<Option<Transferred>> {
+        with_proxy_within(test, splice_fds_max(), before, peers)
+    }
+
+    /// `with_proxy` with the proxy's readiness descriptors held within
+    /// `splice_fds_max`.
+    fn with_proxy_within(
+        test: &str,
+        splice_fds_max: usize,
+        before: impl FnOnce(&mut Peer, &mut Peer) -> io::Result<()>,
+        peers: impl FnOnce(Peer, Peer) -> io::Result<()> + Send + 'static,
+    ) -> io::Result<Option<Transferred>> {
         let Some(mut rt) = ring(test) else {
             return Ok(None);
         };
@@ -399,7 +443,7 @@ mod tests {
             let (backend, mut server) = pair().await?;
             before(&mut user, &mut server)?;
             let driving = std::thread::spawn(move || peers(user, server));
-            let moved = proxy(client, backend, Duration::from_secs(10), |_| {}).await;
+            let moved = proxy_within(client, backend, Duration::from_secs(10), |_| {}, splice_fds_max).await;
             driving
                 .join()
                 .map_err(|_| io::Error::other("the peers' thread panicked"))??;
@@ -432,12 +476,35 @@ mod tests {
 
     #[test]
     fn bulk_data_is_spliced_intact_both_ways_and_short_messages_still_copied() -> io::Result<()> {
-        // Two requests with bulk responses, a bulk upload, a short answer:
-        // each direction switches between copying and splicing and back.
+        let test = "bulk_data_is_spliced_intact_both_ways_and_short_messages_still_copied";
+        if let Some(moved) = bulk_and_short(test, splice_fds_max())? {
+            crate::dataplane::copy::assert_bulk_and_short_moved(&moved);
+        }
+        Ok(())
+    }
+
+    /// With no descriptor to spare for waiting on readiness, every pipe
+    /// taken goes back unused: bulk is copied, and nothing stalls.
+    #[test]
+    fn bulk_data_is_copied_intact_when_splicing_may_hold_no_more_descriptors() -> io::Result<()> {
+        let test = "bulk_data_is_copied_intact_when_splicing_may_hold_no_more_descriptors";
+        if let Some(moved) = bulk_and_short(test, 0)? {
+            assert_eq!(moved.client_to_backend, 2 * 300 + (1 << 20));
+            assert_eq!(moved.backend_to_client, 2 * (3 << 20) + 10);
+            assert_eq!(moved.spliced, 0, "{moved:?}");
+        }
+        Ok(())
+    }
+
+    /// Two requests with bulk responses, a bulk upload, a short answer:
+    /// each direction switches between short and bulk chunks and back.
+    /// Every byte is checked where it arrives.
+    fn bulk_and_short(test: &str, splice_fds_max: usize) -> io::Result<Option<Transferred>> {
         let (request, response, upload, tail) = (bytes(300, 1), bytes(3 << 20, 2), bytes(1 << 20, 3), bytes(10, 4));
         let (q, r, u, t) = (request.clone(), response.clone(), upload.clone(), tail.clone());
-        let moved = with_proxy(
-            "bulk_data_is_spliced_intact_both_ways_and_short_messages_still_copied",
+        with_proxy_within(
+            test,
+            splice_fds_max,
             |_, _| Ok(()),
             move |mut user, mut server| {
                 let backend = std::thread::spawn(move || -> io::Result<()> {
@@ -462,11 +529,7 @@ mod tests {
                     .join()
                     .map_err(|_| io::Error::other("the backend thread panicked"))?
             },
-        )?;
-        if let Some(moved) = moved {
-            crate::dataplane::copy::assert_bulk_and_short_moved(&moved);
-        }
-        Ok(())
+        )
     }
 
     /// Two full buffers and the end, all queued before the proxy reads:
