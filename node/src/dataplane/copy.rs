@@ -255,14 +255,21 @@ impl BulkRun {
     /// splice also stops at TCP urgent data, which a read passes over. So
     /// the pipe goes back, and the next chunk is read.
     pub(super) fn nothing_spliced(&mut self) -> bool {
-        match self.pipe.take() {
-            Some(empty) => {
-                empty.release();
-                self.bulk = false;
-                true
-            }
-            None => false,
+        let spliced = self.pipe.is_some();
+        if spliced {
+            self.not_now();
         }
+        spliced
+    }
+
+    /// This chunk cannot be spliced after all (something else splicing
+    /// needs is short): the pipe, if taken, goes back, the chunk is read,
+    /// and the next full one tries again, as when no pipe is to be had.
+    pub(super) fn not_now(&mut self) {
+        if let Some(empty) = self.pipe.take() {
+            empty.release();
+        }
+        self.bulk = false;
     }
 
     /// After a chunk of `n` bytes moved out.
@@ -733,7 +740,7 @@ mod tests {
     }
 
     #[test]
-    fn a_bulk_run_starts_on_a_full_chunk_and_ends_on_a_short_one_nothing_or_a_refusal() {
+    fn a_bulk_run_starts_on_a_full_chunk_and_ends_on_a_short_one_nothing_a_pause_or_a_refusal() {
         let mut run = BulkRun::default();
         assert!(run.pipe().is_none(), "the first chunk is read");
         run.moved(BUF_SIZE);
@@ -750,6 +757,16 @@ mod tests {
         assert!(run.nothing_spliced(), "a splice that moved nothing hands the pipe back");
         assert!(run.pipe().is_none(), "and the next chunk is read");
         assert!(!run.nothing_spliced(), "a read of nothing is the end");
+        run.moved(BUF_SIZE);
+        assert!(run.pipe().is_some());
+        run.not_now();
+        assert!(
+            run.pipe_in_use().is_none() && run.pipe().is_none() && run.may_splice(),
+            "not now: the chunk is read, splicing stays on the table"
+        );
+        run.moved(BUF_SIZE);
+        assert!(run.pipe().is_some(), "and the next full chunk splices again");
+        assert!(run.nothing_spliced());
         run.moved(BUF_SIZE);
         assert!(run.pipe().is_some() && run.may_splice());
         run.refused(&io::Error::from_raw_os_error(nix::libc::EINVAL));

@@ -134,12 +134,10 @@ async fn pump(
         if run.pipe().is_some() && watch.is_none() {
             match Readiness::new((from.fd(), from_watch), (to.fd(), to_watch), splice_fds_max) {
                 Ok(w) => watch = Some(w),
-                // Out of descriptors, or of those splicing may hold: the
-                // pipe goes back, this chunk is read, and the next full
-                // one tries again (as when no pipe is to be had).
+                // Out of descriptors, or of those splicing may hold.
                 Err(e) => {
                     tracing::debug!(error = %e, "no descriptor to wait for readiness on; copying");
-                    run.nothing_spliced();
+                    run.not_now();
                 }
             }
         }
