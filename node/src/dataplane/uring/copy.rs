@@ -324,13 +324,19 @@ mod tests {
     use super::super::tests::ring;
     use super::*;
 
-    /// tokio's timers, driven by a worker of their own, as a ring thread's
-    /// epoll worker drives them in the node; enter it on the ring's thread.
-    fn tokio_timers() -> io::Result<tokio::runtime::Runtime> {
-        tokio::runtime::Builder::new_multi_thread()
+    /// Runs `body` on a ring, with tokio's timers driven by a worker of
+    /// their own, as a ring thread's epoll worker drives them in the node.
+    /// None when this kernel refuses io_uring (the test is skipped).
+    fn on_ring<T>(test: &str, body: impl Future<Output = io::Result<T>>) -> io::Result<Option<T>> {
+        let Some(mut rt) = ring(test) else {
+            return Ok(None);
+        };
+        let timers = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_time()
-            .build()
+            .build()?;
+        let _entered = timers.enter();
+        rt.block_on(body).map(Some)
     }
 
     /// A connected pair: the ring's end, and a blocking std end a thread drives.
@@ -348,65 +354,65 @@ mod tests {
 
     #[test]
     fn copies_both_ways_passes_the_half_close_and_times_the_first_response() -> io::Result<()> {
-        let Some(mut rt) = ring("copies_both_ways_passes_the_half_close_and_times_the_first_response") else {
-            return Ok(());
-        };
-        let timers = tokio_timers()?;
-        let _entered = timers.enter();
-        rt.block_on(async {
-            let (client, mut user) = pair().await?;
-            let (backend, mut server) = pair().await?;
-            // The backend answers 30 ms after the request, then reads to
-            // the client's end and answers that too.
-            let backend_side = std::thread::spawn(move || -> io::Result<Vec<u8>> {
-                let mut request = [0u8; 4];
-                server.read_exact(&mut request)?;
-                std::thread::sleep(Duration::from_millis(30));
-                server.write_all(b"pong")?;
-                let mut rest = Vec::new();
-                server.read_to_end(&mut rest)?;
-                server.write_all(b"bye")?;
-                Ok([&request[..], &rest].concat())
-            });
-            let user_side = std::thread::spawn(move || -> io::Result<Vec<u8>> {
-                user.write_all(b"ping")?;
-                let mut answer = [0u8; 4];
-                user.read_exact(&mut answer)?;
-                // Enough for the buffer to grow to its largest.
-                user.write_all(&pattern())?;
-                user.shutdown(Shutdown::Write)?;
-                let mut rest = Vec::new();
-                user.read_to_end(&mut rest)?;
-                Ok([&answer[..], &rest].concat())
-            });
-            let (timed, first_response) = mpsc::channel();
-            let moved = proxy(client, backend, Duration::from_secs(10), move |d| {
-                let _ = timed.send(d);
-            })
-            .await
-            .map_err(io::Error::other)?;
-            let joined = |t: std::thread::JoinHandle<io::Result<Vec<u8>>>| {
-                t.join().map_err(|_| io::Error::other("a peer thread panicked"))?
-            };
-            let (got_backend, got_user) = (joined(backend_side)?, joined(user_side)?);
-            assert_eq!(&got_backend[..4], b"ping");
-            assert_eq!(got_backend.len(), 4 + 3_000_000);
-            assert!(got_backend[4..] == pattern()[..], "the bulk upload arrived changed");
-            assert_eq!(got_user, b"pongbye");
-            assert_eq!((moved.client_to_backend, moved.backend_to_client), (3_000_004, 7));
-            // The upload went mostly through a pipe (a wide bound: TCP
-            // buffer sizes vary); its first buffer and the rest did not.
-            assert!(
-                moved.spliced > 1_000_000 && moved.spliced <= 3_000_000 - BUF_SIZE as u64,
-                "{moved:?}"
-            );
-            let took = first_response.try_recv().map_err(io::Error::other)?;
-            assert!(
-                took >= Duration::from_millis(30) && took < Duration::from_secs(5),
-                "{took:?}"
-            );
-            Ok(())
-        })
+        on_ring(
+            "copies_both_ways_passes_the_half_close_and_times_the_first_response",
+            async {
+                let (client, mut user) = pair().await?;
+                let (backend, mut server) = pair().await?;
+                // The backend answers 30 ms after the request, then reads to
+                // the client's end and answers that too.
+                let backend_side = std::thread::spawn(move || -> io::Result<Vec<u8>> {
+                    let mut request = [0u8; 4];
+                    server.read_exact(&mut request)?;
+                    std::thread::sleep(Duration::from_millis(30));
+                    server.write_all(b"pong")?;
+                    let mut rest = Vec::new();
+                    server.read_to_end(&mut rest)?;
+                    server.write_all(b"bye")?;
+                    Ok([&request[..], &rest].concat())
+                });
+                let user_side = std::thread::spawn(move || -> io::Result<Vec<u8>> {
+                    user.write_all(b"ping")?;
+                    let mut answer = [0u8; 4];
+                    user.read_exact(&mut answer)?;
+                    // Enough for the buffer to grow to its largest.
+                    user.write_all(&pattern())?;
+                    user.shutdown(Shutdown::Write)?;
+                    let mut rest = Vec::new();
+                    user.read_to_end(&mut rest)?;
+                    Ok([&answer[..], &rest].concat())
+                });
+                let (timed, first_response) = mpsc::channel();
+                let moved = proxy(client, backend, Duration::from_secs(10), move |d| {
+                    let _ = timed.send(d);
+                })
+                .await
+                .map_err(io::Error::other)?;
+                let joined = |t: std::thread::JoinHandle<io::Result<Vec<u8>>>| {
+                    t.join().map_err(|_| io::Error::other("a peer thread panicked"))?
+                };
+                let (got_backend, got_user) = (joined(backend_side)?, joined(user_side)?);
+                assert_eq!(&got_backend[..4], b"ping");
+                assert_eq!(got_backend.len(), 4 + 3_000_000);
+                assert!(got_backend[4..] == pattern()[..], "the bulk upload arrived changed");
+                assert_eq!(got_user, b"pongbye");
+                assert_eq!((moved.client_to_backend, moved.backend_to_client), (3_000_004, 7));
+                // The upload went mostly through a pipe (a wide bound: TCP
+                // buffer sizes vary); its first buffer and the rest did not.
+                assert!(
+                    moved.spliced > 1_000_000 && moved.spliced <= 3_000_000 - BUF_SIZE as u64,
+                    "{moved:?}"
+                );
+                let took = first_response.try_recv().map_err(io::Error::other)?;
+                assert!(
+                    took >= Duration::from_millis(30) && took < Duration::from_secs(5),
+                    "{took:?}"
+                );
+                Ok(())
+            },
+        )
+        // None: skipped, said so loudly.
+        .map(|_| ())
     }
 
     type Peer = std::net::TcpStream;
@@ -431,12 +437,7 @@ mod tests {
         before: impl FnOnce(&mut Peer, &mut Peer) -> io::Result<()>,
         peers: impl FnOnce(Peer, Peer) -> io::Result<()> + Send + 'static,
     ) -> io::Result<Option<Transferred>> {
-        let Some(mut rt) = ring(test) else {
-            return Ok(None);
-        };
-        let timers = tokio_timers()?;
-        let _entered = timers.enter();
-        rt.block_on(async {
+        on_ring(test, async {
             let (client, mut user) = pair().await?;
             let (backend, mut server) = pair().await?;
             before(&mut user, &mut server)?;
@@ -445,7 +446,7 @@ mod tests {
             driving
                 .join()
                 .map_err(|_| io::Error::other("the peers' thread panicked"))??;
-            Ok(Some(moved.map_err(io::Error::other)?))
+            moved.map_err(io::Error::other)
         })
     }
 
@@ -605,16 +606,11 @@ mod tests {
     fn a_bulk_stream_does_not_starve_the_rings_other_connections() -> io::Result<()> {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-        let Some(mut rt) = ring("a_bulk_stream_does_not_starve_the_rings_other_connections") else {
-            return Ok(());
-        };
-        let timers = tokio_timers()?;
-        let _entered = timers.enter();
         // The stream's bound, far more than the ping-pong needs.
         const BULK_MAX: u64 = 8 << 30;
         let pinged = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
-        rt.block_on(async {
+        on_ring("a_bulk_stream_does_not_starve_the_rings_other_connections", async {
             let (bulk_client, mut bulk_user) = pair().await?;
             let (bulk_backend, mut bulk_server) = pair().await?;
             let (ping_client, mut ping_user) = pair().await?;
@@ -668,6 +664,8 @@ mod tests {
             sink.join().map_err(|_| io::Error::other("the sink panicked"))??;
             Ok(())
         })
+        // None: skipped, said so loudly.
+        .map(|_| ())
     }
 
     /// Reads exactly `word.len()` bytes; false at a clean end before any.
@@ -707,12 +705,7 @@ mod tests {
 
     #[test]
     fn a_connection_nobody_speaks_on_is_cut_after_the_idle_timeout() -> io::Result<()> {
-        let Some(mut rt) = ring("a_connection_nobody_speaks_on_is_cut_after_the_idle_timeout") else {
-            return Ok(());
-        };
-        let timers = tokio_timers()?;
-        let _entered = timers.enter();
-        rt.block_on(async {
+        on_ring("a_connection_nobody_speaks_on_is_cut_after_the_idle_timeout", async {
             let (client, _user) = pair().await?;
             let (backend, _server) = pair().await?;
             let started = Instant::now();
@@ -725,5 +718,7 @@ mod tests {
             );
             Ok(())
         })
+        // None: skipped, said so loudly.
+        .map(|_| ())
     }
 }
